@@ -1,0 +1,143 @@
+"""Neuroglancer precomputed volumes through cloud-volume, in this project's (c,) z, y, x order.
+
+cloud-volume indexes (x, y, z, channel) and counts voxels from ``voxel_offset``; the adapter
+transposes to (z, y, x) / (c, z, y, x) and indexes from 0 so a precomputed layer behaves like a
+zarr array in :class:`pipeline.store.Volume`. ``file://`` layers work offline.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .store import PRECOMPUTED_PREFIX, SPATIAL_AXES, StoreError, Volume
+
+SEGMENTATION_DTYPES = (np.uint32, np.uint64)
+
+
+class PrecomputedArray:
+    """Array-like view of a CloudVolume at mip 0, indexed (c,) z, y, x from 0."""
+
+    def __init__(self, cloudvolume: Any):
+        self._cv = cloudvolume
+        size_xyz = [int(v) for v in cloudvolume.volume_size]
+        self._origin_xyz = np.asarray(cloudvolume.voxel_offset, dtype=np.int64)
+        self._channels = int(cloudvolume.num_channels)
+        spatial = tuple(reversed(size_xyz))
+        self.shape = ((self._channels,) if self._channels > 1 else ()) + spatial
+        self.dtype = np.dtype(cloudvolume.dtype)
+        self.ndim = len(self.shape)
+        chunk_xyz = [int(v) for v in cloudvolume.underlying]
+        self.chunks = ((self._channels,) if self._channels > 1 else ()) + tuple(reversed(chunk_xyz))
+        self.shards = None
+        self.attrs = _PrecomputedAttrs(cloudvolume)
+
+    def _spatial_bounds(self, key: Any) -> tuple[slice, list[tuple[int, int]]]:
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        channel = key[0] if self._channels > 1 else slice(None)
+        spatial = key[-3:]
+        bounds = []
+        for k, n in zip(spatial, self.shape[-3:]):
+            if not isinstance(k, slice) or k.step not in (None, 1):
+                raise TypeError("precomputed volumes support contiguous slices only")
+            start, stop, _ = k.indices(n)
+            bounds.append((start, stop))
+        return channel, bounds
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        channel, bounds = self._spatial_bounds(key)
+        (z0, z1), (y0, y1), (x0, x1) = bounds
+        ox, oy, oz = self._origin_xyz
+        data = np.asarray(self._cv[x0 + ox:x1 + ox, y0 + oy:y1 + oy, z0 + oz:z1 + oz])
+        zyx = np.transpose(data, (3, 2, 1, 0))  # (c, z, y, x)
+        return np.ascontiguousarray(zyx[channel] if self._channels > 1 else zyx[0])
+
+    def __setitem__(self, key: Any, value: np.ndarray) -> None:
+        channel, bounds = self._spatial_bounds(key)
+        if self._channels > 1 and channel != slice(None):
+            raise TypeError("precomputed writes must cover all channels")
+        (z0, z1), (y0, y1), (x0, x1) = bounds
+        ox, oy, oz = self._origin_xyz
+        value = np.asarray(value, dtype=self.dtype)
+        cxyz = np.transpose(value if value.ndim == 4 else value[None], (3, 2, 1, 0))
+        self._cv[x0 + ox:x1 + ox, y0 + oy:y1 + oy, z0 + oz:z1 + oz] = cxyz
+
+
+class _PrecomputedAttrs(dict):
+    """Pipeline metadata kept in the layer's ``info`` under ``corrseg3d``."""
+
+    def __init__(self, cloudvolume: Any):
+        super().__init__(cloudvolume.info.get("corrseg3d", {}))
+        self._cv = cloudvolume
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(*args, **kwargs)
+        self._cv.info["corrseg3d"] = dict(self)
+        self._cv.commit_info()
+
+
+def _cloudpath(location: str) -> str:
+    return location[len(PRECOMPUTED_PREFIX):]
+
+
+def _volume(cloudvolume: Any, location: str) -> Volume:
+    resolution_xyz = [float(v) for v in cloudvolume.resolution]
+    voxel_size = tuple(reversed(resolution_xyz))
+    origin = tuple(reversed([float(v) for v in cloudvolume.voxel_offset]))
+    array = PrecomputedArray(cloudvolume)
+    axis_names = (("c",) if array.ndim == 4 else ()) + SPATIAL_AXES
+    return Volume(array, location, voxel_size, tuple(o * v for o, v in zip(origin, voxel_size)),
+                  axis_names, ("nanometer",) * 3)
+
+
+def open_precomputed(location: str, mode: str = "r") -> Volume:
+    """Open an existing precomputed layer at mip 0."""
+    from cloudvolume import CloudVolume
+    from cloudvolume.exceptions import InfoUnavailableError
+
+    try:
+        cv = CloudVolume(_cloudpath(location), mip=0, fill_missing=True, progress=False,
+                         bounded=True, non_aligned_writes=False, cache=False)
+    except InfoUnavailableError:
+        raise StoreError(f"{location} has no precomputed info file: check the path") from None
+    return _volume(cv, location)
+
+
+def create_precomputed(location: str, shape: Sequence[int], dtype: Any, *, chunks: Sequence[int],
+                       voxel_size: Sequence[float], offset: Sequence[float],
+                       attrs: dict[str, Any] | None, overwrite: bool) -> Volume:
+    """Create a precomputed layer: ``segmentation`` with compressed_segmentation encoding for
+    uint32/uint64 3D data, else an ``image`` layer with raw encoding."""
+    from cloudvolume import CloudVolume
+
+    dtype = np.dtype(dtype)
+    channels = int(shape[0]) if len(shape) == 4 else 1
+    is_segmentation = len(shape) == 3 and dtype.type in SEGMENTATION_DTYPES
+    cloudpath = _cloudpath(location)
+    try:
+        existing = CloudVolume(cloudpath, progress=False)
+        exists = existing.info is not None
+    except Exception:
+        exists = False
+    if exists and not overwrite:
+        raise StoreError(f"{location} already exists: pass --overwrite to replace it")
+    voxel_offset = [int(round(o / v)) for o, v in zip(reversed(list(offset)), reversed(list(voxel_size)))]
+    info = CloudVolume.create_new_info(
+        num_channels=channels,
+        layer_type="segmentation" if is_segmentation else "image",
+        data_type=dtype.name,
+        encoding="compressed_segmentation" if is_segmentation else "raw",
+        resolution=[float(v) for v in reversed(list(voxel_size))],
+        voxel_offset=voxel_offset,
+        volume_size=[int(v) for v in reversed(list(shape[-3:]))],
+        chunk_size=[int(v) for v in reversed(list(chunks[-3:]))],
+    )
+    if attrs:
+        info["corrseg3d"] = dict(attrs)
+    cv = CloudVolume(cloudpath, info=info, progress=False, bounded=True, non_aligned_writes=False,
+                     fill_missing=True, cache=False)
+    cv.commit_info()
+    return _volume(cv, location)

@@ -1,0 +1,366 @@
+"""Open inputs and create outputs: zarr (v3 by default, v2 readable) and Neuroglancer precomputed.
+
+A *location* names one volume:
+
+* ``vol.zarr`` -- a zarr array, or an OME-Zarr image group, at the store root;
+* ``vol.zarr/raw`` -- the dataset ``raw`` inside the zarr group ``vol.zarr`` (the ``dataset``
+  argument of :func:`open_volume` supplies it when the location names only the store);
+* ``precomputed://file:///abs/path``, ``precomputed://gs://bucket/layer`` -- a Neuroglancer
+  precomputed layer, read and written through cloud-volume.
+
+Conventions
+-----------
+* Axis order is (z, y, x), channels first for multi-channel data: (c, z, y, x).
+* ``voxel_size`` and ``offset`` are spatial (z, y, x) and in world units (nanometres by default);
+  ``offset`` is the world coordinate of voxel (0, 0, 0).
+* Datasets written by this project are OME-Zarr 0.5 image groups (``vol.zarr/raw/zarr.json``
+  carries ``attributes.ome.multiscales``) whose full-resolution array is ``s0``; pipeline
+  metadata (affinity offsets, model checksum, ...) lives in the ``s0`` array attributes.
+  Plain arrays with funlib-style ``voxel_size``/``offset``/``axis_names``/``units`` attributes
+  (or none) are read as well.
+* The *write granule* of a volume is its shard shape when sharded, else its chunk shape. Two
+  writers touching one granule can lose each other's data, so blockwise writers must use blocks
+  that are whole multiples of it (:func:`check_write_alignment`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+__all__ = [
+    "StoreError",
+    "Volume",
+    "open_volume",
+    "create_volume",
+    "check_write_alignment",
+    "split_location",
+    "remove_volume",
+]
+
+PRECOMPUTED_PREFIX = "precomputed://"
+OME_VERSION = "0.5"
+SCALE0 = "s0"
+SPATIAL_AXES = ("z", "y", "x")
+
+
+class StoreError(ValueError):
+    """A volume cannot be opened or created; the message says what and how to fix it."""
+
+
+@dataclass
+class Volume:
+    """One opened volume: an array-like plus its spatial metadata.
+
+    Parameters
+    ----------
+    array
+        ``zarr.Array`` or a precomputed adapter; indexing is numpy-style in (c,) z, y, x.
+    location
+        The location string the volume was opened from.
+    voxel_size, offset
+        Spatial (z, y, x) voxel size and world offset of voxel 0, in ``units``.
+    axis_names, units
+        Names of all axes (``"c"`` for channels) and units of the spatial axes.
+    """
+
+    array: Any
+    location: str
+    voxel_size: tuple[float, ...]
+    offset: tuple[float, ...]
+    axis_names: tuple[str, ...]
+    units: tuple[str, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.array.shape)
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        return self.shape[-3:]  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(int(c) for c in self.array.chunks)
+
+    @property
+    def write_granule(self) -> tuple[int, ...]:
+        """Shard shape if the array is sharded, else chunk shape."""
+        shards = getattr(self.array, "shards", None)
+        return tuple(int(c) for c in (shards or self.array.chunks))
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.array.attrs)
+
+    def update_attrs(self, **values: Any) -> None:
+        """Add JSON-serialisable pipeline metadata to the array attributes."""
+        self.array.attrs.update(values)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.array[key]
+
+    def __setitem__(self, key: Any, value: np.ndarray) -> None:
+        self.array[key] = value
+
+    def to_dask(self, chunks: Sequence[int] | None = None):
+        """The volume as a dask array, chunked like storage unless ``chunks`` is given."""
+        import dask.array as da
+
+        return da.from_array(self.array, chunks=tuple(chunks) if chunks else self.chunks,
+                             asarray=False, lock=False, fancy=False)
+
+
+def split_location(location: str) -> tuple[str, str]:
+    """Split ``.../vol.zarr/inner/path`` into the store root and the path inside it.
+
+    The root is the last path component that ends in ``.zarr``; without one, the location
+    itself is the root when it holds zarr metadata.
+    """
+    path = os.fspath(location).rstrip("/")
+    parts = path.split("/")
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i].endswith(".zarr"):
+            return "/".join(parts[: i + 1]), "/".join(parts[i + 1:])
+    if _has_zarr_metadata(path):
+        return path, ""
+    raise StoreError(
+        f"{location!r} is not a zarr location: name the store with a .zarr suffix "
+        f"(vol.zarr or vol.zarr/DATASET) or use precomputed://file:///PATH"
+    )
+
+
+def _has_zarr_metadata(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, f)) for f in ("zarr.json", ".zgroup", ".zarray"))
+
+
+def open_volume(location: str, dataset: str | None = None, *, mode: str = "r") -> Volume:
+    """Open an existing volume.
+
+    Parameters
+    ----------
+    location
+        ``vol.zarr``, ``vol.zarr/DATASET`` or ``precomputed://URL`` (see module docstring).
+    dataset
+        Dataset inside the store when ``location`` names only the store root and the root
+        itself is not an array or OME-Zarr image.
+    mode
+        ``"r"`` (read-only) or ``"r+"`` (read-write).
+
+    Raises
+    ------
+    StoreError
+        Path missing, not zarr, dataset missing (the message lists the datasets present).
+    """
+    location = os.fspath(location)
+    if location.startswith(PRECOMPUTED_PREFIX):
+        return _open_precomputed(location, mode)
+    root, inner = split_location(location)
+    if not os.path.exists(root) and "://" not in root:
+        raise StoreError(f"{root} does not exist: check the path (create it with `python -m pipeline.data synth`)")
+    try:
+        group_or_array = zarr.open(store=root, mode="r" if mode == "r" else "r+")
+    except Exception as exc:  # zarr raises several error types for non-zarr folders
+        raise StoreError(f"{root} is not a readable zarr store ({type(exc).__name__}: {exc})") from None
+    node = group_or_array
+    if not inner and isinstance(node, zarr.Group) and not _is_ome_image(node):
+        if dataset is None:
+            raise StoreError(f"{root} is a group: name a dataset ({_list_datasets(node)}) as {root}/NAME")
+        inner = dataset
+    if inner:
+        if not isinstance(node, zarr.Group) or inner not in node:
+            present = _list_datasets(node) if isinstance(node, zarr.Group) else "it is an array"
+            raise StoreError(f"dataset {inner!r} not found in {root} ({present}); pass {root}/NAME with an existing dataset")
+        node = node[inner]
+    shown = f"{root}/{inner}" if inner else root
+    if isinstance(node, zarr.Group):
+        if not _is_ome_image(node):
+            raise StoreError(f"{shown} is a group, not an array ({_list_datasets(node)}); name one of its datasets")
+        return _volume_from_ome_group(node, shown)
+    return _volume_from_array(node, shown)
+
+
+def _list_datasets(group: zarr.Group) -> str:
+    names = sorted(name for name, _ in group.members())
+    return "has: " + ", ".join(names) if names else "it is empty"
+
+
+def _ome_attrs(group: zarr.Group) -> dict[str, Any] | None:
+    attrs = dict(group.attrs)
+    if "ome" in attrs and "multiscales" in attrs["ome"]:
+        return attrs["ome"]
+    if "multiscales" in attrs:
+        return attrs
+    return None
+
+
+def _is_ome_image(group: zarr.Group) -> bool:
+    return _ome_attrs(group) is not None
+
+
+def _volume_from_ome_group(group: zarr.Group, shown: str) -> Volume:
+    multiscale = _ome_attrs(group)["multiscales"][0]  # type: ignore[index]
+    scale0 = multiscale["datasets"][0]
+    array = group[scale0["path"]]
+    axes = multiscale["axes"]
+    scale = [1.0] * len(axes)
+    translation = [0.0] * len(axes)
+    for transform in scale0.get("coordinateTransformations", []) + multiscale.get("coordinateTransformations", []):
+        if transform["type"] == "scale":
+            scale = [a * b for a, b in zip(scale, transform["scale"])]
+        elif transform["type"] == "translation":
+            translation = [a + b for a, b in zip(translation, transform["translation"])]
+    spatial = [i for i, ax in enumerate(axes) if ax.get("type") == "space"]
+    return Volume(
+        array=array,
+        location=shown,
+        voxel_size=tuple(float(scale[i]) for i in spatial),
+        offset=tuple(float(translation[i]) for i in spatial),
+        axis_names=tuple("c" if ax.get("type") == "channel" else ax["name"] for ax in axes),
+        units=tuple(axes[i].get("unit", "nanometer") for i in spatial),
+    )
+
+
+def _volume_from_array(array: zarr.Array, shown: str) -> Volume:
+    attrs = dict(array.attrs)
+    n_spatial = min(array.ndim, 3)
+    voxel_size = tuple(float(v) for v in attrs.get("voxel_size", attrs.get("resolution", [1.0] * n_spatial)))
+    offset = tuple(float(v) for v in attrs.get("offset", [0.0] * n_spatial))
+    default_axes = ("c",) * (array.ndim - n_spatial) + SPATIAL_AXES[-n_spatial:]
+    axis_names = tuple(attrs.get("axis_names", default_axes))
+    units = tuple(attrs.get("units", ["nanometer"] * n_spatial))
+    return Volume(array, shown, voxel_size, offset, axis_names, units)
+
+
+def _ome_metadata(name: str, ndim: int, voxel_size: Sequence[float], offset: Sequence[float],
+                  units: Sequence[str]) -> dict[str, Any]:
+    n_channel = ndim - 3
+    axes: list[dict[str, str]] = [{"name": "c", "type": "channel"}] * n_channel
+    axes = axes + [{"name": n, "type": "space", "unit": u} for n, u in zip(SPATIAL_AXES, units)]
+    return {
+        "version": OME_VERSION,
+        "multiscales": [{
+            "name": name,
+            "axes": axes,
+            "datasets": [{
+                "path": SCALE0,
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0] * n_channel + [float(v) for v in voxel_size]},
+                    {"type": "translation", "translation": [0.0] * n_channel + [float(v) for v in offset]},
+                ],
+            }],
+        }],
+    }
+
+
+def create_volume(
+    location: str,
+    shape: Sequence[int],
+    dtype: Any,
+    *,
+    chunks: Sequence[int],
+    shards: Sequence[int] | None = None,
+    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+    offset: Sequence[float] = (0.0, 0.0, 0.0),
+    units: Sequence[str] = ("nanometer",) * 3,
+    attrs: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    compression_level: int = 3,
+) -> Volume:
+    """Create an empty volume (zarr v3 OME-Zarr image, or precomputed layer) and return it.
+
+    Parameters
+    ----------
+    location
+        ``vol.zarr/NAME`` (a dataset in a group) or ``precomputed://URL``.
+    shape, dtype
+        Full shape, (z, y, x) or (c, z, y, x), and element type.
+    chunks, shards
+        Storage chunk shape and optional shard shape (a multiple of ``chunks``); blocks of a
+        blockwise writer must be multiples of the shard (or chunk) shape.
+    voxel_size, offset, units
+        Spatial metadata in (z, y, x).
+    attrs
+        Extra JSON metadata stored on the array.
+    overwrite
+        Replace an existing dataset; without it an existing dataset is an error.
+    compression_level
+        zstd level (``ZstdCodec``; measured best ratio and speed for EM and affinities).
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (3, 4):
+        raise StoreError(f"cannot create {location}: shape {shape} must be (z, y, x) or (c, z, y, x)")
+    if len(chunks) != len(shape):
+        raise StoreError(f"cannot create {location}: chunks {tuple(chunks)} must have {len(shape)} entries like shape {shape}")
+    if location.startswith(PRECOMPUTED_PREFIX):
+        from .precomputed import create_precomputed
+
+        return create_precomputed(location, shape, dtype, chunks=chunks, voxel_size=voxel_size,
+                                  offset=offset, attrs=attrs, overwrite=overwrite)
+    root, inner = split_location(location)
+    if not inner:
+        raise StoreError(f"cannot create {location}: name the dataset inside the store, e.g. {root}/segmentation")
+    group = zarr.open_group(store=root, mode="a", zarr_format=3) if not os.path.exists(root) else zarr.open_group(store=root, mode="a")
+    if inner in group:
+        if not overwrite:
+            raise StoreError(f"{root}/{inner} already exists: pass --overwrite to replace it")
+        del group[inner]
+    image = group.create_group(inner)
+    image.attrs["ome"] = _ome_metadata(inner.split("/")[-1], len(shape), voxel_size, offset, units)
+    array = image.create_array(
+        SCALE0,
+        shape=shape,
+        dtype=dtype,
+        chunks=tuple(int(c) for c in chunks),
+        shards=tuple(int(s) for s in shards) if shards else None,
+        compressors=[ZstdCodec(level=compression_level)],
+        fill_value=0,
+        dimension_names=(["c"] * (len(shape) - 3) + list(SPATIAL_AXES)),
+    )
+    if attrs:
+        array.attrs.update(attrs)
+    return _volume_from_ome_group(image, f"{root}/{inner}")
+
+
+def remove_volume(location: str) -> None:
+    """Delete a zarr dataset (used to leave nothing half-written after a failure)."""
+    root, inner = split_location(location)
+    path = os.path.join(root, inner) if inner else root
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+def check_write_alignment(volume: Volume, block_shape: Sequence[int]) -> None:
+    """Refuse a block layout that would let two blockwise writers share one write granule.
+
+    Each spatial block extent must be a multiple of the granule (shard, else chunk) along that
+    axis; a block may end early only at the volume border.
+    """
+    granule = volume.write_granule[-len(block_shape):]
+    shape = volume.shape[-len(block_shape):]
+    for axis, (b, g, s) in enumerate(zip(block_shape, granule, shape)):
+        if b % g != 0 and b < s:
+            raise StoreError(
+                f"block shape {tuple(block_shape)} is not aligned to the write granule {tuple(granule)} of "
+                f"{volume.location} (axis {axis}: {b} % {g} != 0); use a block shape that is a multiple of it"
+            )
+
+
+def _open_precomputed(location: str, mode: str) -> Volume:
+    from .precomputed import open_precomputed
+
+    return open_precomputed(location, mode)

@@ -39,7 +39,7 @@ def label_affinities(labels: np.ndarray, offsets: Sequence[Sequence[int]]) -> tu
     valid = np.zeros((len(offsets),) + labels.shape, dtype=bool)
     for channel, offset in enumerate(offsets):
         here = tuple(slice(-o, None) for o in offset)
-        there = tuple(slice(0, n + o) for o, n in zip(offset, labels.shape))
+        there = tuple(slice(0, max(n + o, 0)) for o, n in zip(offset, labels.shape))
         a, b = labels[here], labels[there]
         affinities[(channel,) + here] = (a == b) & (a > 0) & (b > 0)
         valid[(channel,) + here] = True

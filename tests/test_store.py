@@ -1,0 +1,137 @@
+"""Storage layer: locations, OME-Zarr metadata, zarr v2 reading, precomputed, alignment checks."""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.store import (
+    StoreError,
+    check_write_alignment,
+    create_volume,
+    open_volume,
+    remove_volume,
+    split_location,
+)
+
+
+def test_split_location():
+    assert split_location("/a/b/vol.zarr/raw") == ("/a/b/vol.zarr", "raw")
+    assert split_location("/a/vol.zarr/") == ("/a/vol.zarr", "")
+    assert split_location("vol.zarr/ac4/train/raw") == ("vol.zarr", "ac4/train/raw")
+    with pytest.raises(StoreError, match="not a zarr location"):
+        split_location("/nonexistent/volume.h5")
+
+
+def test_create_open_round_trip_with_ome_metadata(tmp_path):
+    location = str(tmp_path / "vol.zarr" / "raw")
+    volume = create_volume(location, (10, 40, 56), "uint8", chunks=(5, 32, 32),
+                           voxel_size=(30, 6, 6), offset=(60, 12, 0), attrs={"note": "x"})
+    data = np.random.default_rng(0).integers(0, 255, (10, 40, 56), dtype=np.uint8)
+    volume[:] = data
+    by_path = open_volume(location)
+    by_dataset = open_volume(str(tmp_path / "vol.zarr"), dataset="raw")
+    for opened in (by_path, by_dataset):
+        np.testing.assert_array_equal(opened[:], data)
+        assert opened.voxel_size == (30.0, 6.0, 6.0)
+        assert opened.offset == (60.0, 12.0, 0.0)
+        assert opened.axis_names == ("z", "y", "x")
+        assert opened.attrs["note"] == "x"
+    meta = json.loads((tmp_path / "vol.zarr" / "raw" / "zarr.json").read_text())["attributes"]["ome"]
+    assert meta["version"] == "0.5"
+    multiscale = meta["multiscales"][0]
+    assert [a["name"] for a in multiscale["axes"]] == ["z", "y", "x"]
+    assert all(a["type"] == "space" and a["unit"] == "nanometer" for a in multiscale["axes"])
+    assert multiscale["datasets"][0]["path"] == "s0"
+    assert multiscale["datasets"][0]["coordinateTransformations"][0] == {"type": "scale", "scale": [30.0, 6.0, 6.0]}
+
+
+def test_channel_axis_and_shards(tmp_path):
+    location = str(tmp_path / "vol.zarr" / "affinities")
+    volume = create_volume(location, (12, 8, 64, 64), "uint8", chunks=(12, 4, 32, 32), shards=(12, 8, 64, 64))
+    assert volume.axis_names == ("c", "z", "y", "x")
+    assert volume.write_granule == (12, 8, 64, 64)
+    check_write_alignment(volume, (8, 64, 64))
+    with pytest.raises(StoreError, match="not aligned"):
+        check_write_alignment(volume, (4, 32, 32))
+
+
+def test_alignment_allows_short_last_block(tmp_path):
+    volume = create_volume(str(tmp_path / "v.zarr" / "seg"), (10, 40, 40), "uint64", chunks=(4, 16, 16))
+    check_write_alignment(volume, (8, 32, 32))
+    check_write_alignment(volume, (16, 48, 48))  # one block covers the whole axis
+    with pytest.raises(StoreError):
+        check_write_alignment(volume, (6, 32, 32))
+
+
+def test_reads_plain_zarr_v2_array_with_funlib_attributes(tmp_path):
+    path = str(tmp_path / "old.zarr")
+    group = zarr.open_group(path, mode="w", zarr_format=2)
+    array = group.create_array("raw", shape=(4, 8, 8), chunks=(2, 8, 8), dtype="uint8")
+    array[:] = 3
+    array.attrs.update({"voxel_size": [40, 4, 4], "offset": [0, 8, 8]})
+    volume = open_volume(path + "/raw")
+    assert volume.voxel_size == (40.0, 4.0, 4.0)
+    assert volume.offset == (0.0, 8.0, 8.0)
+    assert int(volume[0, 0, 0]) == 3
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(StoreError, match="does not exist"):
+        open_volume(str(tmp_path / "missing.zarr/raw"))
+    create_volume(str(tmp_path / "v.zarr" / "raw"), (2, 16, 16), "uint8", chunks=(2, 16, 16))
+    with pytest.raises(StoreError, match=r"dataset 'labels' not found .*has: raw"):
+        open_volume(str(tmp_path / "v.zarr"), dataset="labels")
+    with pytest.raises(StoreError, match="is a group"):
+        open_volume(str(tmp_path / "v.zarr"))
+    with pytest.raises(StoreError, match="already exists"):
+        create_volume(str(tmp_path / "v.zarr" / "raw"), (2, 16, 16), "uint8", chunks=(2, 16, 16))
+    (tmp_path / "plain.zarr").mkdir()
+    with pytest.raises(StoreError, match="not a readable zarr store"):
+        open_volume(str(tmp_path / "plain.zarr"), dataset="raw")
+    with pytest.raises(StoreError, match=r"shape .* must be"):
+        create_volume(str(tmp_path / "v.zarr" / "bad"), (16, 16), "uint8", chunks=(16, 16))
+
+
+def test_overwrite_and_remove(tmp_path):
+    location = str(tmp_path / "v.zarr" / "seg")
+    create_volume(location, (2, 16, 16), "uint64", chunks=(2, 16, 16))[:] = 5
+    fresh = create_volume(location, (2, 16, 16), "uint64", chunks=(2, 16, 16), overwrite=True)
+    assert int(fresh[:].max()) == 0
+    remove_volume(location)
+    with pytest.raises(StoreError):
+        open_volume(location)
+
+
+def test_precomputed_round_trip_matches_zarr_indexing(tmp_path):
+    labels = np.random.default_rng(1).integers(0, 2**40, (6, 24, 40), dtype=np.uint64)
+    location = f"precomputed://file://{tmp_path}/seg"
+    volume = create_volume(location, labels.shape, "uint64", chunks=(3, 8, 8), voxel_size=(30, 6, 6),
+                           offset=(30, 12, 6))
+    volume[:] = labels
+    opened = open_volume(location)
+    assert opened.shape == labels.shape
+    assert opened.voxel_size == (30.0, 6.0, 6.0)
+    assert opened.offset == (30.0, 12.0, 6.0)
+    np.testing.assert_array_equal(opened[:], labels)
+    np.testing.assert_array_equal(opened[1:4, 5:20, 3:33], labels[1:4, 5:20, 3:33])
+    with pytest.raises(StoreError, match="already exists"):
+        create_volume(location, labels.shape, "uint64", chunks=(3, 8, 8))
+
+
+def test_precomputed_multichannel_image(tmp_path):
+    affinities = np.random.default_rng(2).integers(0, 255, (3, 4, 16, 16), dtype=np.uint8)
+    location = f"precomputed://file://{tmp_path}/affs"
+    volume = create_volume(location, affinities.shape, "uint8", chunks=(3, 4, 16, 16))
+    volume[:] = affinities
+    np.testing.assert_array_equal(open_volume(location)[:], affinities)
+    assert open_volume(location).axis_names == ("c", "z", "y", "x")
+
+
+def test_to_dask_matches_storage_chunks(tmp_path):
+    volume = create_volume(str(tmp_path / "v.zarr" / "raw"), (6, 40, 40), "uint8", chunks=(3, 16, 16))
+    volume[:] = 1
+    array = volume.to_dask()
+    assert array.chunks[0] == (3, 3)
+    assert int(array.sum().compute()) == 6 * 40 * 40

@@ -3,6 +3,8 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
+# Extra `python -m venv` flags, e.g. --system-site-packages to reuse a preinstalled torch.
+VENV_FLAGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.corrseg3d-installed
 # The CPU build of torch, installed only when no torch is importable (a plain `torch`
@@ -14,9 +16,9 @@ TORCH_CPU ?= torch==2.13.0
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_CPU)"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
 	$(PY) -m pip install -q -e ".[test,slurm]"
 	touch $(STAMP)
 

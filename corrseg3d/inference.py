@@ -1,0 +1,160 @@
+"""Affinities from a trained network: one patch, or a whole in-memory volume in blocks with halos.
+
+This is the one inference path of the project: training-time validation and the blockwise
+``pipeline.predict`` both call :func:`predict_patch` on a context-padded block and crop its centre.
+
+Conventions
+-----------
+* Images are (z, y, x) float32 grey values in [0, 1] (uint8 / 255).
+* Affinities are (C, z, y, x) float32 in [0, 1], channel k linking p and p + offsets[k]
+  (non-positive offsets), 1 = same object. The embedding head gives ``max(0, cos)``
+  (:func:`corrseg3d.correlation.embedding_to_affinities`); the baseline head its sigmoid output.
+* Context: a block is processed together with ``halo`` voxels on each side; where the halo
+  leaves the volume the image is reflect-padded (``numpy.pad(mode="reflect")``), so blockwise
+  and whole-volume results agree wherever the network's effective context is within the halo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .correlation import embedding_to_affinities
+from .model import ResidualUNet3D, model_config
+
+__all__ = [
+    "resolve_device",
+    "cpu_has_native_bf16",
+    "resolve_precision",
+    "autocast",
+    "model_affinities",
+    "pad_context",
+    "predict_patch",
+    "predict_volume",
+]
+
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = the first CUDA device if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True if the CPU advertises AVX512-BF16 or AMX-BF16 (Linux ``/proc/cpuinfo``)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision name on ``device`` (None = fp32, no autocast).
+
+    ``auto``: bf16 on a CPU with native bf16 (about 2x faster there, dependencies.md section 5;
+    emulated bf16 on other CPUs is slower than fp32), bf16 on a GPU that supports it, else fp16
+    on a GPU and fp32 on a CPU. fp16 is refused on the CPU.
+    """
+    if precision not in ("auto", *_PRECISIONS):
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return _PRECISIONS[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op for fp32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def model_affinities(model: ResidualUNet3D, batch: torch.Tensor, offsets: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B, C, z, y, x) float32 affinities in [0, 1] from either head of ``model``."""
+    output = model(batch).output.float()
+    if model_config(model)["head"] == "affinity":
+        return output
+    return embedding_to_affinities(output, offsets)
+
+
+def pad_context(image: np.ndarray, begin: Sequence[int], end: Sequence[int], halo: Sequence[int],
+                read: Callable[[tuple[slice, ...]], np.ndarray] | None = None) -> np.ndarray:
+    """The box ``[begin - halo, end + halo)`` of ``image``, reflect-padded where it leaves the volume.
+
+    Parameters
+    ----------
+    image
+        (z, y, x) array or array-like (only its ``shape`` is used when ``read`` is given).
+    begin, end, halo
+        Inner box and context per axis (z, y, x).
+    read
+        Optional ``read(slices) -> ndarray`` to fetch the clipped box (e.g. from zarr); defaults to
+        indexing ``image``.
+    """
+    shape = image.shape[-3:]
+    lo = [max(b - h, 0) for b, h in zip(begin, halo)]
+    hi = [min(e + h, n) for e, h, n in zip(end, halo, shape)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    data = np.asarray(read(box) if read is not None else image[box])
+    pad = [(a - (b - h), (e + h) - c) for a, b, h, e, c in zip(lo, begin, halo, end, hi)]
+    if any(p != (0, 0) for p in pad):
+        data = np.pad(data, pad, mode="reflect")
+    return data
+
+
+@torch.no_grad()
+def predict_patch(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Sequence[int]], *,
+                  device: torch.device, autocast_dtype: torch.dtype | None = None,
+                  channels_last: bool = False) -> np.ndarray:
+    """Affinities (C, z, y, x) float32 of one (z, y, x) float32 patch, model in eval mode.
+
+    y and x are reflect-padded at their far end to a multiple of ``model.xy_multiple`` and the
+    result cropped back, so any patch size is accepted.
+    """
+    multiple = ResidualUNet3D.xy_multiple
+    pad = [(0, 0)] + [(0, -n % multiple) for n in image.shape[1:]]
+    padded = np.pad(image, pad, mode="reflect") if any(p[1] for p in pad) else image
+    batch = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[None, None].to(device)
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last_3d)
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast(device, autocast_dtype):
+            affinities = model_affinities(model, batch, offsets)
+    finally:
+        model.train(was_training)
+    z, y, x = image.shape
+    return affinities[0, :, :z, :y, :x].float().cpu().numpy()
+
+
+def predict_volume(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Sequence[int]], *,
+                   block: Sequence[int], halo: Sequence[int], device: torch.device,
+                   autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> np.ndarray:
+    """Affinities of a whole in-memory (z, y, x) float32 image, block by block with a halo.
+
+    Each block of ``block`` voxels (clipped at the upper border) is predicted from the block plus
+    ``halo`` context (reflect-padded at the volume border) and its centre kept. A block at least
+    as large as the image gives the single whole-volume pass.
+    """
+    out = np.empty((len(offsets),) + image.shape, np.float32)
+    starts = [range(0, n, b) for n, b in zip(image.shape, block)]
+    for begin in itertools.product(*starts):
+        end = [min(b + s, n) for b, s, n in zip(begin, block, image.shape)]
+        context = pad_context(image, begin, end, halo)
+        affinities = predict_patch(model, context, offsets, device=device, autocast_dtype=autocast_dtype,
+                                   channels_last=channels_last)
+        inner = tuple(slice(h, h + e - b) for h, b, e in zip(halo, begin, end))
+        out[(slice(None),) + tuple(slice(b, e) for b, e in zip(begin, end))] = affinities[(slice(None),) + inner]
+    return out

@@ -1,0 +1,73 @@
+"""``python -m pipeline.data``: make and ingest input volumes.
+
+Subcommands (each lives in its own module, which provides ``register(subparsers)`` adding a
+parser whose ``run`` default takes the parsed arguments):
+
+* ``synth`` -- synthetic EM with dense labels (:mod:`pipeline.synth`);
+* ``convert``, ``isbi2012`` -- image stacks and the ISBI 2012 slices (:mod:`pipeline.imagestack`);
+* ``preview`` -- PNG of a few slices with labels overlaid (:mod:`pipeline.preview`).
+
+Add a subcommand by appending its module to :data:`SUBCOMMANDS`. Library errors are
+``ValueError`` subclasses; the CLI prints them as ``error: <message>`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable, Sequence
+
+__all__ = ["SUBCOMMANDS", "main", "parse_numbers", "refuse_existing", "DataError"]
+
+#: Modules that register a subcommand, in help order.
+SUBCOMMANDS = ("pipeline.synth", "pipeline.imagestack", "pipeline.preview")
+
+
+class DataError(ValueError):
+    """An output exists or an input cannot be ingested; the message says how to fix it."""
+
+
+def parse_numbers(kind: Callable[[str], float], count: int, example: str) -> Callable[[str], tuple]:
+    """An argparse ``type`` parsing ``count`` comma-separated numbers, e.g. ``64,512,512``."""
+
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {count} positive comma-separated numbers, e.g. {example}")
+        return values
+
+    return parse
+
+
+def refuse_existing(locations: Sequence[str]) -> None:
+    """Raise :class:`DataError` if any zarr dataset location already exists."""
+    from .store import split_location
+
+    for location in locations:
+        root, inner = split_location(location)
+        if os.path.exists(os.path.join(root, inner)):
+            raise DataError(f"{location} already exists: pass --overwrite to replace it")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``pipeline.data`` command line; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.data", description=__doc__.split("\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(name).register(subparsers)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The ``python -m pipeline.data`` command line: synth, convert, isbi2012, preview."""
+
+import os
+
+import h5py
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline.data import main
+from pipeline.store import open_volume
+from pipeline.synth import generate
+
+ISBI = "/work/shared/data/isbi2012"
+
+
+def run(capsys, *argv):
+    status = main([str(a) for a in argv])
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture
+def stack():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (5, 24, 30), dtype=np.uint8)
+
+
+def test_synth_writes_raw_and_labels_equal_to_generate(tmp_path, capsys):
+    out = tmp_path / "s.zarr"
+    status, _ = run(capsys, "synth", out, "--shape", "7,40,50", "--seed", "2", "--missing-sections", "1")
+    assert status == 0
+    raw, labels = open_volume(f"{out}/raw"), open_volume(f"{out}/labels")
+    expected = generate((7, 40, 50), seed=2, missing_sections=1)
+    assert np.array_equal(raw[:], expected[0]) and np.array_equal(labels[:], expected[1])
+    assert raw.dtype == np.uint8 and labels.dtype == np.uint64
+    assert raw.voxel_size == (30.0, 6.0, 6.0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("synth", "{tmp}/plain", "--shape", "4,32,32"), "not a zarr location"),
+    (("synth", "{tmp}/x.zarr/raw", "--shape", "4,32,32"), "names a dataset"),
+    (("synth", "{tmp}/x.zarr", "--shape", "4,32,32", "--missing-sections", "9"), "missing_sections"),
+])
+def test_synth_errors_write_nothing(tmp_path, capsys, argv, message):
+    status, err = run(capsys, *(a.format(tmp=tmp_path) for a in argv))
+    assert status == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_shape_string_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", str(tmp_path / "x.zarr"), "--shape", "4,32"])
+    assert exit_info.value.code == 2 and "error: argument --shape" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_output_needs_overwrite(tmp_path, capsys):
+    out = tmp_path / "s.zarr"
+    assert run(capsys, "synth", out, "--shape", "3,32,32")[0] == 0
+    status, err = run(capsys, "synth", out, "--shape", "3,32,40", "--seed", "1")
+    assert status == 2 and "--overwrite" in err
+    assert open_volume(f"{out}/raw").shape == (3, 32, 32)
+    assert run(capsys, "synth", out, "--shape", "3,32,40", "--overwrite")[0] == 0
+    assert open_volume(f"{out}/labels").shape == (3, 32, 40)
+
+
+def test_convert_png_folder(tmp_path, capsys, stack):
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z, section in enumerate(stack):
+        iio.imwrite(folder / f"s{z:03d}.png", section)
+    status, _ = run(capsys, "convert", folder, f"{tmp_path}/o.zarr/raw", "--voxel-size", "40,5,5")
+    assert status == 0
+    volume = open_volume(f"{tmp_path}/o.zarr/raw")
+    assert np.array_equal(volume[:], stack) and volume.voxel_size == (40.0, 5.0, 5.0)
+
+
+def test_convert_png_folder_with_mismatched_slice(tmp_path, capsys, stack):
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    iio.imwrite(folder / "a.png", stack[0])
+    iio.imwrite(folder / "b.png", stack[1, :20])
+    status, err = run(capsys, "convert", folder, f"{tmp_path}/o.zarr/raw")
+    assert status == 2 and "must match" in err and not (tmp_path / "o.zarr").exists()
+
+
+def test_convert_multipage_tiff_rescales_uint16(tmp_path, capsys, stack):
+    values = stack.astype(np.uint16) * 4 + 100
+    tifffile.imwrite(tmp_path / "v.tif", values)
+    assert run(capsys, "convert", tmp_path / "v.tif", f"{tmp_path}/o.zarr/raw")[0] == 0
+    out = open_volume(f"{tmp_path}/o.zarr/raw")[:]
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    assert np.array_equal(np.argsort(out.ravel(), kind="stable"), np.argsort(values.ravel(), kind="stable"))
+
+
+def test_convert_hdf5_labels_and_errors(tmp_path, capsys):
+    labels = np.arange(5 * 24 * 30, dtype=np.uint64).reshape(5, 24, 30) * 1000
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f["volumes/labels"] = labels
+        f["prob"] = labels.astype(np.float32)
+    status, err = run(capsys, "convert", tmp_path / "v.h5", f"{tmp_path}/o.zarr/l", "--labels")
+    assert status == 2 and "volumes/labels" in err and "prob" in err
+    status, err = run(capsys, "convert", tmp_path / "v.h5", f"{tmp_path}/o.zarr/l", "--labels", "--dataset", "prob")
+    assert status == 2 and "integers" in err
+    assert run(capsys, "convert", tmp_path / "v.h5", f"{tmp_path}/o.zarr/l", "--labels",
+               "--dataset", "volumes/labels")[0] == 0
+    out = open_volume(f"{tmp_path}/o.zarr/l")
+    assert out.dtype == np.uint64 and np.array_equal(out[:], labels)
+    status, err = run(capsys, "convert", tmp_path / "missing", f"{tmp_path}/o.zarr/m")
+    assert status == 2 and "does not exist" in err
+
+
+@pytest.mark.skipif(not os.path.isdir(ISBI), reason=f"ISBI 2012 slices not found in {ISBI}")
+def test_isbi2012(tmp_path, capsys):
+    out = tmp_path / "isbi.zarr"
+    assert run(capsys, "isbi2012", "--source", ISBI, out, "--slices", "0-2")[0] == 0
+    raw, labels = open_volume(f"{out}/raw"), open_volume(f"{out}/labels")
+    assert raw.shape == labels.shape == (3, 512, 512) and raw.voxel_size == (50.0, 4.0, 4.0)
+    assert labels.attrs["labels_2d"] is True
+    seg = labels[:]
+    truth = np.stack([iio.imread(f"{ISBI}/label/{z:02d}.png") for z in range(3)])
+    assert np.array_equal(seg > 0, truth == 255)
+    assert np.array_equal(raw[:], np.stack([iio.imread(f"{ISBI}/image/{z:02d}.png") for z in range(3)]))
+    ids = [set(np.unique(s[s > 0]).tolist()) for s in seg]
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2])
+    assert len(set().union(*ids)) == seg.max()  # consecutive ids
+
+
+def test_preview_png(tmp_path, capsys):
+    out = tmp_path / "s.zarr"
+    assert run(capsys, "synth", out, "--shape", "4,48,64")[0] == 0
+    assert run(capsys, "preview", out, "--png", tmp_path / "p.png", "--slices", "0,3")[0] == 0
+    image = iio.imread(tmp_path / "p.png")
+    assert image.ndim == 3 and image.shape[1] >= 2 * 64 and image.shape[0] >= 2 * 48
+    status, err = run(capsys, "preview", out, "--png", tmp_path / "q.png", "--slices", "9")
+    assert status == 2 and "outside the volume" in err and not (tmp_path / "q.png").exists()

@@ -117,15 +117,18 @@ def pad_context(image: np.ndarray, begin: Sequence[int], end: Sequence[int], hal
 def predict_patch(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Sequence[int]], *,
                   device: torch.device, autocast_dtype: torch.dtype | None = None,
                   channels_last: bool = False) -> np.ndarray:
-    """Affinities (C, z, y, x) float32 of one (z, y, x) float32 patch, model in eval mode.
+    """Affinities of one (z, y, x) float32 patch, or of a batch (N, z, y, x) of equal patches.
 
+    Returns (C, z, y, x) float32, or (N, C, z, y, x) for a batch; the model runs in eval mode.
     y and x are reflect-padded at their far end to a multiple of ``model.xy_multiple`` and the
     result cropped back, so any patch size is accepted.
     """
+    batched = image.ndim == 4
+    images = image if batched else image[None]
     multiple = ResidualUNet3D.xy_multiple
-    pad = [(0, 0)] + [(0, -n % multiple) for n in image.shape[1:]]
-    padded = np.pad(image, pad, mode="reflect") if any(p[1] for p in pad) else image
-    batch = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[None, None].to(device)
+    pad = [(0, 0), (0, 0)] + [(0, -n % multiple) for n in images.shape[2:]]
+    padded = np.pad(images, pad, mode="reflect") if any(p[1] for p in pad) else images
+    batch = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[:, None].to(device)
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last_3d)
     was_training = model.training
@@ -135,8 +138,9 @@ def predict_patch(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Se
             affinities = model_affinities(model, batch, offsets)
     finally:
         model.train(was_training)
-    z, y, x = image.shape
-    return affinities[0, :, :z, :y, :x].float().cpu().numpy()
+    z, y, x = images.shape[1:]
+    result = affinities[:, :, :z, :y, :x].float().cpu().numpy()
+    return result if batched else result[0]
 
 
 def predict_volume(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Sequence[int]], *,

@@ -1,0 +1,140 @@
+"""PEA training losses: weighted MSE on SCM, CCM and EPM affinities (pea-method.md section 3).
+
+Total loss (pea §3.5, every weight 1)::
+
+    L = sum_k L_k(self) + sum_k L_k(cross) + sum_levels sum_{k<3} L_{level,k}(self)
+
+with the per-channel weighted MSE of :func:`weighted_mse`. Targets are one dict per batch:
+
+* ``affinities`` (B, C, z, y, x) in {0, 1}, ``weights`` (B, C, z, y, x) float,
+  ``valid`` (B, C, z, y, x) bool (True where ``p + o`` is inside the patch);
+* ``pyramid``: list of dicts with the same three keys, (B, 3, z, y/s, x/s), coarse to fine as
+  the model's pyramid outputs (see :func:`corrseg3d.targets.pyramid_targets`);
+* optional ``channel_mask`` (B, C) bool: channels that are False are left out of the loss,
+  e.g. the z channels of data labelled slice by slice. The pyramid levels use its first three
+  columns (their offsets are the nearest neighbours, the first three of any offset list).
+
+All correlations and losses are computed in float32, also when the network ran under bf16
+autocast.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .correlation import cross_correlation, self_correlation
+from .model import ModelOutput
+from .offsets import NEAREST_OFFSETS, validate_offsets
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Weighted MSE, averaged per channel over batch and valid voxels, summed over channels (pea §3.4).
+
+    ``L = sum_k (1 / |Omega_k|) sum_{(b, p) in Omega_k} w_k(b, p) (pred_k(b, p) - target_k(b, p))^2``
+
+    where ``Omega_k`` are the valid (b, p) of channel k (``B |Omega_k|`` in the reference, whose
+    valid region is the same for every sample). Weights are not renormalised. A channel with no
+    valid voxel contributes 0.
+
+    Parameters
+    ----------
+    pred, target, weight
+        (B, C, z, y, x) tensors (target and weight are cast to ``pred``'s dtype).
+    valid
+        (B, C, z, y, x) bool mask.
+
+    Returns
+    -------
+    Scalar tensor.
+    """
+    if not pred.shape == target.shape == weight.shape == valid.shape:
+        raise ValueError(f"pred {tuple(pred.shape)}, target {tuple(target.shape)}, weight {tuple(weight.shape)} and valid {tuple(valid.shape)} must have the same shape")
+    mask = valid.to(pred.dtype)
+    squared = weight.to(pred.dtype) * mask * (pred - target.to(pred.dtype)) ** 2
+    reduce = [0] + list(range(2, pred.ndim))
+    per_channel = squared.sum(dim=reduce) / mask.sum(dim=reduce).clamp(min=1)
+    return per_channel.sum()
+
+
+def _masked(targets: Mapping[str, Any], channel_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(affinities, weights, valid)`` with the channels outside ``channel_mask`` made invalid."""
+    valid = targets["valid"].bool()
+    if channel_mask is not None:
+        valid = valid & channel_mask.bool()[:, : valid.shape[1], None, None, None]
+    return targets["affinities"], targets["weights"], valid
+
+
+def _epm_loss(pyramid: Sequence[torch.Tensor], levels: Sequence[Mapping[str, Any]], channel_mask: torch.Tensor | None) -> torch.Tensor:
+    """Sum over pyramid levels of the 3-channel nearest-neighbour self-correlation loss."""
+    if not pyramid:
+        raise ValueError("use_epm needs a model with pyramid heads")
+    if len(pyramid) != len(levels):
+        raise ValueError(f"{len(pyramid)} pyramid outputs but {len(levels)} pyramid target levels")
+    return sum(weighted_mse(self_correlation(embedding.float(), NEAREST_OFFSETS), *_masked(level, channel_mask))
+               for embedding, level in zip(pyramid, levels))
+
+
+def pea_loss(
+    model_output: ModelOutput,
+    targets: Mapping[str, Any],
+    *,
+    offsets: Sequence[Sequence[int]],
+    view_output: torch.Tensor | None = None,
+    use_scm: bool = True,
+    use_ccm: bool = True,
+    use_epm: bool = True,
+    head: str = "embedding",
+) -> dict[str, torch.Tensor]:
+    """PEA loss terms and their sum.
+
+    Parameters
+    ----------
+    model_output
+        The network output for the original view.
+    targets
+        Target dict described in the module docstring (C = ``len(offsets)`` channels).
+    offsets
+        The C offsets of ``targets``.
+    view_output
+        (B, D, z, y, x) embedding of the second (CCM) view, already mapped back to the original
+        geometry with :func:`corrseg3d.ccm.invert_flip` and **detached** by the caller: the
+        stop-gradient (pea §8.2) is an explicit step of training, so a tensor that still
+        requires grad is rejected. Needed when ``use_ccm``.
+    use_scm, use_ccm, use_epm
+        Switch the self-, cross-correlation and pyramid terms (the reference always uses all
+        three; the switches serve the module ablations). A switched-off term is returned as 0.
+    head
+        ``"embedding"`` (PEA) or ``"affinity"``: the baseline whose output already is sigmoid
+        affinities; its term ``affinity`` is the weighted MSE of that output against the same
+        targets and replaces ``scm`` and ``ccm`` (then ``use_scm`` and ``use_ccm`` are ignored).
+
+    Returns
+    -------
+    ``{"scm", "ccm", "epm", "total"}`` for the embedding head, ``{"affinity", "epm", "total"}``
+    for the affinity head; scalar float32 tensors, ``total`` is the sum of the others.
+    """
+    offsets = validate_offsets(offsets)
+    channel_mask = targets.get("channel_mask")
+    full = _masked(targets, channel_mask)
+    output = model_output.output.float()
+    if output.shape[2:] != full[0].shape[2:] or full[0].shape[1] != len(offsets):
+        raise ValueError(f"targets {tuple(full[0].shape)} do not match output {tuple(output.shape)} and {len(offsets)} offsets")
+    zero = output.new_zeros(())
+    terms: dict[str, torch.Tensor] = {}
+    if head == "affinity":
+        terms["affinity"] = weighted_mse(output, *full)
+    elif head == "embedding":
+        terms["scm"] = weighted_mse(self_correlation(output, offsets), *full) if use_scm else zero
+        if use_ccm:
+            if view_output is None or view_output.requires_grad:
+                raise ValueError("use_ccm needs view_output: the second view's inverse-flipped, detached embedding")
+            terms["ccm"] = weighted_mse(cross_correlation(output, view_output.float(), offsets), *full)
+        else:
+            terms["ccm"] = zero
+    else:
+        raise ValueError(f"head must be 'embedding' or 'affinity', got {head!r}")
+    terms["epm"] = _epm_loss(model_output.pyramid, targets["pyramid"], channel_mask) if use_epm else zero
+    terms["total"] = sum(terms.values())
+    return terms

@@ -1,0 +1,91 @@
+"""Where a blockwise stage keeps its run state, and how it claims its outputs.
+
+Each stage writing into ``vol.zarr`` keeps a work folder ``vol.zarr/.corrseg3d/<stage>/<output>/``
+with ``config.json`` (the parameters and input identity that define the result) and per-block
+done records. A rerun with the same config resumes; a different config is refused unless the
+user passes ``--overwrite``, which deletes the outputs and the work folder and starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Mapping
+
+from .blocks import write_json_atomic
+from .store import remove_volume, split_location
+
+__all__ = ["RunStateError", "workdir_for", "dataset_path", "claim_outputs"]
+
+
+class RunStateError(ValueError):
+    """An output exists with a different config, or was not written by this stage."""
+
+
+def dataset_path(location: str) -> str:
+    """Filesystem path of a zarr dataset location (``vol.zarr/NAME`` -> ``vol.zarr/NAME``)."""
+    root, inner = split_location(location)
+    return os.path.join(root, inner)
+
+
+def workdir_for(output_location: str, stage: str) -> str:
+    """``vol.zarr/.corrseg3d/<stage>/<output>`` for an output dataset ``vol.zarr/<output>``."""
+    root, inner = split_location(output_location)
+    return os.path.join(root, ".corrseg3d", stage, inner.replace("/", "_"))
+
+
+def _differences(new: Mapping[str, Any], old: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(new) | set(old))
+    found = []
+    for key in keys:
+        a, b = new.get(key), old.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str, str], *, overwrite: bool) -> None:
+    """Start or resume a run whose result is defined by ``config``.
+
+    Parameters
+    ----------
+    workdir
+        The stage's work folder (see :func:`workdir_for`).
+    config
+        JSON-serialisable parameters and input identity of the result.
+    outputs
+        Output dataset locations by role; the first is named in error messages.
+    overwrite
+        Delete outputs and work folder first (a fresh start).
+
+    Raises
+    ------
+    RunStateError
+        The work folder holds a different config, or an output exists that this stage did not
+        start (no ``config.json``).
+    """
+    path = os.path.join(workdir, "config.json")
+    config = json.loads(json.dumps(config))
+    shown = next(iter(outputs.values()))
+    if overwrite:
+        shutil.rmtree(workdir, ignore_errors=True)
+        for location in outputs.values():
+            remove_volume(location)
+    elif os.path.exists(path):
+        with open(path) as handle:
+            previous = json.load(handle)
+        changed = _differences(config, previous)
+        if changed:
+            raise RunStateError(f"{shown} was started with a different config ({', '.join(changed)} differ): "
+                                "rerun with the original options, or pass --overwrite to start again")
+    else:
+        for location in outputs.values():
+            if os.path.exists(dataset_path(location)):
+                raise RunStateError(f"{location} exists but was not written by this command: "
+                                    "pass --overwrite to replace it")
+    os.makedirs(workdir, exist_ok=True)
+    if not os.path.exists(path):
+        write_json_atomic(path, config)

@@ -1,0 +1,167 @@
+"""pipeline.predict: tiling equals whole-volume inference, resume after SIGKILL, flips, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from corrseg3d.checkpoint import save_checkpoint
+from corrseg3d.inference import predict_volume
+from corrseg3d.model import ModelOutput, ResidualUNet3D
+from corrseg3d.offsets import PEA_OFFSETS
+from corrseg3d.targets import label_affinities
+from pipeline.predict import PredictError, PredictOptions, _unflip_affinities, main, predict
+from pipeline.store import create_volume, open_volume
+from pipeline.synth import generate
+
+CPU = torch.device("cpu")
+
+
+class LocalConvModel(ResidualUNet3D):
+    """A network whose output depends on a 3x3x3 neighbourhood only (context radius 1)."""
+
+    def __init__(self) -> None:
+        super().__init__(filters=(1, 1, 1, 1, 1), embedding_dim=8, pyramid_heads=False)
+        self.local = torch.nn.Conv3d(1, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        return ModelOutput(self.local(x), ())
+
+
+@pytest.mark.parametrize("shape", [(9, 37, 50), (16, 64, 64), (5, 20, 97)])
+def test_blockwise_equals_whole_volume_for_a_local_model(shape):
+    torch.manual_seed(0)
+    model = LocalConvModel().eval()
+    image = np.random.default_rng(1).random(shape).astype(np.float32)
+    halo = (5, 28, 28)  # >= largest offset (4, 27, 27) + context radius 1
+    whole = predict_volume(model, image, PEA_OFFSETS, block=shape, halo=halo, device=CPU)
+    tiled = predict_volume(model, image, PEA_OFFSETS, block=(4, 16, 32), halo=halo, device=CPU)
+    np.testing.assert_array_equal(tiled, whole)
+
+
+def _tiny_checkpoint(path, seed=0, offsets=PEA_OFFSETS):
+    torch.manual_seed(seed)
+    model = ResidualUNet3D(filters=(4, 4, 6, 6, 8), embedding_dim=8)
+    model.eval()
+    save_checkpoint(path, model=model, optimizer=None, iteration=0, offsets=offsets, config={})
+    return model
+
+
+@pytest.fixture()
+def volume(tmp_path):
+    raw, _ = generate((10, 48, 72), seed=3)
+    location = str(tmp_path / "v.zarr" / "raw")
+    create_volume(location, raw.shape, "uint8", chunks=(8, 32, 32), voxel_size=(30, 6, 6))[:] = raw
+    return str(tmp_path / "v.zarr"), raw
+
+
+def test_store_output_equals_in_memory_tiling(tmp_path, volume):
+    store, raw = volume
+    model = _tiny_checkpoint(tmp_path / "m.pt")
+    options = PredictOptions(checkpoint=str(tmp_path / "m.pt"), block_shape=(4, 32, 32), halo=(4, 32, 32),
+                             dtype="float16", precision="fp32", device="cpu")
+    predict(store, options=options, progress=False, scheduler="synchronous")
+    stored = open_volume(store + "/affinities")
+    assert stored.shape == (12, 10, 48, 72) and stored.dtype == np.float16
+    assert stored.attrs["offsets"] == [list(o) for o in PEA_OFFSETS]
+    assert stored.voxel_size == (30.0, 6.0, 6.0)
+    expected = predict_volume(model, raw.astype(np.float32) / 255, PEA_OFFSETS, block=(4, 32, 32),
+                              halo=(4, 32, 32), device=CPU, channels_last=True)
+    np.testing.assert_array_equal(stored[:], expected.astype(np.float16))
+    batched = PredictOptions(**{**options.__dict__, "batch_size": 3})
+    predict(store, out_location=store + "/batched", options=batched, progress=False)
+    np.testing.assert_allclose(open_volume(store + "/batched")[:], stored[:], atol=2e-3)
+
+
+def test_uint8_output_and_task_split(tmp_path, volume):
+    store, _ = volume
+    _tiny_checkpoint(tmp_path / "m.pt")
+    common = dict(checkpoint=str(tmp_path / "m.pt"), block_shape=(8, 32, 32), halo=(4, 32, 32), device="cpu")
+    for task in range(3):
+        predict(store, out_location=store + "/split", options=PredictOptions(**common), task_index=task, num_tasks=3,
+                progress=False)
+    predict(store, out_location=store + "/single", options=PredictOptions(**common), progress=False)
+    split, single = open_volume(store + "/split")[:], open_volume(store + "/single")[:]
+    assert split.dtype == np.uint8
+    np.testing.assert_array_equal(split, single)
+
+
+@pytest.mark.parametrize("axes", [(0,), (1,), (2,), (0, 1, 2), (1, 2)])
+def test_unflip_maps_flipped_affinities_back(axes):
+    labels = np.kron(np.random.default_rng(0).integers(1, 9, (3, 4, 4)), np.ones((3, 9, 9), int))
+    truth, valid = label_affinities(labels, PEA_OFFSETS)
+    flipped, _ = label_affinities(np.ascontiguousarray(np.flip(labels, axes)), PEA_OFFSETS)
+    restored = _unflip_affinities(flipped.astype(np.float32), axes, PEA_OFFSETS)
+    np.testing.assert_array_equal(restored[valid], truth[valid])
+
+
+def test_resume_after_sigkill_is_bitwise_equal_and_skips_done_blocks(tmp_path):
+    raw, _ = generate((16, 64, 96), seed=5)
+    for name in ("killed", "clean"):
+        create_volume(str(tmp_path / f"{name}.zarr" / "raw"), raw.shape, "uint8", chunks=(4, 32, 32))[:] = raw
+    _tiny_checkpoint(tmp_path / "m.pt")
+    args = ["--checkpoint", str(tmp_path / "m.pt"), "--block", "4,32,32", "--halo", "4,32,32",
+            "--workers", "1", "--no-progress", "--precision", "fp32"]
+    command = [sys.executable, "-m", "pipeline.predict"]
+    done = tmp_path / "killed.zarr" / ".corrseg3d" / "predict" / "affinities" / "done"
+    process = subprocess.Popen(command + [str(tmp_path / "killed.zarr")] + args, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not done.exists() or len(os.listdir(done)) < 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in done.iterdir() if p.name.endswith(".done")}
+    assert 3 <= len(finished) < 24, "the run should be killed mid-way"
+    rerun = subprocess.run(command + [str(tmp_path / "killed.zarr")] + args, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(finished)} blocks already done" in rerun.stdout
+    for name, mtime in finished.items():  # done blocks were not recomputed
+        assert (done / name).stat().st_mtime_ns == mtime
+    assert len(list(done.glob("*.done"))) == 24
+    assert main([str(tmp_path / "clean.zarr")] + args) == 0
+    np.testing.assert_array_equal(open_volume(str(tmp_path / "killed.zarr/affinities"))[:],
+                                  open_volume(str(tmp_path / "clean.zarr/affinities"))[:])
+
+
+def test_bad_input_gives_one_line_errors_and_writes_nothing(tmp_path, volume, capsys):
+    store, _ = volume
+    _tiny_checkpoint(tmp_path / "m.pt")
+    checkpoint = ["--checkpoint", str(tmp_path / "m.pt"), "--no-progress"]
+    create_volume(store + "/flat", (1, 48, 72, 1), "uint8", chunks=(1, 48, 72, 1))
+    create_volume(store + "/wide", (10, 48, 72), "uint16", chunks=(8, 32, 32))
+    cases = {
+        "flat": "3D (z, y, x) volume",
+        "wide": "is uint16: predict reads uint8",
+        "missing": "dataset 'missing' not found",
+    }
+    for dataset, message in cases.items():
+        assert main([store, "--dataset", dataset] + checkpoint) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert not os.path.exists(os.path.join(store, "affinities"))
+    assert main([store, "--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([store, "--halo", "2,16,16"] + checkpoint) == 2
+    assert "smaller than the largest offset" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(store, "affinities"))
+
+
+def test_checkpoint_with_other_offsets_is_refused(tmp_path, volume, capsys):
+    store, _ = volume
+    _tiny_checkpoint(tmp_path / "a.pt")
+    other = list(PEA_OFFSETS[:9]) + [(-4, 0, 0), (0, -24, 0), (0, 0, -24)]
+    _tiny_checkpoint(tmp_path / "b.pt", offsets=other)
+    base = ["--block", "8,32,32", "--halo", "4,32,32", "--no-progress"]
+    assert main([store, "--checkpoint", str(tmp_path / "a.pt")] + base) == 0
+    before = open_volume(store + "/affinities")[:]
+    assert main([store, "--checkpoint", str(tmp_path / "b.pt")] + base) == 2
+    err = capsys.readouterr().err
+    assert "model.offsets" in err and "--overwrite" in err
+    np.testing.assert_array_equal(open_volume(store + "/affinities")[:], before)
+    with pytest.raises(PredictError, match="uint8 or float16"):
+        predict(store, options=PredictOptions(checkpoint=str(tmp_path / "a.pt"), dtype="int8"), progress=False)

@@ -1,0 +1,129 @@
+"""Benchmark: blockwise segment pipeline vs whole-volume MWS vs elf blockwise_mutex_watershed.
+
+Same synthetic noisy affinities (pipeline.synth labels + pipeline.noisy_affinities, generated once
+under /tmp), each contender in its own subprocess so peak RSS (ru_maxrss, inputs and libraries
+included) belongs to it alone. Times cover the segmentation call only (not data generation, not
+scoring). Contenders whose known memory need exceeds the budget are skipped above
+``--max-whole-voxels`` (whole-volume bic needs ~160 B/voxel; elf blockwise peaked at 22 GB on
+100x1024x1024, dependencies.md sections 1-2). The CPU is shared with other jobs: compare ratios
+within one run only.
+
+    python benchmarks/segment.py --shape 64,512,512        # quick
+    python benchmarks/segment.py                            # 100x1024x1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from corrseg3d.offsets import PEA_OFFSETS  # noqa: E402
+from pipeline.metrics import segmentation_scores  # noqa: E402
+from pipeline.store import create_volume, open_volume  # noqa: E402
+
+CONTENDERS = ("pipeline", "pipeline_min_size", "whole_mws", "elf_blockwise")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "segment.json")
+
+
+def make_data(store: str, shape: tuple[int, ...], seed: int) -> None:
+    """Synthetic labels + noisy affinities, written once."""
+    if os.path.exists(os.path.join(store, "affinities")):
+        return
+    from pipeline.noisy_affinities import noisy_affinities
+    from pipeline.synth import generate
+
+    _, labels = generate(shape, seed=seed)
+    create_volume(f"{store}/labels", shape, labels.dtype, chunks=(32, 256, 256))[...] = labels
+    affs = noisy_affinities(labels, seed=seed)
+    create_volume(f"{store}/affinities", affs.shape, np.uint8, chunks=(1, 32, 256, 256),
+                  attrs={"offsets": [list(o) for o in PEA_OFFSETS]})[...] = affs
+
+
+def run_child(name: str, store: str, block: tuple[int, ...], min_size: int, workers: int) -> dict:
+    from pipeline.segment import SegmentOptions, segment
+
+    affinities = open_volume(f"{store}/affinities")
+    if name.startswith("pipeline"):
+        options = SegmentOptions(block_shape=block, min_size=min_size if name == "pipeline_min_size" else 0)
+        start = time.perf_counter()
+        segment(store, options, output_name=name, fragments_name=f"{name}_fragments", overwrite=True,
+                num_workers=workers, progress=False)
+        seconds = time.perf_counter() - start
+        seg = open_volume(f"{store}/{name}")[...]
+    else:
+        affs = affinities[...]
+        start = time.perf_counter()
+        if name == "whole_mws":
+            from pipeline.mws import mutex_watershed
+
+            seg = mutex_watershed(affs, affinities.attrs["offsets"])
+        else:
+            from elf.segmentation.mutex_watershed import blockwise_mutex_watershed
+
+            boundaries = 1.0 - affs.astype(np.float32) / 255  # elf: boundary convention for all channels
+            del affs
+            seg = blockwise_mutex_watershed(boundaries, affinities.attrs["offsets"], [1, 4, 4], list(block),
+                                            n_threads=workers)
+        seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    scores = segmentation_scores(seg, open_volume(f"{store}/labels")[...])
+    voxels = int(np.prod(affinities.shape[1:]))
+    return {"contender": name, "shape": list(affinities.shape[1:]), "seconds": seconds,
+            "mvox_per_s": voxels / seconds / 1e6, "peak_rss_gib": peak, "segments": int(len(np.unique(seg))),
+            **{k: scores[k] for k in ("voi_split", "voi_merge", "voi", "arand")}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", default="100,1024,1024")
+    parser.add_argument("--block", default="32,256,256")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-size", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-whole-voxels", type=float, default=2e7,
+                        help="skip whole_mws / elf_blockwise above this many voxels (RAM)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    shape = tuple(int(v) for v in args.shape.split(","))
+    block = tuple(int(v) for v in args.block.split(","))
+    store = f"/tmp/bench_segment_{'x'.join(map(str, shape))}_s{args.seed}.zarr"
+    if args.child:
+        print(json.dumps(run_child(args.child, store, block, args.min_size, args.workers)))
+        return
+    make_data(store, shape, args.seed)
+    rows = []
+    for name in args.contenders.split(","):
+        if name in ("whole_mws", "elf_blockwise") and np.prod(shape) > args.max_whole_voxels:
+            print(f"skip {name}: {np.prod(shape) / 1e6:.0f} Mvoxel exceeds --max-whole-voxels (RAM)", file=sys.stderr)
+            continue
+        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", name], capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{name} failed: {out.stderr[-500:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    reference = next((r for r in rows if r["contender"] == "whole_mws"), None)
+    print(f"{'contender':<18} {'s':>7} {'Mvox/s':>7} {'RSS GiB':>8} {'#seg':>8} {'VOI split/merge':>16} {'VOI':>6} "
+          f"{'ARAND':>6}  vs whole")
+    for r in rows:
+        versus = (f"dVOI {r['voi'] - reference['voi']:+.3f} dARAND {r['arand'] - reference['arand']:+.3f} "
+                  f"speed x{reference['seconds'] / r['seconds']:.2f}") if reference else ""
+        print(f"{r['contender']:<18} {r['seconds']:7.1f} {r['mvox_per_s']:7.2f} {r['peak_rss_gib']:8.2f} "
+              f"{r['segments']:8d} {r['voi_split']:7.3f}/{r['voi_merge']:.3f} {r['voi']:6.3f} {r['arand']:6.3f}  {versus}")
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as handle:
+        json.dump({"shape": shape, "block": block, "workers": args.workers, "cpu": "2 cores shared with other jobs",
+                   "rows": rows}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

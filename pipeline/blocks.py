@@ -1,0 +1,292 @@
+"""The one block runner: block grid, halos, task splitting, done records, schedulers, progress.
+
+Every blockwise stage (segment passes, prediction, ...) describes its work as a function of one
+block index and hands it to :func:`run_blocks`, which skips blocks already marked done, runs the
+rest on the chosen scheduler, marks each block done *after* the function returned (so after its
+data is durable), and shows a tqdm bar (blocks, Mvoxel/s, ETA) plus a summary line.
+
+Conventions
+-----------
+* Axis order (z, y, x). A block is the half-open box ``[begin, end)`` of the regular grid with
+  ``block_shape`` cells; blocks at the upper border may be shorter. Block indices are C-order
+  over the grid (the last axis varies fastest).
+* The *outer* box of a block is its box grown by ``halo`` on each side, clipped to the volume.
+* Task ``i`` of ``n`` (SLURM array style, no central server) owns blocks ``i, i+n, i+2n, ...``.
+* Schedulers: ``"threads"`` (dask threads, default), ``"processes"`` (dask processes),
+  ``"synchronous"`` (in the calling thread) and a ``dask.distributed`` address
+  (``"tcp://host:port"``). Functions given to process-based schedulers must be picklable
+  (module-level functions or :func:`functools.partial` of them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "Block",
+    "BlockGrid",
+    "DoneRecords",
+    "BlockRunError",
+    "SCHEDULERS",
+    "task_blocks",
+    "run_blocks",
+    "write_json_atomic",
+    "save_npz_atomic",
+]
+
+SCHEDULERS = ("threads", "processes", "synchronous")
+
+
+class BlockRunError(ValueError):
+    """Bad block layout, task split or scheduler; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a :class:`BlockGrid`: index, grid position and inner box ``[begin, end)``."""
+
+    index: int
+    position: tuple[int, int, int]
+    begin: tuple[int, int, int]
+    end: tuple[int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(e - b for b, e in zip(self.begin, self.end))
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        """Inner box as slices into the volume."""
+        return tuple(slice(b, e) for b, e in zip(self.begin, self.end))
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Regular grid of blocks covering a (z, y, x) volume.
+
+    Parameters
+    ----------
+    shape
+        Volume shape (z, y, x).
+    block_shape
+        Block shape (z, y, x); blocks at the upper border are clipped to the volume.
+    """
+
+    shape: tuple[int, int, int]
+    block_shape: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 3 or len(self.block_shape) != 3:
+            raise BlockRunError(f"shape {self.shape} and block shape {self.block_shape} must both be (z, y, x)")
+        if any(int(b) < 1 for b in self.block_shape):
+            raise BlockRunError(f"block shape {self.block_shape} must be positive, e.g. 32,256,256")
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "block_shape", tuple(int(b) for b in self.block_shape))
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        return tuple(-(-s // b) for s, b in zip(self.shape, self.block_shape))  # type: ignore[return-value]
+
+    @property
+    def n_blocks(self) -> int:
+        return math.prod(self.grid_shape)
+
+    def block(self, index: int) -> Block:
+        """The block with C-order ``index``."""
+        if not 0 <= index < self.n_blocks:
+            raise BlockRunError(f"block index {index} outside 0..{self.n_blocks - 1}")
+        position = tuple(int(p) for p in np.unravel_index(index, self.grid_shape))
+        begin = tuple(p * b for p, b in zip(position, self.block_shape))
+        end = tuple(min(bg + b, s) for bg, b, s in zip(begin, self.block_shape, self.shape))
+        return Block(index, position, begin, end)  # type: ignore[arg-type]
+
+    def index_of(self, position: Sequence[int]) -> int | None:
+        """Index of the block at grid ``position``, or None outside the grid."""
+        if any(not 0 <= p < g for p, g in zip(position, self.grid_shape)):
+            return None
+        return int(np.ravel_multi_index(tuple(position), self.grid_shape))
+
+    def neighbour(self, block: Block, axis: int, side: int) -> int | None:
+        """Index of the face neighbour of ``block`` along ``axis`` (side -1 lower, +1 upper)."""
+        position = list(block.position)
+        position[axis] += side
+        return self.index_of(position)
+
+    def outer(self, block: Block, halo: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``(begin, end)`` of ``block`` grown by ``halo`` and clipped to the volume."""
+        begin = tuple(max(b - h, 0) for b, h in zip(block.begin, halo))
+        end = tuple(min(e + h, s) for e, h, s in zip(block.end, halo, self.shape))
+        return begin, end
+
+
+def task_blocks(n_blocks: int, task_index: int | None, num_tasks: int | None) -> list[int]:
+    """Block indices owned by task ``task_index`` of ``num_tasks`` (all blocks without a task split).
+
+    The split is deterministic and round-robin (``i, i + n, ...``), so neighbouring blocks, which
+    cost about the same, land on different tasks.
+    """
+    if task_index is None and num_tasks is None:
+        return list(range(n_blocks))
+    if task_index is None or num_tasks is None:
+        raise BlockRunError("--task-index and --num-tasks go together: pass both or neither")
+    if num_tasks < 1 or not 0 <= task_index < num_tasks:
+        raise BlockRunError(f"--task-index {task_index} must be in 0..{num_tasks - 1} (--num-tasks {num_tasks} >= 1)")
+    return list(range(task_index, n_blocks, num_tasks))
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+    tmp = f"{path}.tmp{os.getpid()}.{time.monotonic_ns()}"
+    with open(tmp, "w") as handle:
+        json.dump(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Save arrays to ``path`` (.npz) through a temporary file and ``os.replace``."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.{time.monotonic_ns()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+class DoneRecords:
+    """Per-block done records: one small JSON file per finished block in ``folder``.
+
+    A record is written atomically (temporary file + ``os.replace``) only after the block's
+    function returned, i.e. after its data was written; a killed run leaves no record for blocks
+    in flight, so re-running recomputes exactly those.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        os.makedirs(folder, exist_ok=True)
+
+    def path(self, index: int) -> str:
+        return os.path.join(self.folder, f"{index}.done")
+
+    def is_done(self, index: int) -> bool:
+        return os.path.exists(self.path(index))
+
+    def mark_done(self, index: int, info: dict[str, Any] | None = None) -> None:
+        write_json_atomic(self.path(index), {"block": index, **(info or {})})
+
+    def done(self, indices: Iterable[int]) -> list[int]:
+        present = set(os.listdir(self.folder))
+        return [i for i in indices if f"{i}.done" in present]
+
+
+def _run_and_mark(func: Callable[[int], Any], records: DoneRecords | None, index: int) -> int:
+    func(index)
+    if records is not None:
+        records.mark_done(index)
+    return index
+
+
+def run_blocks(
+    func: Callable[[int], Any],
+    indices: Sequence[int],
+    *,
+    records: DoneRecords | None = None,
+    scheduler: str = "threads",
+    num_workers: int | None = None,
+    voxels: Callable[[int], int] | None = None,
+    desc: str = "blocks",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Run ``func(index)`` for every block index not yet done; return a summary.
+
+    Parameters
+    ----------
+    func
+        Processes one block and returns once its outputs are durable; must be picklable for
+        ``"processes"`` and distributed schedulers.
+    indices
+        Block indices to cover (e.g. from :func:`task_blocks`); processed in this order.
+    records
+        Done records: done blocks are skipped and finished ones marked. None disables resume.
+    scheduler
+        ``"threads"``, ``"processes"``, ``"synchronous"`` or a ``dask.distributed`` address.
+    num_workers
+        Worker count for the local dask schedulers (default: dask's, the CPU count).
+    voxels
+        Voxel count of a block, for the Mvoxel/s rate (default: rate in blocks only).
+    desc, progress
+        Progress bar label and switch (the summary line is always printed to stderr).
+
+    Returns
+    -------
+    dict with ``blocks`` (run now), ``skipped``, ``seconds`` and ``voxels_per_second``.
+    """
+    from tqdm import tqdm
+
+    _check_scheduler(scheduler)
+    done = set(records.done(indices)) if records is not None else set()
+    todo = [i for i in indices if i not in done]
+    task = partial(_run_and_mark, func, records)
+    n_voxels = sum(voxels(i) for i in todo) if voxels else 0
+    bar = tqdm(total=len(todo), desc=desc, unit="block", disable=not progress or not todo,
+               file=sys.stderr, dynamic_ncols=True)
+    start = time.perf_counter()
+    processed = {"voxels": 0}
+
+    def on_done(index: int) -> None:
+        processed["voxels"] += voxels(index) if voxels else 0
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        bar.update(1)
+        if voxels:
+            bar.set_postfix_str(f"{processed['voxels'] / elapsed / 1e6:.2f} Mvox/s", refresh=False)
+
+    try:
+        if todo:
+            _dispatch(task, todo, scheduler, num_workers, on_done)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    rate = n_voxels / seconds if seconds > 0 and n_voxels else 0.0
+    print(f"{desc}: {len(todo)} blocks run, {len(done)} already done, {seconds:.1f} s"
+          + (f", {rate / 1e6:.2f} Mvoxel/s" if n_voxels else ""), file=sys.stderr)
+    return {"blocks": len(todo), "skipped": len(done), "seconds": seconds, "voxels_per_second": rate}
+
+
+def _check_scheduler(scheduler: str) -> None:
+    if scheduler not in SCHEDULERS and "://" not in scheduler:
+        raise BlockRunError(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)} "
+                            "or a dask.distributed address like tcp://HOST:8786")
+
+
+def _dispatch(task: Callable[[int], int], todo: list[int], scheduler: str, num_workers: int | None,
+              on_done: Callable[[int], None]) -> None:
+    if "://" in scheduler:
+        from distributed import Client, as_completed
+
+        with Client(scheduler) as client:
+            futures = client.map(task, todo, pure=False)
+            for future in as_completed(futures):
+                on_done(future.result())
+        return
+    import dask
+    from dask.callbacks import Callback
+
+    class _Progress(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):  # noqa: ANN001
+            on_done(result)
+
+    tasks = [dask.delayed(task, pure=False)(i, dask_key_name=f"block-{i}") for i in todo]
+    with _Progress():
+        dask.compute(*tasks, scheduler=scheduler, num_workers=num_workers)

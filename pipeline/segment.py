@@ -1,0 +1,285 @@
+"""``python -m pipeline.segment vol.zarr``: affinities -> fragments -> stitched, size-merged segmentation.
+
+Phases (each resumable, each splittable over SLURM array tasks with ``--task-index/--num-tasks``):
+
+1. ``fragments`` (per block, :mod:`pipeline.fragments`): segment block + halo, write the inner
+   block of ``vol.zarr/fragments`` (uint64, ids ``block << 32 | local``) and a small table.
+2. ``stitch``: per block, mutual-majority face joins and cross-face adjacency from the tables
+   (:func:`pipeline.stitch.stitch_faces`); then, once all blocks are in, the global union-find and
+   size merging on small tables -> lookup table (:func:`pipeline.stitch.build_lookup`).
+3. ``relabel`` (per block, :mod:`pipeline.relabel`): fragments -> ``vol.zarr/segmentation``.
+
+Work files live in ``vol.zarr/.corrseg3d/segment/<output>/``: ``config.json`` (parameters and input
+identity; a rerun with a different config is refused unless ``--overwrite``), ``tables/<b>.npz``,
+``faces/<b>.npz``, ``lookup.npz`` and per-phase done records ``done/<phase>/<b>.done``, written
+after the block's data is durable; reruns skip done blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from typing import Any, Sequence
+
+import numpy as np
+
+from corrseg3d.offsets import max_offset, validate_offsets
+
+from .blocks import BlockGrid, BlockRunError, DoneRecords, run_blocks, task_blocks, write_json_atomic
+from .data import parse_numbers
+from .fragments import METHODS, FragmentParams, compute_fragments
+from .relabel import RelabelParams, relabel_block
+from .stitch import StitchParams, build_lookup, stitch_faces
+from .store import (StoreError, Volume, check_write_alignment, create_volume, open_volume, remove_volume,
+                    split_location)
+
+__all__ = ["SegmentError", "SegmentOptions", "PHASES", "segment", "main"]
+
+PHASES = ("fragments", "stitch", "relabel")
+OUTPUT_DTYPES = ("uint64", "uint32")
+
+
+class SegmentError(ValueError):
+    """Bad input or options for segmentation; the message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Parameters that define a segmentation result (all of them are in ``config.json``)."""
+
+    method: str = "mws"
+    block_shape: tuple[int, int, int] | None = None
+    halo: tuple[int, int, int] | None = None
+    strides: tuple[int, int, int] = (1, 4, 4)
+    randomize_seed: int | None = None
+    threshold: float = 0.5
+    majority: float = 0.5
+    min_size: int = 0
+    merge_floor: float = 0.0
+    consecutive: bool = False
+    dtype: str = "uint64"
+
+
+def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_name: str = "affinities",
+            output_name: str = "segmentation", fragments_name: str = "fragments", phase: str | None = None,
+            task_index: int | None = None, num_tasks: int | None = None, scheduler: str = "threads",
+            num_workers: int | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run the requested phase(s) of blockwise segmentation of ``store/input_name``.
+
+    Returns a summary dict (per-phase block counts and seconds, segment counts when stitched).
+    Raises :class:`SegmentError` (or another ``ValueError`` subclass) before writing anything
+    when the input or the options are invalid.
+    """
+    if phase is not None and phase not in PHASES:
+        raise SegmentError(f"unknown phase {phase!r}: use one of {', '.join(PHASES)}")
+    if task_index is not None and phase is None:
+        raise SegmentError("--task-index/--num-tasks need --phase: run the phases one after the other as separate jobs")
+    task_blocks(0, task_index, num_tasks)
+    affinities = open_volume(f"{store}/{input_name}")
+    offsets = _check_input(affinities)
+    options = _resolve(options, affinities, offsets)
+    workdir = os.path.join(store, ".corrseg3d", "segment", output_name)
+    locations = {"fragments": f"{store}/{fragments_name}", "segmentation": f"{store}/{output_name}"}
+    config = {"options": asdict(options), "input": _identity(affinities, offsets), "outputs": locations}
+    _claim(workdir, config, locations, overwrite)
+    fragments, segmentation = _outputs(affinities, options, locations)
+    for volume in (fragments, segmentation):
+        check_write_alignment(volume, options.block_shape)
+    grid = BlockGrid(affinities.spatial_shape, options.block_shape)
+    mine = task_blocks(grid.n_blocks, task_index, num_tasks)
+    run = partial(run_blocks, scheduler=scheduler, num_workers=num_workers, progress=progress,
+                  voxels=lambda i: grid.block(i).size)
+    records = {name: DoneRecords(os.path.join(workdir, "done", name)) for name in ("fragments", "faces", "relabel")}
+    summary: dict[str, Any] = {"blocks": grid.n_blocks}
+    common = dict(workdir=workdir, shape=grid.shape, block_shape=grid.block_shape)
+    if phase in (None, "fragments"):
+        params = FragmentParams(affinities=affinities.location, fragments=locations["fragments"], halo=options.halo,
+                                offsets=offsets, method=options.method, strides=options.strides,
+                                randomize_seed=options.randomize_seed, threshold=options.threshold, **common)
+        summary["fragments"] = run(partial(compute_fragments, params), mine, records=records["fragments"],
+                                   desc="fragments")
+    if phase in (None, "stitch"):
+        _require_done(records["fragments"], grid.n_blocks, "fragments")
+        params = StitchParams(majority=options.majority, min_size=options.min_size, merge_floor=options.merge_floor,
+                              consecutive=options.consecutive, **common)
+        summary["faces"] = run(partial(stitch_faces, params), mine, records=records["faces"], desc="stitch faces")
+        if len(records["faces"].done(range(grid.n_blocks))) == grid.n_blocks:
+            summary["segments"] = build_lookup(params)
+            write_json_atomic(os.path.join(workdir, "lookup.done"), summary["segments"])
+    if phase in (None, "relabel"):
+        if not os.path.exists(os.path.join(workdir, "lookup.done")):
+            raise SegmentError(f"no lookup table in {workdir}: finish --phase stitch first")
+        params = RelabelParams(fragments=locations["fragments"], segmentation=locations["segmentation"], **common)
+        summary["relabel"] = run(partial(relabel_block, params), mine, records=records["relabel"], desc="relabel")
+    return summary
+
+
+def _check_input(affinities: Volume) -> tuple[tuple[int, int, int], ...]:
+    where = affinities.location
+    if "offsets" not in affinities.attrs:
+        raise SegmentError(f"{where} has no 'offsets' attribute: store the list of 12 [dz, dy, dx] offsets "
+                           "with the affinities (pipeline.predict and pipeline.noisy_affinities write it)")
+    offsets = validate_offsets(affinities.attrs["offsets"])
+    if affinities.ndim != 4 or affinities.shape[0] != len(offsets):
+        raise SegmentError(f"{where} has shape {affinities.shape} but {len(offsets)} offsets: affinities must be "
+                           f"(C, z, y, x) with one channel per offset")
+    if affinities.dtype != np.uint8 and not np.issubdtype(affinities.dtype, np.floating):
+        raise SegmentError(f"{where} has dtype {affinities.dtype}: store affinities as uint8 (round(255 a)) or float")
+    if np.issubdtype(affinities.dtype, np.floating):
+        import dask.array as da
+
+        if bool(da.isnan(affinities.to_dask()).any().compute()):
+            raise SegmentError(f"{where} contains NaN affinities: fix or re-run the prediction that wrote it")
+    return offsets
+
+
+def _resolve(options: SegmentOptions, affinities: Volume, offsets: Sequence[Sequence[int]]) -> SegmentOptions:
+    """Fill defaults (block = output chunk, or the whole volume for waterz/multicut) and validate."""
+    if options.method not in METHODS:
+        raise SegmentError(f"unknown method {options.method!r}: use one of {', '.join(METHODS)}")
+    if options.dtype not in OUTPUT_DTYPES:
+        raise SegmentError(f"output dtype {options.dtype!r} is not allowed: segmentations are integer ids, "
+                           f"use one of {', '.join(OUTPUT_DTYPES)}")
+    if options.dtype == "uint32" and not options.consecutive:
+        raise SegmentError("--dtype uint32 needs --consecutive (fragment-derived ids need 64 bits)")
+    if not 0.5 <= options.majority < 1.0:
+        raise SegmentError(f"--majority {options.majority} must be in [0.5, 1): below 0.5 one label may join several")
+    shape = affinities.spatial_shape
+    block = options.block_shape
+    if block is None:
+        block = shape if options.method != "mws" else tuple(affinities.chunks[1:])
+    block = tuple(min(int(b), s) for b, s in zip(block, shape))
+    halo = options.halo or tuple(1 << (m - 1).bit_length() for m in max_offset(offsets))
+    if len(block) != 3 or len(halo) != 3 or any(h < 0 for h in halo):
+        raise SegmentError(f"block shape {block} and halo {halo} must be three (z, y, x) sizes")
+    return replace(options, block_shape=block, halo=tuple(int(h) for h in halo))
+
+
+def _identity(affinities: Volume, offsets: Sequence[Sequence[int]]) -> dict[str, Any]:
+    attrs = json.dumps(affinities.attrs, sort_keys=True, default=str)
+    return {"location": affinities.location, "shape": list(affinities.shape), "dtype": str(affinities.dtype),
+            "chunks": list(affinities.chunks), "offsets": [list(o) for o in offsets], "attrs": attrs}
+
+
+def _claim(workdir: str, config: dict[str, Any], locations: dict[str, str], overwrite: bool) -> None:
+    """Start or resume the output: refuse a different config unless ``overwrite`` (which resets everything)."""
+    path = os.path.join(workdir, "config.json")
+    config = json.loads(json.dumps(config))
+    if overwrite:
+        shutil.rmtree(workdir, ignore_errors=True)
+        for location in locations.values():
+            remove_volume(location)
+    elif os.path.exists(path):
+        with open(path) as handle:
+            previous = json.load(handle)
+        if previous != config:
+            changed = sorted(k for part in ("options", "input", "outputs")
+                             for k in set(config[part]) | set(previous.get(part, {}))
+                             if config[part].get(k) != previous.get(part, {}).get(k))
+            raise SegmentError(f"{locations['segmentation']} was started with a different config ({', '.join(changed)} "
+                               "differ): rerun with the original options, or pass --overwrite to start again")
+    else:
+        for location in locations.values():
+            if os.path.exists(_dataset_path(location)):
+                raise SegmentError(f"{location} exists but was not written by this command: pass --overwrite to replace it")
+    os.makedirs(workdir, exist_ok=True)
+    if not os.path.exists(path):
+        write_json_atomic(path, config)
+
+
+def _outputs(affinities: Volume, options: SegmentOptions, locations: dict[str, str]) -> tuple[Volume, Volume]:
+    shape = affinities.spatial_shape
+    chunks = tuple(min(c, s) for c, s in zip(affinities.chunks[1:], shape))
+    if any(b % c for b, c, s in zip(options.block_shape, chunks, shape) if b < s):
+        chunks = options.block_shape
+    volumes = []
+    for name, dtype in (("fragments", "uint64"), ("segmentation", options.dtype)):
+        if os.path.exists(_dataset_path(locations[name])):
+            volumes.append(open_volume(locations[name], mode="r+"))
+        else:
+            try:
+                volumes.append(create_volume(locations[name], shape, dtype, chunks=chunks,
+                                             voxel_size=affinities.voxel_size, offset=affinities.offset,
+                                             attrs={"source": affinities.location}))
+            except StoreError:  # another task created it meanwhile
+                volumes.append(open_volume(locations[name], mode="r+"))
+    return volumes[0], volumes[1]
+
+
+def _dataset_path(location: str) -> str:
+    root, inner = split_location(location)
+    return os.path.join(root, inner)
+
+
+def _require_done(records: DoneRecords, n_blocks: int, phase: str) -> None:
+    done = len(records.done(range(n_blocks)))
+    if done != n_blocks:
+        raise SegmentError(f"phase {phase} has {done} of {n_blocks} blocks done: finish --phase {phase} first")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.segment",
+        description="Blockwise mutex watershed (or waterz / multicut) of vol.zarr/affinities with halo-overlap "
+                    "stitching and size merging -> vol.zarr/segmentation (uint64). --method waterz and multicut "
+                    "run on the whole volume by default (it must fit in memory); give --block-shape to tile them.")
+    parser.add_argument("store", help="zarr store with the affinities, e.g. vol.zarr")
+    parser.add_argument("--input", default="affinities", help="affinity dataset (default affinities)")
+    parser.add_argument("--output", default="segmentation", help="segmentation dataset (default segmentation)")
+    parser.add_argument("--fragments", default="fragments", help="pass-1 fragments dataset (default fragments)")
+    parser.add_argument("--method", choices=METHODS, default="mws")
+    parser.add_argument("--block-shape", type=parse_numbers(int, 3, "32,256,256"),
+                        help="z,y,x block (default: the affinity chunk; whole volume for waterz/multicut)")
+    parser.add_argument("--halo", type=parse_numbers(int, 3, "4,32,32"),
+                        help="z,y,x halo (default: max offset rounded up to a power of two, e.g. 4,32,32)")
+    parser.add_argument("--strides", type=parse_numbers(int, 3, "1,4,4"), default=(1, 4, 4),
+                        help="mutex edge strides (default 1,4,4)")
+    parser.add_argument("--randomize-strides", type=int, metavar="SEED",
+                        help="sample mutex edges at random (probability 1/prod(strides)), deterministic for SEED")
+    parser.add_argument("--threshold", type=float, default=0.5, help="waterz merge threshold (default 0.5)")
+    parser.add_argument("--majority", type=float, default=0.5,
+                        help="face join rule: overlap > MAJORITY of both labels' halo voxels (default 0.5)")
+    parser.add_argument("--min-size", type=int, default=0, help="merge segments smaller than this (default 0: off)")
+    parser.add_argument("--merge-floor", type=float, default=0.0,
+                        help="a small segment merges only if its best neighbour's mean NN affinity exceeds this")
+    parser.add_argument("--consecutive", action="store_true", help="relabel segments 1..K")
+    parser.add_argument("--dtype", default="uint64", help="output dtype: uint64 (default) or uint32 with --consecutive")
+    parser.add_argument("--phase", choices=PHASES, help="run one phase only (default: all)")
+    parser.add_argument("--task-index", type=int, help="this task's index (SLURM_ARRAY_TASK_ID), with --num-tasks")
+    parser.add_argument("--num-tasks", type=int, help="number of array tasks sharing the phase's blocks")
+    parser.add_argument("--scheduler", default="threads",
+                        help="threads (default), processes, synchronous, or a dask.distributed address tcp://HOST:PORT")
+    parser.add_argument("--num-workers", type=int, help="workers of the local dask scheduler (default: CPU count)")
+    parser.add_argument("--overwrite", action="store_true", help="discard an existing output and its records")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    options = SegmentOptions(method=args.method, block_shape=args.block_shape, halo=args.halo, strides=args.strides,
+                             randomize_seed=args.randomize_strides, threshold=args.threshold, majority=args.majority,
+                             min_size=args.min_size, merge_floor=args.merge_floor, consecutive=args.consecutive,
+                             dtype=args.dtype)
+    try:
+        summary = segment(args.store, options, input_name=args.input, output_name=args.output,
+                          fragments_name=args.fragments, phase=args.phase, task_index=args.task_index,
+                          num_tasks=args.num_tasks, scheduler=args.scheduler, num_workers=args.num_workers,
+                          overwrite=args.overwrite, progress=not args.no_progress)
+    except (SegmentError, StoreError, BlockRunError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if "segments" in summary:
+        counts = summary["segments"]
+        print(f"segment: {counts['fragments']} fragments -> {counts['stitched']} stitched -> "
+              f"{counts['segments']} segments", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

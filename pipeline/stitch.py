@@ -1,0 +1,235 @@
+"""Stitching and size merging on small tables: fragment tables -> lookup table.
+
+Two steps, neither reads the fragment or affinity volumes:
+
+1. :func:`stitch_faces` (blockwise, per block ``B`` and each lower face neighbour ``A``): the two
+   label slabs pass 1 saved over the box both halo'd blocks cover give a contingency table
+   (A label, B label) -> voxel count. **Mutual-majority rule**: a pair is joined only if its count
+   exceeds ``majority`` (default 0.5) of the A label's voxels *and* of the B label's voxels in that
+   box, so each label joins at most one label per face and one false overlap cannot merge two
+   large objects (dependencies.md section 2, ``halo_uf``). The same slabs give the region
+   adjacency across the face: (A label on the last plane of A, B label on the first plane of B)
+   with the sum/count of the NN affinities of those links.
+2. :func:`build_lookup` (global, small tables only): union-find (``connected_components``) over
+   all joined pairs, then **size merging**: every segment smaller than ``min_size`` voxels (global
+   size, summed over blocks) merges into the adjacent segment of highest mean NN affinity on their
+   shared boundary, if that mean exceeds ``merge_floor``; rounds repeat on the merged graph until
+   no small segment has such a neighbour. Segment id = smallest fragment id of the segment, or
+   1..K in that order with ``consecutive``.
+
+Node numbering: fragment ``b << 32 | l`` of block ``b`` (``l`` in 1..n_b) is node
+``node_offsets[b] + l - 1``; the lookup table stores one value per node so pass 2 maps a block
+with one gather.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .blocks import BlockGrid, save_npz_atomic
+from .fragments import ID_SHIFT, load_slab, pair_statistics, table_path
+
+__all__ = ["StitchParams", "stitch_faces", "build_lookup", "merge_small_segments", "face_path", "lookup_path"]
+
+LOCAL_MASK = np.uint64(0xFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class StitchParams:
+    """Parameters of stitching and size merging (picklable)."""
+
+    workdir: str
+    shape: tuple[int, int, int]
+    block_shape: tuple[int, int, int]
+    majority: float = 0.5
+    min_size: int = 0
+    merge_floor: float = 0.0
+    consecutive: bool = False
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.shape, self.block_shape)
+
+
+def face_path(workdir: str, index: int) -> str:
+    return os.path.join(workdir, "faces", f"{index}.npz")
+
+
+def lookup_path(workdir: str) -> str:
+    return os.path.join(workdir, "lookup.npz")
+
+
+def stitch_faces(params: StitchParams, index: int) -> None:
+    """Joined pairs and cross-face adjacency between block ``index`` and its lower neighbours."""
+    grid = params.grid
+    block = grid.block(index)
+    merges, us, vs, ws = [], [], [], []
+    with np.load(table_path(params.workdir, index)) as mine:
+        for axis in range(3):
+            lower = grid.neighbour(block, axis, -1)
+            if lower is None:
+                continue
+            b_slab, begin = load_slab(mine, axis, -1)
+            with np.load(table_path(params.workdir, lower)) as theirs:
+                a_slab, a_begin = load_slab(theirs, axis, 1)
+            if a_slab.shape != b_slab.shape or not np.array_equal(begin, a_begin):
+                raise ValueError(f"face tables of blocks {lower} and {index} disagree: rerun pass 1 with --overwrite")
+            a_ids = _global(lower, a_slab.ravel())
+            b_ids = _global(index, b_slab.ravel())
+            merges.append(mutual_majority(a_ids, b_ids, params.majority))
+            plane = [slice(bg - o, e - o) for bg, e, o in zip(block.begin, block.end, begin)]
+            plane[axis] = block.begin[axis] - int(begin[axis])
+            b_plane = tuple(plane)
+            plane[axis] -= 1
+            us.append(_global(lower, a_slab[tuple(plane)].ravel()))
+            vs.append(_global(index, b_slab[b_plane].ravel()))
+            ws.append(mine[f"face_aff_{axis}"].ravel())
+    empty = np.zeros(0, np.uint64)
+    stats = pair_statistics(np.concatenate(us or [empty]), np.concatenate(vs or [empty]),
+                            np.concatenate(ws or [np.zeros(0)]))
+    joined = np.concatenate(merges) if merges else np.zeros((0, 2), np.uint64)
+    save_npz_atomic(face_path(params.workdir, index), {"merges": joined, **stats})
+
+
+def _global(block_index: int, local: np.ndarray) -> np.ndarray:
+    local = local.astype(np.uint64)
+    return np.where(local > 0, (np.uint64(block_index) << ID_SHIFT) | local, np.uint64(0))
+
+
+def mutual_majority(a: np.ndarray, b: np.ndarray, majority: float = 0.5) -> np.ndarray:
+    """Pairs (a, b) whose overlap count exceeds ``majority`` of both labels' counts (background 0 excluded)."""
+    a_values, a_inv = np.unique(a, return_inverse=True)
+    b_values, b_inv = np.unique(b, return_inverse=True)
+    a_inv, b_inv = a_inv.ravel(), b_inv.ravel()
+    a_tot, b_tot = np.bincount(a_inv), np.bincount(b_inv)
+    keys, counts = np.unique(a_inv.astype(np.int64) * len(b_values) + b_inv, return_counts=True)
+    ai, bi = keys // len(b_values), keys % len(b_values)
+    keep = (counts > majority * a_tot[ai]) & (counts > majority * b_tot[bi])
+    pairs = np.stack([a_values[ai[keep]], b_values[bi[keep]]], axis=1)
+    return pairs[(pairs > 0).all(axis=1)]
+
+
+def build_lookup(params: StitchParams) -> dict[str, int]:
+    """Global step: union-find over joined pairs + size merging -> ``lookup.npz``; returns counts."""
+    n_blocks = params.grid.n_blocks
+    n_labels, sizes, edges, sums, counts, merges = [], [], [], [], [], []
+    for index in range(n_blocks):
+        with np.load(table_path(params.workdir, index)) as table:
+            n_labels.append(int(table["n_labels"]))
+            sizes.append(table["sizes"][1:])
+            edges.append(_global(index, table["edges"]))
+            sums.append(table["edge_sum"])
+            counts.append(table["edge_count"])
+        with np.load(face_path(params.workdir, index)) as face:
+            merges.append(face["merges"])
+            edges.append(face["edges"])
+            sums.append(face["edge_sum"])
+            counts.append(face["edge_count"])
+    node_offsets = np.concatenate([[0], np.cumsum(n_labels)]).astype(np.int64)
+    n_nodes = int(node_offsets[-1])
+    to_node = _node_mapper(node_offsets)
+    joined = to_node(np.concatenate(merges).reshape(-1, 2))
+    components = _components(n_nodes, joined)
+    node_sizes = np.concatenate(sizes).astype(np.int64)
+    edge_nodes = to_node(np.concatenate(edges).reshape(-1, 2))
+    n_stitched = int(components.max(initial=-1)) + 1
+    segments = merge_small_segments(components, node_sizes, edge_nodes, np.concatenate(sums),
+                                    np.concatenate(counts), min_size=params.min_size,
+                                    merge_floor=params.merge_floor)
+    values = _segment_ids(segments, node_offsets, node_sizes, params.consecutive)
+    save_npz_atomic(lookup_path(params.workdir), {"node_offsets": node_offsets, "values": values})
+    n_final = len(np.unique(segments[node_sizes > 0]))
+    return {"fragments": int((node_sizes > 0).sum()), "stitched": n_stitched, "segments": n_final}
+
+
+def _node_mapper(node_offsets: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Function mapping global fragment ids to node indices."""
+    def to_node(ids: np.ndarray) -> np.ndarray:
+        ids = ids.astype(np.uint64)
+        blocks = (ids >> ID_SHIFT).astype(np.int64)
+        return node_offsets[blocks] + (ids & LOCAL_MASK).astype(np.int64) - 1
+    return to_node
+
+
+def _components(n_nodes: int, pairs: np.ndarray) -> np.ndarray:
+    """Connected component of every node given undirected ``pairs`` (k, 2) of node indices."""
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n_nodes, n_nodes))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def merge_small_segments(labels: np.ndarray, sizes: np.ndarray, edges: np.ndarray, edge_sum: np.ndarray,
+                         edge_count: np.ndarray, *, min_size: int, merge_floor: float) -> np.ndarray:
+    """Merge segments below ``min_size`` into their best neighbour, in rounds, until none can.
+
+    Parameters
+    ----------
+    labels
+        (n,) segment index 0..S-1 of every node.
+    sizes
+        (n,) voxel count of every node; segment size is the sum over its nodes.
+    edges, edge_sum, edge_count
+        (m, 2) adjacent node pairs with the sum and count of NN affinities on their boundary.
+    min_size, merge_floor
+        A segment with fewer than ``min_size`` voxels merges into the neighbour with the highest
+        mean affinity when that mean is above ``merge_floor`` (ties: smaller segment index).
+
+    Returns
+    -------
+    (n,) segment index of every node after merging (not consecutive).
+    """
+    labels = labels.copy()
+    u, v = labels[edges[:, 0]], labels[edges[:, 1]]
+    edge_sum, edge_count = edge_sum.astype(np.float64), edge_count.astype(np.float64)
+    while min_size > 0:
+        n_segments = int(labels.max(initial=-1)) + 1
+        segment_sizes = np.bincount(labels, weights=sizes, minlength=n_segments)
+        u, v, edge_sum, edge_count = _reduce_edges(u, v, edge_sum, edge_count, n_segments)
+        mean = edge_sum / np.maximum(edge_count, 1)
+        source = np.concatenate([u, v])
+        target = np.concatenate([v, u])
+        score = np.concatenate([mean, mean])
+        candidate = (segment_sizes[source] < min_size) & (segment_sizes[source] > 0) & (score > merge_floor)
+        if not candidate.any():
+            break
+        source, target, score = source[candidate], target[candidate], score[candidate]
+        order = np.lexsort((target, -score, source))
+        first = np.ones(len(order), bool)
+        first[1:] = source[order][1:] != source[order][:-1]
+        best = order[first]
+        pairs = np.stack([source[best], target[best]], axis=1)
+        merged = _components(n_segments, pairs)
+        labels, u, v = merged[labels], merged[u], merged[v]
+    return labels
+
+
+def _reduce_edges(u: np.ndarray, v: np.ndarray, edge_sum: np.ndarray, edge_count: np.ndarray,
+                  n_segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sum edge statistics per unordered segment pair, dropping pairs inside one segment."""
+    lo, hi = np.minimum(u, v), np.maximum(u, v)
+    keep = lo != hi
+    keys, inverse = np.unique(lo[keep] * n_segments + hi[keep], return_inverse=True)
+    inverse = inverse.ravel()
+    return (keys // n_segments, keys % n_segments, np.bincount(inverse, weights=edge_sum[keep], minlength=len(keys)),
+            np.bincount(inverse, weights=edge_count[keep], minlength=len(keys)))
+
+
+def _segment_ids(segments: np.ndarray, node_offsets: np.ndarray, node_sizes: np.ndarray,
+                 consecutive: bool) -> np.ndarray:
+    """Output id per node: smallest fragment id of its segment, or 1..K in that order."""
+    present = np.unique(segments[node_sizes > 0])
+    _, first = np.unique(segments, return_index=True)
+    blocks = np.searchsorted(node_offsets, first, side="right") - 1
+    min_ids = (blocks.astype(np.uint64) << ID_SHIFT) | (first - node_offsets[blocks] + 1).astype(np.uint64)
+    by_segment = np.zeros(int(segments.max(initial=-1)) + 1, np.uint64)
+    by_segment[np.unique(segments)] = min_ids
+    if consecutive:
+        ranks = np.zeros(len(by_segment), np.uint64)
+        ranks[present[np.argsort(by_segment[present], kind="stable")]] = np.arange(1, len(present) + 1, dtype=np.uint64)
+        by_segment = ranks
+    return by_segment[segments]

@@ -1,0 +1,357 @@
+"""Typed training configuration: YAML files validated against a dataclass schema.
+
+A configuration file is a YAML mapping with the sections of :class:`Config` (``model``,
+``data``, ``augment``, ``loss``, ``optim``, ``train``, ``validation``); every section and key is
+optional and falls back to the defaults below, which are the paper's AC3/AC4 settings
+(pea-method.md section 0, 4). Validation is strict:
+
+* an unknown key raises :class:`ConfigError` naming the key, its dotted path and the closest
+  valid key (``difflib.get_close_matches``);
+* a value of the wrong type raises :class:`ConfigError` naming the path, the expected type and
+  the value (``int`` is accepted where ``float`` is expected, ``bool`` never counts as a number).
+
+Command-line overrides ``key.sub=value`` are parsed as YAML scalars (``train.iterations=10``,
+``loss.ccm=false``, ``model.filters=[4,8]``); an integer path component indexes a list
+(``data.sources.0.weight=2``).
+
+Slice ranges are ``[start, stop)`` in z, Python-style (``stop`` may be null = end of volume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence, Union
+
+import yaml
+
+from .offsets import PEA_OFFSETS, validate_offsets
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "SourceConfig",
+    "DataConfig",
+    "AugmentConfig",
+    "LossConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "ValidVolumeConfig",
+    "ValidationConfig",
+    "Config",
+    "from_dict",
+    "to_dict",
+    "load_config",
+    "apply_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """The configuration does not match the schema; the message names the offending path."""
+
+
+@dataclass
+class ModelConfig:
+    """Keyword arguments of :class:`corrseg3d.model.ResidualUNet3D` (see its docstring)."""
+
+    in_channels: int = 1
+    filters: tuple[int, ...] = (28, 36, 48, 64, 80)
+    embedding_dim: int = 16
+    pyramid_heads: bool = True
+    norm: str = "batch"
+    bn_momentum: float = 0.001
+    head: Literal["embedding", "affinity"] = "embedding"
+    n_affinities: int = 12
+
+
+@dataclass
+class SourceConfig:
+    """One training volume pair, sampled with probability proportional to ``weight``.
+
+    ``raw``/``labels`` are :func:`pipeline.store.open_volume` locations (``vol.zarr/raw``).
+    ``labels_2d`` marks labels that are only consistent within a slice (label attribute
+    ``labels_2d``; null = read it from the labels' attributes): only in-plane affinity channels
+    are supervised for such a source (``channel_mask``).
+    """
+
+    raw: str = ""
+    labels: str = ""
+    slices: tuple[int, int | None] = (0, None)
+    weight: float = 1.0
+    labels_2d: bool | None = None
+
+
+@dataclass
+class DataConfig:
+    """Training data: sources, patch size and the context cropped around each patch.
+
+    ``context`` (z, y, x) is read on each side of the patch before augmentation and cropped off
+    after it, so rotations and elastic warps never pull empty corners into the patch
+    (pea-method.md section 4.3 uses 50 px in xy).
+    """
+
+    sources: list[SourceConfig] = field(default_factory=list)
+    patch: tuple[int, int, int] = (18, 160, 160)
+    context: tuple[int, int, int] = (0, 50, 50)
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation probabilities and strengths (see :mod:`corrseg3d.augment`).
+
+    ``chain`` is the probability that the primary augmentation chain runs at all; each op then
+    runs independently with its own probability. The paper's effective per-op probability is
+    ``0.5 * 0.5 = 0.25`` (pea-method.md section 8.8): ``chain: 0.5`` and each op ``0.5``.
+    ``ccm_*`` switch the transforms of the cross-correlation view (section 2.3).
+    """
+
+    chain: float = 0.5
+    flip: float = 0.5
+    rotate: float = 0.5
+    elastic: float = 0.5
+    elastic_alpha: float = 16.0
+    elastic_sigma: float = 4.0
+    intensity: float = 0.5
+    intensity_contrast: float = 0.3
+    intensity_brightness: float = 0.3
+    intensity_per_slice: float = 0.5
+    missing_section: float = 0.0
+    missing_section_max: int = 2
+    misalignment: float = 0.0
+    misalignment_max_shift: int = 10
+    ccm_intensity: bool = True
+    ccm_cutout: bool = True
+    ccm_flip: bool = True
+
+
+@dataclass
+class LossConfig:
+    """Loss terms (ablation switches) and the affinity offsets (pea-method.md sections 2, 3)."""
+
+    scm: bool = True
+    ccm: bool = True
+    epm: bool = True
+    offsets: list[tuple[int, int, int]] = field(default_factory=lambda: [tuple(o) for o in PEA_OFFSETS])
+
+
+@dataclass
+class OptimConfig:
+    """Adam settings; the paper's are unusual on purpose (eps 0.01, amsgrad; section 8.12)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 0.01
+    weight_decay: float = 1e-6
+    amsgrad: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings. ``precision: auto`` = bf16 autocast on a CPU with native bf16
+    (AVX512-BF16/AMX) or a bf16-capable GPU, fp16 on other GPUs, fp32 otherwise."""
+
+    iterations: int = 200_000
+    batch_size: int = 2
+    num_workers: int = 2
+    seed: int = 555
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    threads: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 1000
+
+
+@dataclass
+class ValidVolumeConfig:
+    """A validation volume: ``raw``/``labels`` locations and a z slice range ``[start, stop)``."""
+
+    raw: str = ""
+    labels: str = ""
+    slices: tuple[int, int | None] = (0, None)
+    labels_2d: bool | None = None
+
+
+@dataclass
+class ValidationConfig:
+    """Validation by the real post-processing: affinities -> mutex watershed -> VOI/ARAND.
+
+    Volumes no larger than ``window`` are predicted in one pass; larger ones in windows of
+    ``window`` overlapping by ``overlap`` voxels. The best checkpoint by mean VOI is kept.
+    """
+
+    every: int = 1000
+    volumes: list[ValidVolumeConfig] = field(default_factory=list)
+    window: tuple[int, int, int] = (18, 160, 160)
+    overlap: tuple[int, int, int] = (8, 80, 80)
+    mws_strides: tuple[int, int, int] = (1, 4, 4)
+
+
+@dataclass
+class Config:
+    """The whole training configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def __post_init__(self) -> None:
+        try:
+            validate_offsets(self.loss.offsets)
+        except ValueError as error:
+            raise ConfigError(f"loss.offsets: {error}") from None
+        if self.model.head == "affinity" and self.model.n_affinities != len(self.loss.offsets):
+            raise ConfigError(
+                f"model.n_affinities ({self.model.n_affinities}) must equal the number of loss.offsets "
+                f"({len(self.loss.offsets)}) for the affinity head"
+            )
+        if self.loss.epm and not self.model.pyramid_heads:
+            raise ConfigError("loss.epm needs model.pyramid_heads: true (or set loss.epm: false)")
+        if any(p % 16 for p in self.data.patch[1:]) or any(w % 16 for w in self.validation.window[1:]):
+            raise ConfigError("data.patch and validation.window must be multiples of 16 in y and x")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the type annotation ``tp`` and convert it (lists to tuples...)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, option, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list ({_type_name(tp)}), got {value!r}")
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+            items = [_convert(v, args[0], f"{path}.{i}") for i, v in enumerate(value)]
+        else:
+            if len(value) != len(args):
+                raise ConfigError(f"{path}: expected {len(args)} values ({_type_name(tp)}), got {value!r}")
+            items = [_convert(v, a, f"{path}.{i}") for i, (v, a) in enumerate(zip(value, args))]
+        return items if origin is list else tuple(items)
+    if tp is float:
+        if isinstance(value, str):
+            value = _yaml11_float(value, path)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp in (int, str, bool):
+        if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
+            raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported schema type {tp!r} at {path}")
+
+
+def _yaml11_float(text: str, path: str) -> float:
+    """PyYAML follows YAML 1.1, which reads ``1e-4`` (no dot) as a string: accept it as a float."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{path}: expected a number, got {text!r}") from None
+
+
+def _build(cls: type, values: Any, path: str) -> Any:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {(path + '.' if path else '') + close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key {where!r}{hint}")
+        kwargs[key] = _convert(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Validate a plain mapping (as loaded from YAML) and build a :class:`Config`."""
+    return _build(Config, values, "")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The configuration as plain YAML/JSON-serialisable data (tuples become lists)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping.
+
+    Intermediate mappings are created as needed; integer components index lists. The result is
+    validated later by :func:`from_dict`, so a misspelt key is reported there.
+    """
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        *parents, last = key.split(".")
+        node: Any = values
+        for part in parents:
+            if isinstance(node, list):
+                node = node[_list_index(node, part, key)]
+            elif isinstance(node, dict):
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+            else:
+                raise ConfigError(f"override {item!r}: {part!r} is inside a value that is not a mapping")
+        value = yaml.safe_load(text)
+        if isinstance(node, list):
+            node[_list_index(node, last, key)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {item!r}: {'.'.join(parents)} is not a mapping")
+    return values
+
+
+def _list_index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {key!r}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    return from_dict(apply_overrides(values, overrides))

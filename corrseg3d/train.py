@@ -1,0 +1,406 @@
+"""Train a PEA model: ``python -m corrseg3d.train -c configs/NAME.yaml [key=value ...] [--resume] [--out DIR]``.
+
+This is the training *application*. Unlike the model library it imports ``pipeline``:
+:mod:`pipeline.store` (through :mod:`corrseg3d.sampler`) to read volumes, and
+:mod:`pipeline.mws` and :mod:`pipeline.metrics` because validation runs the real
+post-processing (lead's decision; no other ``corrseg3d`` module may do so).
+
+One iteration (pea-method.md sections 2.3, 3.5, 4.1): forward the batch, forward the CCM view
+(train mode, so BatchNorm running statistics also see the masked, jittered view, section 8.11;
+under ``no_grad`` because its embedding is detached anyway, section 8.2), map the view's
+embedding back with :func:`corrseg3d.ccm.invert_flips`, :func:`corrseg3d.losses.pea_loss`,
+backward, Adam step. The network runs under autocast (``train.precision``) and in
+``channels_last_3d`` memory format; losses are computed in float32.
+
+Output directory (``--out``, default ``runs/<config name>``):
+
+``config.yaml``  the resolved configuration;
+``train.jsonl``  one JSON record per log step (``kind: "train"``: mean losses, ``it_per_s``) and
+                 per validation (``kind: "valid"``: VOI split/merge, VOI, ARAND per volume and mean);
+``last.pt``      the latest checkpoint (every ``train.checkpoint_every`` iterations and at the end);
+``best.pt``      the checkpoint with the lowest mean validation VOI (needs validation volumes);
+``loss.png``     loss and validation curves.
+
+Validation (every ``validation.every`` iterations and at the end): affinities from
+:func:`corrseg3d.correlation.embedding_to_affinities` (or the affinity head's output) over the
+whole validation volume, in one pass when it fits ``validation.window``, else in overlapping
+windows averaged where each window's affinity is defined (long-range channels have an undefined
+band at every window start, pea-method.md section 8.15, which is excluded from the average);
+then :func:`pipeline.mws.mutex_watershed` and :func:`pipeline.metrics.segmentation_scores`
+against the un-widened labels (GT 0 ignored). Volumes with ``labels_2d`` are segmented and
+scored slice by slice.
+
+``--resume`` continues from ``last.pt`` bit for bit: the checkpoint restores model, optimizer,
+iteration and torch RNG, and every training sample is seeded by its index (see
+:mod:`corrseg3d.sampler`). Only ``train.iterations`` and settings that do not change the
+results (:data:`RESUMABLE_CHANGES`) may differ from the checkpoint's configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from pipeline.metrics import segmentation_scores
+from pipeline.mws import mutex_watershed
+from pipeline.store import open_volume
+
+from .ccm import invert_flips
+from .checkpoint import read_checkpoint, save_checkpoint
+from .config import Config, ValidationConfig, load_config, to_dict
+from .correlation import embedding_to_affinities, valid_mask
+from .losses import pea_loss
+from .model import ResidualUNet3D, build_model, model_config
+from .sampler import TrainingPatches, make_loader, slice_range, to_float_image, volume_is_2d
+
+__all__ = ["RESUMABLE_CHANGES", "resolve_device", "cpu_has_native_bf16", "resolve_precision", "predict_affinities",
+           "segment", "validate", "load_validation_volumes", "RunLog", "build_optimizer", "train_step", "train", "main"]
+
+#: Config keys that may differ between a checkpoint and a ``--resume`` run.
+RESUMABLE_CHANGES = ("train.iterations", "train.num_workers", "train.threads", "train.log_every",
+                     "train.checkpoint_every", "validation.every")
+
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = the first CUDA device if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True if the CPU advertises AVX512-BF16 or AMX-BF16 (Linux ``/proc/cpuinfo``)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.precision`` on ``device`` (None = fp32, no autocast).
+
+    ``auto``: bf16 on a CPU with native bf16 (about 2x faster there, dependencies.md section 5;
+    emulated bf16 on other CPUs is slower than fp32), bf16 on a GPU that supports it, else fp16
+    on a GPU and fp32 on a CPU. fp16 is refused on the CPU (no gradient scaler there).
+    """
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return _PRECISIONS[precision]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last_3d if channels_last else torch.contiguous_format
+
+
+def _output_affinities(model: ResidualUNet3D, image: torch.Tensor, offsets: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B, C, z, y, x) affinities in [0, 1] from either head."""
+    output = model(image).output.float()
+    return output if model_config(model)["head"] == "affinity" else embedding_to_affinities(output, offsets)
+
+
+def _window_starts(size: int, window: int, stride: int) -> list[int]:
+    starts = list(range(0, max(size - window, 0) + 1, max(stride, 1)))
+    return starts if starts[-1] == size - window else starts + [size - window]
+
+
+@torch.no_grad()
+def predict_affinities(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Sequence[int]], *,
+                       window: Sequence[int], overlap: Sequence[int], device: torch.device,
+                       autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> np.ndarray:
+    """Affinities (C, z, y, x) float32 in [0, 1] of a whole (z, y, x) float image, eval mode.
+
+    y and x are reflect-padded to a multiple of 16; windows of ``window`` (shrunk to the padded
+    volume) step by ``window - overlap``. Each channel is averaged over the windows in which its
+    partner voxel lies inside the window; positions defined by no window (the first ``|o|``
+    voxels of the volume) get 0.
+    """
+    multiple = ResidualUNet3D.xy_multiple
+    pad = [(0, 0)] + [(0, -n % multiple) for n in image.shape[1:]]
+    padded = np.pad(image, pad, mode="reflect")
+    shape = padded.shape
+    window = [min(w, n) for w, n in zip(window, shape)]
+    stride = [w - o for w, o in zip(window, overlap)]
+    total = np.zeros((len(offsets),) + shape, np.float32)
+    count = np.zeros((len(offsets),) + shape, np.float32)
+    defined = valid_mask(window, offsets).numpy()
+    was_training = model.training
+    model.eval()
+    try:
+        for z in _window_starts(shape[0], window[0], stride[0]):
+            for y in _window_starts(shape[1], window[1], stride[1]):
+                for x in _window_starts(shape[2], window[2], stride[2]):
+                    box = (slice(z, z + window[0]), slice(y, y + window[1]), slice(x, x + window[2]))
+                    batch = torch.from_numpy(np.ascontiguousarray(padded[box]))[None, None].to(device)
+                    with _autocast(device, autocast_dtype):
+                        affinities = _output_affinities(model, batch.contiguous(memory_format=_memory_format(channels_last)), offsets)
+                    total[(slice(None),) + box] += affinities[0].float().cpu().numpy() * defined
+                    count[(slice(None),) + box] += defined
+    finally:
+        model.train(was_training)
+    crop = (slice(None),) + tuple(slice(0, n) for n in image.shape)
+    return (total / np.maximum(count, 1))[crop]
+
+
+def _unique_per_slice(labels: np.ndarray) -> np.ndarray:
+    """Make ids of different slices distinct (0 stays 0): for 2D labels and 2D segmentations."""
+    step = np.uint64(int(labels.max()) + 1)
+    slices = np.arange(labels.shape[0], dtype=np.uint64)[:, None, None]
+    return np.where(labels > 0, labels.astype(np.uint64) + slices * step, 0).astype(np.uint64)
+
+
+def segment(affinities: np.ndarray, offsets: Sequence[Sequence[int]], *, strides: Sequence[int],
+            per_slice: bool) -> np.ndarray:
+    """Mutex watershed of (C, z, y, x) affinities, in 3D or independently per slice."""
+    if not per_slice:
+        return mutex_watershed(affinities, offsets, strides=strides)
+    slices = [mutex_watershed(affinities[:, z:z + 1], offsets, strides=strides)[0] for z in range(affinities.shape[1])]
+    return _unique_per_slice(np.stack(slices))
+
+
+def validate(model: ResidualUNet3D, volumes: Sequence[dict[str, Any]], config: ValidationConfig, *,
+             offsets: Sequence[Sequence[int]], device: torch.device, autocast_dtype: torch.dtype | None,
+             channels_last: bool) -> dict[str, Any]:
+    """Scores of every validation volume and their means (``voi``, ``arand``, ...).
+
+    ``volumes`` are dicts with ``name``, ``image`` (z, y, x) float32, ``labels`` (un-widened GT)
+    and ``labels_2d``.
+    """
+    per_volume = {}
+    for volume in volumes:
+        affinities = predict_affinities(model, volume["image"], offsets, window=config.window, overlap=config.overlap,
+                                        device=device, autocast_dtype=autocast_dtype, channels_last=channels_last)
+        seg = segment(affinities, offsets, strides=config.mws_strides, per_slice=volume["labels_2d"])
+        gt = _unique_per_slice(volume["labels"]) if volume["labels_2d"] else volume["labels"]
+        scores = segmentation_scores(seg, gt)
+        per_volume[volume["name"]] = {k: scores[k] for k in ("voi_split", "voi_merge", "voi", "arand")}
+    means = {k: float(np.mean([s[k] for s in per_volume.values()])) for k in ("voi_split", "voi_merge", "voi", "arand")}
+    return dict(means, volumes=per_volume)
+
+
+def load_validation_volumes(config: ValidationConfig) -> list[dict[str, Any]]:
+    """Read the validation volumes' slice ranges into memory."""
+    volumes = []
+    for spec in config.volumes:
+        raw, labels = open_volume(spec.raw), open_volume(spec.labels)
+        start, stop = slice_range(spec.slices, raw.spatial_shape[0])
+        volumes.append(dict(name=f"{spec.raw}[{start}:{stop}]", image=to_float_image(raw[start:stop]),
+                            labels=labels[start:stop], labels_2d=volume_is_2d(labels, spec.labels_2d)))
+    return volumes
+
+
+class RunLog:
+    """Append-only ``train.jsonl`` plus the ``loss.png`` plot drawn from it."""
+
+    def __init__(self, directory: Path, *, resume_from: int | None) -> None:
+        self.path = directory / "train.jsonl"
+        self.plot_path = directory / "loss.png"
+        records = self.records() if resume_from is not None else []
+        # Records written after the checkpoint we resume from would be duplicated: drop them.
+        kept = [r for r in records if r["iteration"] <= (resume_from or 0)]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+    def plot(self) -> None:
+        """Loss terms (log scale) and validation VOI/ARAND against iterations (matplotlib Agg)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = self.records()
+        train_records = [r for r in records if r["kind"] == "train"]
+        valid_records = [r for r in records if r["kind"] == "valid"]
+        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        for term in (train_records[0]["loss"] if train_records else {}):
+            values = [(r["iteration"], r["loss"][term]) for r in train_records if r["loss"][term] > 0]
+            if values:
+                left.plot(*zip(*values), label=term)
+        left.set(xlabel="iteration", ylabel="loss", yscale="log", title="training loss")
+        for metric in ("voi", "arand"):
+            if valid_records:
+                right.plot([r["iteration"] for r in valid_records], [r[metric] for r in valid_records],
+                           marker="o", label=metric)
+        right.set(xlabel="iteration", title="validation (mutex watershed)")
+        for axis in (left, right):
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend()
+        figure.tight_layout()
+        figure.savefig(self.plot_path, dpi=100)
+        plt.close(figure)
+
+
+def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        flat = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    old, new = flatten(saved), flatten(current)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ValueError(f"cannot resume: the configuration differs from the checkpoint's in {', '.join(changed)} "
+                         f"(only {', '.join(RESUMABLE_CHANGES)} may change)")
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    targets = {k: batch[k].to(device) for k in ("affinities", "weights", "valid", "channel_mask")}
+    targets["affinities"] = targets["affinities"].float()
+    targets["pyramid"] = [{k: v.to(device) for k, v in level.items()} for level in batch["pyramid"]]
+    return targets
+
+
+def train_step(model: ResidualUNet3D, optimizer: torch.optim.Optimizer, batch: dict[str, Any], config: Config, *,
+               device: torch.device, autocast_dtype: torch.dtype | None,
+               scaler: torch.amp.GradScaler) -> dict[str, float]:
+    """One optimisation step on a collated batch; returns the loss terms as floats."""
+    memory_format = _memory_format(config.train.channels_last)
+    image = batch["image"].to(device).contiguous(memory_format=memory_format)
+    with _autocast(device, autocast_dtype):
+        output = model(image)
+        view_output = None
+        if "view" in batch:
+            with torch.no_grad():
+                view = model(batch["view"].to(device).contiguous(memory_format=memory_format)).output
+            view_output = invert_flips(view.float(), batch["rule"])
+    losses = pea_loss(output, _to_device(batch, device), offsets=config.loss.offsets, view_output=view_output,
+                      use_scm=config.loss.scm, use_ccm=config.loss.ccm, use_epm=config.loss.epm,
+                      head=config.model.head)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["total"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Adam:
+    """Adam with the configured (paper: eps 0.01, amsgrad, coupled L2 decay) settings."""
+    o = config.optim
+    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
+                            weight_decay=o.weight_decay, amsgrad=o.amsgrad)
+
+
+def train(config: Config, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary (iterations, it/s, last losses, best VOI)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = to_dict(config)
+    device = resolve_device(config.train.device)
+    autocast_dtype = resolve_precision(config.train.precision, device)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    torch.manual_seed(config.train.seed)
+    model = build_model(settings["model"]).to(device, memory_format=_memory_format(config.train.channels_last))
+    optimizer = build_optimizer(model, config)
+    start, best_voi = 0, math.inf
+    if resume:
+        checkpoint = read_checkpoint(out / "last.pt")
+        _check_resumable(checkpoint["config"], settings)
+        model.load_state_dict(checkpoint["model_state"])
+        optimizer.load_state_dict(checkpoint["optimizer_state"])
+        torch.set_rng_state(checkpoint["rng_state"])
+        start, best_voi = checkpoint["iteration"], checkpoint["metrics"].get("best_voi", math.inf)
+    (out / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    log = RunLog(out, resume_from=start if resume else None)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    use_view = config.model.head == "embedding" and config.loss.ccm
+    dataset = TrainingPatches(config.data.sources, patch=config.data.patch, context=config.data.context,
+                              offsets=config.loss.offsets, augment_config=config.augment, seed=config.train.seed,
+                              with_view=use_view)
+    valid_volumes = load_validation_volumes(config.validation)
+    loader = make_loader(dataset, batch_size=config.train.batch_size, start_iteration=start,
+                         stop_iteration=config.train.iterations, num_workers=config.train.num_workers)
+    total = config.train.iterations
+    sums: dict[str, float] = {}
+    steps = 0
+    window_start, run_start, last_losses = time.perf_counter(), time.perf_counter(), {}
+    bar = tqdm(total=total, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
+
+    def save(path: Path, iteration: int, metrics: dict[str, Any]) -> None:
+        save_checkpoint(path, model=model, optimizer=optimizer, iteration=iteration, offsets=config.loss.offsets,
+                        config=settings, metrics=dict(metrics, best_voi=best_voi))
+
+    for iteration, batch in enumerate(loader, start=start + 1):
+        last_losses = train_step(model, optimizer, batch, config, device=device, autocast_dtype=autocast_dtype, scaler=scaler)
+        for key, value in last_losses.items():
+            sums[key] = sums.get(key, 0.0) + value
+        steps += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_losses['total']:.4f}")
+        done = iteration == total
+        if iteration % config.train.log_every == 0 or done:
+            now = time.perf_counter()
+            log.write(dict(kind="train", iteration=iteration, loss={k: v / steps for k, v in sums.items()},
+                           it_per_s=steps / (now - window_start), lr=optimizer.param_groups[0]["lr"]))
+            sums, steps, window_start = {}, 0, now
+        paused, metrics = time.perf_counter(), {}
+        if valid_volumes and (iteration % config.validation.every == 0 or done):
+            metrics = validate(model, valid_volumes, config.validation, offsets=config.loss.offsets, device=device,
+                               autocast_dtype=autocast_dtype, channels_last=config.train.channels_last)
+            log.write(dict(kind="valid", iteration=iteration, **metrics))
+            if metrics["voi"] < best_voi:
+                best_voi = metrics["voi"]
+                save(out / "best.pt", iteration, metrics)
+        if iteration % config.train.checkpoint_every == 0 or done:
+            save(out / "last.pt", iteration, metrics)
+            log.plot()
+        window_start += time.perf_counter() - paused  # it/s measures training only
+    bar.close()
+    elapsed = time.perf_counter() - run_start
+    return dict(iterations=total, trained=total - start, seconds=elapsed,
+                it_per_s=(total - start) / elapsed if elapsed > 0 else 0.0,
+                last_loss=last_losses, best_voi=best_voi, device=str(device),
+                precision=str(autocast_dtype or "fp32"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m corrseg3d.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="YAML configuration (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="configuration overrides (YAML values)")
+    parser.add_argument("--out", help="output directory (default runs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    summary = train(config, out, resume=args.resume, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,7 +23,8 @@ import torch
 
 from corrseg3d.config import Config, SourceConfig
 from corrseg3d.sampler import TrainingPatches, collate
-from corrseg3d.train import build_optimizer, cpu_has_native_bf16, train_step
+from corrseg3d.inference import cpu_has_native_bf16
+from corrseg3d.train import build_optimizer, train_step
 from corrseg3d.model import build_model
 from pipeline.store import create_volume
 from pipeline.synth import generate

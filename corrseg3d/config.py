@@ -180,14 +180,15 @@ class ValidVolumeConfig:
 class ValidationConfig:
     """Validation by the real post-processing: affinities -> mutex watershed -> VOI/ARAND.
 
-    Volumes no larger than ``window`` are predicted in one pass; larger ones in windows of
-    ``window`` overlapping by ``overlap`` voxels. The best checkpoint by mean VOI is kept.
+    Volumes are predicted with :func:`corrseg3d.inference.predict_volume`: blocks of ``block``
+    voxels, each with ``halo`` voxels of context (reflect-padded at the volume border), the same
+    tiling as ``pipeline.predict``. The best checkpoint by mean VOI is kept.
     """
 
     every: int = 1000
     volumes: list[ValidVolumeConfig] = field(default_factory=list)
-    window: tuple[int, int, int] = (18, 160, 160)
-    overlap: tuple[int, int, int] = (8, 80, 80)
+    block: tuple[int, int, int] = (32, 256, 256)
+    halo: tuple[int, int, int] = (8, 48, 48)
     mws_strides: tuple[int, int, int] = (1, 4, 4)
 
 
@@ -215,8 +216,8 @@ class Config:
             )
         if self.loss.epm and not self.model.pyramid_heads:
             raise ConfigError("loss.epm needs model.pyramid_heads: true (or set loss.epm: false)")
-        if any(p % 16 for p in self.data.patch[1:]) or any(w % 16 for w in self.validation.window[1:]):
-            raise ConfigError("data.patch and validation.window must be multiples of 16 in y and x")
+        if any(p % 16 for p in self.data.patch[1:]):
+            raise ConfigError("data.patch must be a multiple of 16 in y and x")
 
 
 def _type_name(tp: Any) -> str:

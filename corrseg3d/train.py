@@ -23,10 +23,9 @@ Output directory (``--out``, default ``runs/<config name>``):
 
 Validation (every ``validation.every`` iterations and at the end): affinities from
 :func:`corrseg3d.correlation.embedding_to_affinities` (or the affinity head's output) over the
-whole validation volume, in one pass when it fits ``validation.window``, else in overlapping
-windows averaged where each window's affinity is defined (long-range channels have an undefined
-band at every window start, pea-method.md section 8.15, which is excluded from the average);
-then :func:`pipeline.mws.mutex_watershed` and :func:`pipeline.metrics.segmentation_scores`
+whole validation volume through the project's one inference path,
+:func:`corrseg3d.inference.predict_volume` (blocks of ``validation.block`` with ``validation.halo``
+context, as ``pipeline.predict`` does); then :func:`pipeline.mws.mutex_watershed` and :func:`pipeline.metrics.segmentation_scores`
 against the un-widened labels (GT 0 ignored). Volumes with ``labels_2d`` are segmented and
 scored slice by slice.
 
@@ -39,7 +38,6 @@ results (:data:`RESUMABLE_CHANGES`) may differ from the checkpoint's configurati
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
@@ -59,108 +57,19 @@ from pipeline.store import open_volume
 from .ccm import invert_flips
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import Config, ValidationConfig, load_config, to_dict
-from .correlation import embedding_to_affinities, valid_mask
+from .inference import autocast, predict_volume, resolve_device, resolve_precision
 from .losses import pea_loss
-from .model import ResidualUNet3D, build_model, model_config
+from .model import ResidualUNet3D, build_model
 from .sampler import TrainingPatches, make_loader, slice_range, to_float_image, volume_is_2d
 
-__all__ = ["RESUMABLE_CHANGES", "resolve_device", "cpu_has_native_bf16", "resolve_precision", "predict_affinities",
-           "segment", "validate", "load_validation_volumes", "RunLog", "build_optimizer", "train_step", "train", "main"]
+__all__ = ["RESUMABLE_CHANGES", "segment", "validate", "load_validation_volumes", "RunLog", "build_optimizer", "train_step", "train", "main"]
 
 #: Config keys that may differ between a checkpoint and a ``--resume`` run.
 RESUMABLE_CHANGES = ("train.iterations", "train.num_workers", "train.threads", "train.log_every",
                      "train.checkpoint_every", "validation.every")
 
-_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` = the first CUDA device if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True if the CPU advertises AVX512-BF16 or AMX-BF16 (Linux ``/proc/cpuinfo``)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.precision`` on ``device`` (None = fp32, no autocast).
-
-    ``auto``: bf16 on a CPU with native bf16 (about 2x faster there, dependencies.md section 5;
-    emulated bf16 on other CPUs is slower than fp32), bf16 on a GPU that supports it, else fp16
-    on a GPU and fp32 on a CPU. fp16 is refused on the CPU (no gradient scaler there).
-    """
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-    return _PRECISIONS[precision]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
 def _memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last_3d if channels_last else torch.contiguous_format
-
-
-def _output_affinities(model: ResidualUNet3D, image: torch.Tensor, offsets: Sequence[Sequence[int]]) -> torch.Tensor:
-    """(B, C, z, y, x) affinities in [0, 1] from either head."""
-    output = model(image).output.float()
-    return output if model_config(model)["head"] == "affinity" else embedding_to_affinities(output, offsets)
-
-
-def _window_starts(size: int, window: int, stride: int) -> list[int]:
-    starts = list(range(0, max(size - window, 0) + 1, max(stride, 1)))
-    return starts if starts[-1] == size - window else starts + [size - window]
-
-
-@torch.no_grad()
-def predict_affinities(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Sequence[int]], *,
-                       window: Sequence[int], overlap: Sequence[int], device: torch.device,
-                       autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> np.ndarray:
-    """Affinities (C, z, y, x) float32 in [0, 1] of a whole (z, y, x) float image, eval mode.
-
-    y and x are reflect-padded to a multiple of 16; windows of ``window`` (shrunk to the padded
-    volume) step by ``window - overlap``. Each channel is averaged over the windows in which its
-    partner voxel lies inside the window; positions defined by no window (the first ``|o|``
-    voxels of the volume) get 0.
-    """
-    multiple = ResidualUNet3D.xy_multiple
-    pad = [(0, 0)] + [(0, -n % multiple) for n in image.shape[1:]]
-    padded = np.pad(image, pad, mode="reflect")
-    shape = padded.shape
-    window = [min(w, n) for w, n in zip(window, shape)]
-    stride = [w - o for w, o in zip(window, overlap)]
-    total = np.zeros((len(offsets),) + shape, np.float32)
-    count = np.zeros((len(offsets),) + shape, np.float32)
-    defined = valid_mask(window, offsets).numpy()
-    was_training = model.training
-    model.eval()
-    try:
-        for z in _window_starts(shape[0], window[0], stride[0]):
-            for y in _window_starts(shape[1], window[1], stride[1]):
-                for x in _window_starts(shape[2], window[2], stride[2]):
-                    box = (slice(z, z + window[0]), slice(y, y + window[1]), slice(x, x + window[2]))
-                    batch = torch.from_numpy(np.ascontiguousarray(padded[box]))[None, None].to(device)
-                    with _autocast(device, autocast_dtype):
-                        affinities = _output_affinities(model, batch.contiguous(memory_format=_memory_format(channels_last)), offsets)
-                    total[(slice(None),) + box] += affinities[0].float().cpu().numpy() * defined
-                    count[(slice(None),) + box] += defined
-    finally:
-        model.train(was_training)
-    crop = (slice(None),) + tuple(slice(0, n) for n in image.shape)
-    return (total / np.maximum(count, 1))[crop]
 
 
 def _unique_per_slice(labels: np.ndarray) -> np.ndarray:
@@ -189,8 +98,8 @@ def validate(model: ResidualUNet3D, volumes: Sequence[dict[str, Any]], config: V
     """
     per_volume = {}
     for volume in volumes:
-        affinities = predict_affinities(model, volume["image"], offsets, window=config.window, overlap=config.overlap,
-                                        device=device, autocast_dtype=autocast_dtype, channels_last=channels_last)
+        affinities = predict_volume(model, volume["image"], offsets, block=config.block, halo=config.halo,
+                                    device=device, autocast_dtype=autocast_dtype, channels_last=channels_last)
         seg = segment(affinities, offsets, strides=config.mws_strides, per_slice=volume["labels_2d"])
         gt = _unique_per_slice(volume["labels"]) if volume["labels_2d"] else volume["labels"]
         scores = segmentation_scores(seg, gt)
@@ -289,7 +198,7 @@ def train_step(model: ResidualUNet3D, optimizer: torch.optim.Optimizer, batch: d
     """One optimisation step on a collated batch; returns the loss terms as floats."""
     memory_format = _memory_format(config.train.channels_last)
     image = batch["image"].to(device).contiguous(memory_format=memory_format)
-    with _autocast(device, autocast_dtype):
+    with autocast(device, autocast_dtype):
         output = model(image)
         view_output = None
         if "view" in batch:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -34,9 +33,9 @@ from .blocks import BlockGrid, BlockRunError, DoneRecords, run_blocks, task_bloc
 from .data import parse_numbers
 from .fragments import METHODS, FragmentParams, compute_fragments
 from .relabel import RelabelParams, relabel_block
+from .runstate import claim_outputs, dataset_path, workdir_for
 from .stitch import StitchParams, build_lookup, stitch_faces
-from .store import (StoreError, Volume, check_write_alignment, create_volume, open_volume, remove_volume,
-                    split_location)
+from .store import StoreError, Volume, check_write_alignment, create_volume, open_volume
 
 __all__ = ["SegmentError", "SegmentOptions", "PHASES", "segment", "main"]
 
@@ -83,10 +82,11 @@ def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_nam
     affinities = open_volume(f"{store}/{input_name}")
     offsets = _check_input(affinities)
     options = _resolve(options, affinities, offsets)
-    workdir = os.path.join(store, ".corrseg3d", "segment", output_name)
+    workdir = workdir_for(f"{store}/{output_name}", "segment")
     locations = {"fragments": f"{store}/{fragments_name}", "segmentation": f"{store}/{output_name}"}
     config = {"options": asdict(options), "input": _identity(affinities, offsets), "outputs": locations}
-    _claim(workdir, config, locations, overwrite)
+    claim_outputs(workdir, config, {"segmentation": locations["segmentation"], "fragments": locations["fragments"]},
+                  overwrite=overwrite)
     fragments, segmentation = _outputs(affinities, options, locations)
     for volume in (fragments, segmentation):
         check_write_alignment(volume, options.block_shape)
@@ -166,32 +166,6 @@ def _identity(affinities: Volume, offsets: Sequence[Sequence[int]]) -> dict[str,
             "chunks": list(affinities.chunks), "offsets": [list(o) for o in offsets], "attrs": attrs}
 
 
-def _claim(workdir: str, config: dict[str, Any], locations: dict[str, str], overwrite: bool) -> None:
-    """Start or resume the output: refuse a different config unless ``overwrite`` (which resets everything)."""
-    path = os.path.join(workdir, "config.json")
-    config = json.loads(json.dumps(config))
-    if overwrite:
-        shutil.rmtree(workdir, ignore_errors=True)
-        for location in locations.values():
-            remove_volume(location)
-    elif os.path.exists(path):
-        with open(path) as handle:
-            previous = json.load(handle)
-        if previous != config:
-            changed = sorted(k for part in ("options", "input", "outputs")
-                             for k in set(config[part]) | set(previous.get(part, {}))
-                             if config[part].get(k) != previous.get(part, {}).get(k))
-            raise SegmentError(f"{locations['segmentation']} was started with a different config ({', '.join(changed)} "
-                               "differ): rerun with the original options, or pass --overwrite to start again")
-    else:
-        for location in locations.values():
-            if os.path.exists(_dataset_path(location)):
-                raise SegmentError(f"{location} exists but was not written by this command: pass --overwrite to replace it")
-    os.makedirs(workdir, exist_ok=True)
-    if not os.path.exists(path):
-        write_json_atomic(path, config)
-
-
 def _outputs(affinities: Volume, options: SegmentOptions, locations: dict[str, str]) -> tuple[Volume, Volume]:
     shape = affinities.spatial_shape
     chunks = tuple(min(c, s) for c, s in zip(affinities.chunks[1:], shape))
@@ -199,7 +173,7 @@ def _outputs(affinities: Volume, options: SegmentOptions, locations: dict[str, s
         chunks = options.block_shape
     volumes = []
     for name, dtype in (("fragments", "uint64"), ("segmentation", options.dtype)):
-        if os.path.exists(_dataset_path(locations[name])):
+        if os.path.exists(dataset_path(locations[name])):
             volumes.append(open_volume(locations[name], mode="r+"))
         else:
             try:
@@ -209,11 +183,6 @@ def _outputs(affinities: Volume, options: SegmentOptions, locations: dict[str, s
             except StoreError:  # another task created it meanwhile
                 volumes.append(open_volume(locations[name], mode="r+"))
     return volumes[0], volumes[1]
-
-
-def _dataset_path(location: str) -> str:
-    root, inner = split_location(location)
-    return os.path.join(root, inner)
 
 
 def _require_done(records: DoneRecords, n_blocks: int, phase: str) -> None:

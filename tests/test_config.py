@@ -36,7 +36,7 @@ def test_unknown_key_names_path_and_closest_key():
     ({"data": {"patch": [18, 160]}}, r"data.patch: expected 3 values"),
     ({"model": {"head": "sigmoid"}}, r"model.head: expected one of \['embedding', 'affinity'\]"),
     ({"train": {"precision": "fp64"}}, r"train.precision: expected one of"),
-    ({"data": {"patch": [18, 150, 160]}}, r"multiples of 16"),
+    ({"data": {"patch": [18, 150, 160]}}, r"data.patch must be a multiple of 16"),
     ({"loss": {"offsets": [[0, -1, 0], [-1, 0, 0], [0, 0, -1]]}}, r"loss.offsets: the first three offsets"),
     ({"model": {"pyramid_heads": False}}, r"loss.epm needs model.pyramid_heads"),
     ({"train": []}, r"train: expected a mapping"),

@@ -9,7 +9,8 @@ import torch
 from corrseg3d.checkpoint import load_model, read_checkpoint
 from corrseg3d.config import from_dict
 from corrseg3d.offsets import PEA_OFFSETS
-from corrseg3d.train import main, predict_affinities, resolve_precision, train
+from corrseg3d.inference import predict_volume, resolve_precision
+from corrseg3d.train import main, train
 from pipeline.store import create_volume
 from pipeline.synth import generate
 
@@ -31,7 +32,7 @@ def _config(volume, *, iterations, validate=True, workers=0, **sections):
         "augment": {"chain": 1.0, "missing_section": 0.5, "misalignment": 0.5, "misalignment_max_shift": 4},
         "train": {"iterations": iterations, "batch_size": 2, "num_workers": workers, "seed": 1,
                   "precision": "fp32", "log_every": 2, "checkpoint_every": 2, "threads": 1},
-        "validation": {"every": 3, "window": [4, 32, 32], "overlap": [2, 16, 16],
+        "validation": {"every": 3, "block": [4, 32, 32], "halo": [2, 16, 16],
                        "volumes": [{"raw": f"{volume}/raw", "labels": f"{volume}/labels", "slices": [10, 14]}] if validate else []},
     }
     for section, updates in sections.items():
@@ -54,8 +55,8 @@ def test_training_writes_logs_checkpoints_and_plot(volume, tmp_path):
     model, offsets, metadata = load_model(tmp_path / "last.pt")
     assert not model.training and offsets == PEA_OFFSETS and metadata["iteration"] == 4
     assert {"model_config", "model_sha256", "config", "code_version", "metrics"} <= set(metadata)
-    affinities = predict_affinities(model, np.random.default_rng(0).random((5, 40, 36), dtype=np.float32), offsets,
-                                    window=(4, 32, 32), overlap=(2, 16, 16), device=torch.device("cpu"))
+    affinities = predict_volume(model, np.random.default_rng(0).random((5, 40, 36), dtype=np.float32), offsets,
+                                block=(4, 32, 32), halo=(2, 16, 16), device=torch.device("cpu"))
     assert affinities.shape == (12, 5, 40, 36) and 0 <= affinities.min() and affinities.max() <= 1
 
 

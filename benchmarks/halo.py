@@ -1,0 +1,68 @@
+"""How much context does blockwise prediction need to equal one whole-volume forward pass?
+
+Usage::
+
+    python benchmarks/halo.py [--shape 24,384,384] [--block 16,128,128] [--checkpoint PATH]
+
+For each candidate halo, the volume is predicted (a) in one pass over the whole volume and
+(b) in blocks of ``--block`` with that halo (:func:`corrseg3d.inference.predict_volume`, the same
+tiling ``pipeline.predict`` uses), both quantised to uint8 like the stored affinities. Reported:
+the fraction of values that differ by at most 1/255, and the largest difference, per halo, plus
+the cost factor (context-padded voxels per output voxel). Results: ``benchmarks/results/halo.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from corrseg3d.checkpoint import load_model
+from corrseg3d.inference import predict_volume
+from corrseg3d.weights import default_checkpoint
+from pipeline.synth import generate
+
+RESULTS = Path(__file__).parent / "results" / "halo.json"
+HALOS = ((4, 32, 32), (8, 32, 32), (8, 48, 48), (8, 64, 64), (12, 64, 64), (16, 96, 96))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="24,384,384")
+    parser.add_argument("--block", default="16,128,128")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--checkpoint", default=None)
+    args = parser.parse_args()
+    shape = tuple(int(v) for v in args.shape.split(","))
+    block = tuple(int(v) for v in args.block.split(","))
+    checkpoint = args.checkpoint or default_checkpoint()
+    model, offsets, _ = load_model(checkpoint)
+    image = generate(shape, seed=args.seed)[0].astype(np.float32) / 255
+    device = torch.device("cpu")
+
+    def quantised(**tiling) -> np.ndarray:
+        return np.rint(predict_volume(model, image, offsets, device=device, channels_last=True, **tiling) * 255)
+
+    rows = []
+    for halo in HALOS:
+        whole = quantised(block=shape, halo=halo)
+        start = time.perf_counter()
+        tiled = quantised(block=block, halo=halo)
+        seconds = time.perf_counter() - start
+        diff = np.abs(whole - tiled)
+        cost = math.prod(b + 2 * h for b, h in zip(block, halo)) / math.prod(block)
+        rows.append({"halo": halo, "within_1_255": float((diff <= 1).mean()), "max_diff_255": int(diff.max()),
+                     "cost_factor": cost, "tiled_seconds": seconds})
+        print(f"halo {halo}: {rows[-1]['within_1_255']:.5f} within 1/255, max {rows[-1]['max_diff_255']}/255, "
+              f"{cost:.2f} padded voxels per output voxel")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"shape": shape, "block": block, "checkpoint": checkpoint, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ parser whose ``run`` default takes the parsed arguments):
 
 * ``synth`` -- synthetic EM with dense labels (:mod:`pipeline.synth`);
 * ``convert``, ``isbi2012`` -- image stacks and the ISBI 2012 slices (:mod:`pipeline.imagestack`);
+* ``ac3ac4`` -- the AC3/AC4 release as the paper's train/valid/test splits (:mod:`pipeline.ac3ac4`);
 * ``preview`` -- PNG of a few slices with labels overlaid (:mod:`pipeline.preview`).
 
 Add a subcommand by appending its module to :data:`SUBCOMMANDS`. Library errors are
@@ -22,7 +23,7 @@ from typing import Callable, Sequence
 __all__ = ["SUBCOMMANDS", "main", "parse_numbers", "refuse_existing", "DataError"]
 
 #: Modules that register a subcommand, in help order.
-SUBCOMMANDS = ("pipeline.synth", "pipeline.imagestack", "pipeline.preview")
+SUBCOMMANDS = ("pipeline.synth", "pipeline.imagestack", "pipeline.ac3ac4", "pipeline.preview")
 
 
 class DataError(ValueError):

@@ -29,7 +29,7 @@ import numpy as np
 from .blocks import BlockGrid, BlockRunError, DoneRecords, run_blocks, task_blocks
 from .data import parse_numbers
 from .runstate import RunStateError, claim_outputs, workdir_for
-from .store import StoreError, Volume, check_write_alignment, create_volume, open_volume, split_location
+from .store import PRECOMPUTED_PREFIX, StoreError, Volume, check_write_alignment, create_volume, open_volume, split_location
 
 __all__ = ["PredictError", "PredictOptions", "predict", "main", "DEFAULT_BLOCK", "DEFAULT_HALO"]
 
@@ -233,7 +233,8 @@ def predict(raw_location: str, *, out_location: str | None = None, options: Pred
             dataset: str = "raw") -> dict[str, Any]:
     """Predict affinities for ``raw_location`` blockwise; returns the run summary.
 
-    ``out_location`` defaults to ``affinities`` next to the input (``vol.zarr/affinities``).
+    ``out_location`` defaults to ``affinities`` next to a zarr input (``vol.zarr/affinities``); a
+    precomputed input needs an explicit zarr ``out_location``.
     With ``task_index``/``num_tasks`` only that task's blocks run (SLURM array style).
     """
     from corrseg3d.checkpoint import code_version
@@ -243,6 +244,9 @@ def predict(raw_location: str, *, out_location: str | None = None, options: Pred
     model, offsets, metadata, checkpoint = _load_model(options.checkpoint)
     options = PredictOptions(**{**asdict(options), "checkpoint": checkpoint})
     _check_options(options, offsets)
+    if (out_location or raw.location).startswith(PRECOMPUTED_PREFIX):
+        raise PredictError(f"affinities and their resume records are written to zarr: pass --out vol.zarr/affinities "
+                           f"(input {raw.location}, output {out_location or 'next to the input'})")
     if out_location is None:
         root, _ = split_location(raw.location)
         out_location = f"{root}/affinities"
@@ -289,7 +293,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Blockwise affinity prediction: vol.zarr/raw (uint8) -> vol.zarr/affinities (12 channels).")
     parser.add_argument("input", help="vol.zarr (with --dataset), vol.zarr/NAME or precomputed://URL")
     parser.add_argument("--dataset", default="raw", help="dataset inside the store (default raw)")
-    parser.add_argument("--out", help="output location (default: affinities next to the input)")
+    parser.add_argument("--out", help="output location (default: affinities next to a zarr input; required for precomputed)")
     parser.add_argument("--checkpoint", help="corrseg3d checkpoint (default: the shipped weights)")
     parser.add_argument("--block", type=parse_numbers(int, 3, "32,256,256"), default=DEFAULT_BLOCK,
                         help="output block = storage chunk, z,y,x (default %(default)s)")

@@ -31,7 +31,7 @@ import numpy as np
 
 from .blocks import BlockGrid
 from .data import parse_numbers
-from .store import PRECOMPUTED_PREFIX, Volume, create_volume, open_volume
+from .store import PRECOMPUTED_PREFIX, Volume, create_volume, open_volume, remove_volume
 
 __all__ = ["ExportError", "export_precomputed", "main", "make_server", "viewer_link", "viewer_state"]
 
@@ -134,9 +134,7 @@ def export_precomputed(segmentation: str, destination: str, *, raw: str | None =
             _copy_blockwise(volume, target, layer_chunks)
     except BaseException:
         for location in created:
-            path = _file_path(location)
-            if path and os.path.isdir(path):
-                shutil.rmtree(path)
+            remove_volume(location)
         raise
     return layers
 

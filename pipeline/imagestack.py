@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .data import DataError, parse_numbers, refuse_existing
-from .store import create_volume, remove_volume, split_location
+from .store import create_volume, removed_on_error, split_location
 
 __all__ = ["open_stack", "convert", "write_isbi2012", "ISBI_VOXEL_SIZE", "register"]
 
@@ -164,16 +164,13 @@ def convert(
     scale = None if labels or kind == np.uint8 else _intensity_range(stack, chunks[0])
     volume = create_volume(out_location, stack.shape, kind if labels else np.uint8, chunks=chunks,
                            voxel_size=voxel_size, attrs={"source": os.path.abspath(input_path)}, overwrite=overwrite)
-    try:
+    with removed_on_error([out_location]):
         for z0 in range(0, stack.shape[0], chunks[0]):
             block = np.asarray(stack[z0:z0 + chunks[0]])
             if scale is not None:
                 low, high = scale
                 block = np.rint((block.astype(np.float64) - low) * (255.0 / max(high - low, 1e-12)))
             volume[z0:z0 + len(block)] = block.astype(volume.dtype)
-    except BaseException:
-        remove_volume(out_location)
-        raise
     return out_location
 
 
@@ -231,15 +228,11 @@ def write_isbi2012(source: str, out_location: str, *, slices: tuple[int, int] = 
     if not overwrite:
         refuse_existing(locations)
     attrs = {"source": os.path.abspath(source), "slices": list(slices)}
-    try:
+    with removed_on_error(locations):
         for location, data, extra in ((locations[0], raw, {}), (locations[1], labels, {"labels_2d": True})):
             volume = create_volume(location, data.shape, data.dtype, chunks=(1,) + data.shape[1:],
                                    voxel_size=ISBI_VOXEL_SIZE, attrs={**attrs, **extra}, overwrite=overwrite)
             volume[:] = data
-    except BaseException:
-        for location in locations:
-            remove_volume(location)
-        raise
     return locations
 
 

@@ -27,7 +27,7 @@ from scipy.ndimage import gaussian_filter
 from corrseg3d.offsets import PEA_OFFSETS, validate_offsets
 from corrseg3d.targets import label_affinities
 
-from .store import StoreError, create_volume, open_volume, remove_volume
+from .store import StoreError, create_volume, open_volume, removed_on_error
 
 __all__ = ["noisy_affinities", "main"]
 
@@ -91,11 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:
+    with removed_on_error([target]):
         volume[...] = affs
-    except BaseException:
-        remove_volume(target)
-        raise
     print(f"wrote {target} {affs.shape} uint8", file=sys.stderr)
     return 0
 

@@ -25,10 +25,11 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import zarr
@@ -42,6 +43,7 @@ __all__ = [
     "check_write_alignment",
     "split_location",
     "remove_volume",
+    "removed_on_error",
 ]
 
 PRECOMPUTED_PREFIX = "precomputed://"
@@ -337,11 +339,26 @@ def create_volume(
 
 
 def remove_volume(location: str) -> None:
-    """Delete a zarr dataset (used to leave nothing half-written after a failure)."""
-    root, inner = split_location(location)
-    path = os.path.join(root, inner) if inner else root
-    if os.path.isdir(path):
+    """Delete a zarr dataset or a local (``file://``) precomputed layer, if it exists."""
+    if location.startswith(PRECOMPUTED_PREFIX):
+        cloudpath = location[len(PRECOMPUTED_PREFIX):]
+        path = cloudpath[len("file://"):] if cloudpath.startswith("file://") else None
+    else:
+        root, inner = split_location(location)
+        path = os.path.join(root, inner) if inner else root
+    if path and os.path.isdir(path):
         shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def removed_on_error(locations: Sequence[str]) -> Iterator[None]:
+    """Delete the volumes at ``locations`` if the body raises, so nothing half-written stays."""
+    try:
+        yield
+    except BaseException:
+        for location in locations:
+            remove_volume(location)
+        raise
 
 
 def check_write_alignment(volume: Volume, block_shape: Sequence[int]) -> None:

@@ -470,7 +470,7 @@ def write_synthetic(
     The locations of the raw and label datasets.
     """
     from .data import refuse_existing
-    from .store import create_volume, remove_volume, split_location
+    from .store import create_volume, removed_on_error, split_location
 
     shape = _validate(shape, missing_sections, misalignment)
     root, inner = split_location(out_location)
@@ -482,7 +482,7 @@ def write_synthetic(
     locations = (f"{root}/raw", f"{root}/labels")
     if not overwrite:
         refuse_existing(locations)
-    try:
+    with removed_on_error(locations):
         raw = create_volume(locations[0], shape, np.uint8, chunks=chunks, voxel_size=voxel_size,
                             attrs=attrs, overwrite=overwrite)
         labels = create_volume(locations[1], shape, np.uint64, chunks=chunks, voxel_size=voxel_size,
@@ -491,12 +491,7 @@ def write_synthetic(
             z = slice(z0, min(z0 + chunks[0], shape[0]))
             raw[z], labels[z] = generate(shape, seed=seed, missing_sections=missing_sections,
                                          misalignment=misalignment, roi=(z, slice(None), slice(None)))
-    except BaseException:
-        for location in locations:
-            remove_volume(location)
-        raise
     return locations
-
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -33,6 +33,7 @@ from .offsets import PEA_OFFSETS, validate_offsets
 
 __all__ = [
     "ConfigError",
+    "build_dataclass",
     "ModelConfig",
     "SourceConfig",
     "DataConfig",
@@ -229,7 +230,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
+        return build_dataclass(tp, value, path)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -276,7 +277,12 @@ def _yaml11_float(text: str, path: str) -> float:
         raise ConfigError(f"{path}: expected a number, got {text!r}") from None
 
 
-def _build(cls: type, values: Any, path: str) -> Any:
+def build_dataclass(cls: type, values: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, converting and checking every value by its type hint.
+
+    Unknown keys raise :class:`ConfigError` naming the dotted key (prefixed by ``path``) and the
+    closest valid one; nested dataclasses, tuples, lists and literals are converted recursively.
+    """
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -296,7 +302,7 @@ def _build(cls: type, values: Any, path: str) -> Any:
 
 def from_dict(values: dict[str, Any]) -> Config:
     """Validate a plain mapping (as loaded from YAML) and build a :class:`Config`."""
-    return _build(Config, values, "")
+    return build_dataclass(Config, values, "")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

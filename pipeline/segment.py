@@ -108,9 +108,10 @@ def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_nam
         params = StitchParams(majority=options.majority, min_size=options.min_size, merge_floor=options.merge_floor,
                               consecutive=options.consecutive, **common)
         summary["faces"] = run(partial(stitch_faces, params), mine, records=records["faces"], desc="stitch faces")
-        if len(records["faces"].done(range(grid.n_blocks))) == grid.n_blocks:
+        lookup_done = os.path.join(workdir, "lookup.done")
+        if not os.path.exists(lookup_done) and len(records["faces"].done(range(grid.n_blocks))) == grid.n_blocks:
             summary["segments"] = build_lookup(params)
-            write_json_atomic(os.path.join(workdir, "lookup.done"), summary["segments"])
+            write_json_atomic(lookup_done, summary["segments"])
     if phase in (None, "relabel"):
         if not os.path.exists(os.path.join(workdir, "lookup.done")):
             raise SegmentError(f"no lookup table in {workdir}: finish --phase stitch first")

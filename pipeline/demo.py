@@ -1,0 +1,149 @@
+"""``python -m pipeline.demo`` (``make demo``): synthetic EM -> affinities -> segmentation -> scores, in minutes.
+
+Writes into ``--out`` (default ``demo``): ``demo.zarr`` (raw, labels, affinities, fragments,
+segmentation; OME-Zarr, so napari-ome-zarr opens it), ``run.yaml`` (the run config, rerunnable
+with ``python -m pipeline.run``), ``overview.png`` (raw, mean nearest-neighbour affinity,
+segmentation and ground truth for a few slices) and ``neuroglancer.json`` (a viewer state that
+expects ``--out`` served at ``http://localhost:8000``). Uses the shipped weights unless
+``--checkpoint`` is given. Rerunning resumes: finished blocks are not recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+import yaml
+
+from .data import parse_numbers
+from .metrics import SCORE_KEYS
+from .preview import label_colours
+from .run import run
+from .runconfig import load_run_config
+from .store import open_volume
+from .synth import write_synthetic
+
+__all__ = ["DemoError", "run_demo", "write_overview", "neuroglancer_state", "main"]
+
+SERVE_URL = "http://localhost:8000"
+
+
+class DemoError(ValueError):
+    """The demo cannot start (e.g. no weights); the message says what to pass."""
+
+
+def _nearest_neighbour_channels(offsets: Sequence[Sequence[int]]) -> list[int]:
+    return [k for k, offset in enumerate(offsets) if sum(abs(int(v)) for v in offset) == 1]
+
+
+def write_overview(store: str, png: str, *, n_slices: int = 3) -> str:
+    """PNG with one row per slice: raw, mean NN affinity, segmentation over raw, GT over raw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    raw = open_volume(f"{store}/raw")
+    affinities = open_volume(f"{store}/affinities")
+    segmentation, labels = open_volume(f"{store}/segmentation"), open_volume(f"{store}/labels")
+    channels = _nearest_neighbour_channels(affinities.attrs["offsets"])
+    scale = float(affinities.attrs.get("dtype_scale", 1))
+    depth = raw.shape[0]
+    slices = sorted({depth * (i + 1) // (n_slices + 1) for i in range(n_slices)})
+    titles = ("raw", "mean NN affinity", "segmentation", "ground truth")
+    fig, axes = plt.subplots(len(slices), 4, squeeze=False, figsize=(12, 3 * len(slices)), dpi=100)
+    for row, z in enumerate(slices):
+        section = raw[z]
+        nn = np.asarray(affinities[(channels, z)], np.float32).mean(0) / scale
+        panels = [(section, "gray", None), (nn, "viridis", None), (section, "gray", segmentation[z]),
+                  (section, "gray", labels[z])]
+        for column, (image, cmap, overlay) in enumerate(panels):
+            axis = axes[row, column]
+            axis.imshow(image, cmap=cmap, interpolation="nearest", vmin=0, vmax=255 if cmap == "gray" else 1)
+            if overlay is not None:
+                axis.imshow(label_colours(np.asarray(overlay), alpha=0.6), interpolation="nearest")
+            axis.set_axis_off()
+            axis.set_title(f"{titles[column]}, z = {z}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def neuroglancer_state(store_name: str, *, url: str = SERVE_URL) -> dict:
+    """Neuroglancer state with raw (image), segmentation and GT layers of ``url/store_name``."""
+    def source(name: str) -> str:
+        return f"zarr3://{url}/{store_name}/{name}/"
+
+    return {"layers": [{"type": "image", "name": "raw", "source": source("raw")},
+                       {"type": "segmentation", "name": "segmentation", "source": source("segmentation")},
+                       {"type": "segmentation", "name": "ground truth", "source": source("labels"),
+                        "visible": False}],
+            "layout": "4panel"}
+
+
+def run_demo(out: str, *, checkpoint: str | None = None, shape: Sequence[int] = (32, 256, 256), seed: int = 0,
+             scheduler: str = "threads", progress: bool = True) -> dict:
+    """Generate the volume (once), run the whole chain, write the figures; return the scores."""
+    from corrseg3d.weights import default_checkpoint
+
+    weights = os.path.abspath(checkpoint or default_checkpoint())
+    if not os.path.isfile(weights):
+        shipped = "the shipped weights" if checkpoint is None else "checkpoint"
+        raise DemoError(f"{shipped} {weights} not found: pass --checkpoint PATH of a corrseg3d checkpoint "
+                        "(train one with `python -m corrseg3d.train`)")
+    os.makedirs(out, exist_ok=True)
+    store = os.path.join(os.path.abspath(out), "demo.zarr")
+    if not os.path.exists(os.path.join(store, "labels")):
+        write_synthetic(store, shape, seed=seed)
+    block = tuple(min(b, s) for b, s in zip((16, 128, 128), shape))
+    values = {"input": {"raw": "demo.zarr/raw"},
+              "predict": {"checkpoint": weights, "block": list(block)},
+              "segment": {"min_size": 200},
+              "evaluate": {"gt": "demo.zarr/labels"},
+              "execution": {"scheduler": scheduler}}
+    config_path = os.path.join(out, "run.yaml")
+    with open(config_path, "w") as handle:
+        yaml.safe_dump(values, handle, sort_keys=False)
+    report = run(load_run_config(config_path), progress=progress)["evaluate"]
+    write_overview(store, os.path.join(out, "overview.png"))
+    with open(os.path.join(out, "neuroglancer.json"), "w") as handle:
+        json.dump(neuroglancer_state("demo.zarr"), handle, indent=2)
+    return report
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="demo", help="output folder (default demo)")
+    parser.add_argument("--checkpoint", help="corrseg3d checkpoint (default: the shipped weights)")
+    parser.add_argument("--shape", type=parse_numbers(int, 3, "32,256,256"), default=(32, 256, 256),
+                        help="z,y,x shape of the synthetic volume (default 32,256,256)")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic volume seed (default 0)")
+    parser.add_argument("--scheduler", default="threads", help="threads (default), processes, synchronous, tcp://...")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        report = run_demo(args.out, checkpoint=args.checkpoint, shape=args.shape, seed=args.seed,
+                          scheduler=args.scheduler, progress=not args.no_progress)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"\n{'metric':<12} {'value':>10}   ({report['n_gt_objects']} GT objects, {report['n_segments']} segments)")
+    print("\n".join(f"{key:<12} {report['scores'][key]:>10.4f}" for key in SCORE_KEYS))
+    print(f"\nwrote {os.path.join(args.out, 'overview.png')} and {os.path.join(args.out, 'neuroglancer.json')}")
+    print(f"napari:       napari --plugin napari-ome-zarr {os.path.join(args.out, 'demo.zarr', 'segmentation')}")
+    print(f"neuroglancer: npx http-server {args.out} --cors -p 8000, then open https://neuroglancer-demo.appspot.com "
+          f"and paste {os.path.join(args.out, 'neuroglancer.json')} into the state editor ({{}} button)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""``python -m pipeline.run run.yaml``: raw EM -> affinities -> segmentation -> scores, from one config.
+
+Phases, in order: ``predict`` (:func:`pipeline.predict.predict`), ``fragments``, ``stitch``,
+``relabel`` (:func:`pipeline.segment.segment`) and ``evaluate`` (:func:`pipeline.evaluate.evaluate`,
+only when ``evaluate.gt`` is set). Each stage keeps its own done records, so a rerun skips
+finished blocks and a rerun with a changed config is refused by the stage (exit 2) rather than
+mixing two results. The scores go to ``RUN_DIR/scores.json``.
+
+``--phase P --task-index I --num-tasks N`` runs one phase's share of blocks; this is what each
+SLURM array task of ``python -m pipeline.slurm submit`` executes. ``--cluster slurm`` runs the
+blocks on a dask-jobqueue ``SLURMCluster`` built from the ``slurm`` section instead.
+
+Examples
+--------
+::
+
+    python -m pipeline.run --print-default-config > run.yaml
+    python -m pipeline.run run.yaml
+    python -m pipeline.run run.yaml --set segment.min_size=500 --scheduler tcp://head:8786
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from typing import Any, Iterator, Sequence
+
+from .blocks import BlockGrid, DoneRecords, write_json_atomic
+from .evaluate import evaluate, format_report
+from .predict import predict
+from .runconfig import RunConfig, default_config_yaml, load_run_config, to_dict
+from .runstate import workdir_for
+from .segment import segment
+from .store import open_volume
+
+__all__ = ["PHASES", "BLOCK_PHASES", "RunError", "run", "run_phase", "prepare", "block_progress", "done_blocks",
+           "lookup_finished", "scores_finished", "dask_cluster", "main"]
+
+#: Blockwise phases (SLURM array jobs) and all phases in execution order.
+BLOCK_PHASES = ("predict", "fragments", "stitch", "relabel")
+PHASES = BLOCK_PHASES + ("evaluate",)
+#: A task split that owns no block (task_blocks(n, i, N) = i, i+N, ... < n): claims outputs only.
+_NO_BLOCKS = {"task_index": 2**31 - 1, "num_tasks": 2**31}
+#: Done-record folder of each segment phase inside the segment work folder.
+_SEGMENT_RECORDS = {"fragments": "fragments", "stitch": "faces", "relabel": "relabel"}
+
+
+class RunError(ValueError):
+    """A phase cannot run yet (an earlier one is unfinished) or the run folder is inconsistent."""
+
+
+def _scores_path(config: RunConfig) -> str:
+    return os.path.join(config.run_dir, "scores.json")
+
+
+def _evaluate_key(config: RunConfig) -> dict[str, Any]:
+    return {"segmentation": config.location("segmentation"), **to_dict(config.evaluate)}
+
+
+def run_phase(config: RunConfig, phase: str, *, task_index: int | None = None, num_tasks: int | None = None,
+              scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run ``phase`` (or task ``task_index`` of ``num_tasks`` of it) and return the stage's summary."""
+    scheduler = scheduler or config.execution.scheduler
+    split = {"task_index": task_index, "num_tasks": num_tasks}
+    workers = config.execution.workers
+    if phase == "predict":
+        return predict(config.input.raw, out_location=config.location("affinities"),
+                       options=config.predict.options(), scheduler=scheduler, num_workers=workers,
+                       progress=progress, dataset=config.input.dataset, **split)
+    if phase in _SEGMENT_RECORDS:
+        return segment(config.store, config.segment.options(), input_name=config.output.affinities,
+                       output_name=config.output.segmentation, fragments_name=config.output.fragments, phase=phase,
+                       scheduler=scheduler, num_workers=workers, progress=progress, **split)
+    if phase == "evaluate":
+        return _evaluate(config, scheduler)
+    raise RunError(f"unknown phase {phase!r}: use one of {', '.join(PHASES)}")
+
+
+def _evaluate(config: RunConfig, scheduler: str) -> dict[str, Any]:
+    """Score the finished segmentation once; a rerun with the same settings reuses ``scores.json``."""
+    if config.evaluate.gt is None:
+        raise RunError("evaluate.gt is not set: give the ground truth location to score the segmentation")
+    progress = block_progress(config)
+    if progress.get("relabel") is None or progress["relabel"][0] != progress["relabel"][1]:
+        raise RunError(f"the segmentation {config.location('segmentation')} is not finished: run the relabel phase first")
+    path = _scores_path(config)
+    if scores_finished(config):
+        with open(path) as handle:
+            return {**json.load(handle)["report"], "reused": True}
+    options = config.evaluate
+    report = evaluate(config.location("segmentation"), options.gt, gt_dataset=options.gt_dataset,
+                      ignore_gt=options.ignore_gt, ignore_seg=options.ignore_seg, mask=options.mask,
+                      roi=options.roi, scheduler=scheduler)
+    os.makedirs(config.run_dir, exist_ok=True)
+    write_json_atomic(path, {"key": _evaluate_key(config), "report": report})
+    return report
+
+
+def run(config: RunConfig, *, scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run every phase in order (evaluate only with ``evaluate.gt``); returns per-phase summaries."""
+    phases = PHASES if config.evaluate.gt is not None else BLOCK_PHASES
+    return {phase: run_phase(config, phase, scheduler=scheduler, progress=progress) for phase in phases}
+
+
+def prepare(config: RunConfig) -> dict[str, int]:
+    """Claim and create every output once, running no block; return the block count of each phase.
+
+    Array tasks then only open existing outputs, so they never race creating them, and a changed
+    config is refused here, before anything is submitted.
+    """
+    run_phase(config, "predict", scheduler="synchronous", progress=False, **_NO_BLOCKS)
+    summary = run_phase(config, "fragments", scheduler="synchronous", progress=False, **_NO_BLOCKS)
+    raw = open_volume(config.input.raw, config.input.dataset)
+    n_predict = BlockGrid(raw.spatial_shape, config.predict.block).n_blocks
+    return {"predict": n_predict, "fragments": summary["blocks"], "stitch": summary["blocks"],
+            "relabel": summary["blocks"]}
+
+
+def _records_folder(config: RunConfig, phase: str) -> str:
+    if phase == "predict":
+        return os.path.join(workdir_for(config.location("affinities"), "predict"), "done")
+    return os.path.join(_segment_dir(config), "done", _SEGMENT_RECORDS[phase])
+
+
+def _segment_dir(config: RunConfig) -> str:
+    return workdir_for(config.location("segmentation"), "segment")
+
+
+def done_blocks(config: RunConfig, phase: str, total: int) -> list[int]:
+    """Indices of the blocks of blockwise ``phase`` that are marked done."""
+    folder = _records_folder(config, phase)
+    return DoneRecords(folder).done(range(total)) if os.path.isdir(folder) else []
+
+
+def lookup_finished(config: RunConfig) -> bool:
+    """Whether the stitch phase built its global lookup table (after all faces were done)."""
+    return os.path.exists(os.path.join(_segment_dir(config), "lookup.done"))
+
+
+def scores_finished(config: RunConfig) -> bool:
+    """Whether ``scores.json`` holds the evaluation of the current segmentation and settings."""
+    path = _scores_path(config)
+    if not os.path.exists(path):
+        return False
+    with open(path) as handle:
+        return json.load(handle).get("key") == _evaluate_key(config)
+
+
+def block_progress(config: RunConfig) -> dict[str, tuple[int, int] | None]:
+    """``(done, total)`` blocks of each blockwise phase, None for a phase whose stage never started."""
+    result: dict[str, tuple[int, int] | None] = dict.fromkeys(BLOCK_PHASES)
+    if os.path.exists(os.path.join(os.path.dirname(_records_folder(config, "predict")), "config.json")):
+        raw = open_volume(config.input.raw, config.input.dataset)
+        total = BlockGrid(raw.spatial_shape, config.predict.block).n_blocks
+        result["predict"] = (len(done_blocks(config, "predict", total)), total)
+    if os.path.exists(os.path.join(_segment_dir(config), "config.json")):
+        with open(os.path.join(_segment_dir(config), "config.json")) as handle:
+            stored = json.load(handle)
+        total = BlockGrid(tuple(stored["input"]["shape"][1:]), tuple(stored["options"]["block_shape"])).n_blocks
+        for phase in _SEGMENT_RECORDS:
+            result[phase] = (len(done_blocks(config, phase, total)), total)
+    return result
+
+
+@contextlib.contextmanager
+def dask_cluster(config: RunConfig) -> Iterator[str | None]:
+    """Yield the scheduler address of the cluster ``execution.cluster`` asks for (None: no cluster).
+
+    ``slurm`` starts a dask-jobqueue ``SLURMCluster`` with ``execution.workers`` jobs (default 1)
+    using the ``slurm`` section's partition, account, time, memory, CPUs and GPUs.
+    """
+    if config.execution.cluster == "none":
+        yield None
+        return
+    from dask_jobqueue import SLURMCluster
+
+    slurm = config.slurm
+    directives = [f"--gpus={slurm.gpus}"] if slurm.gpus else []
+    cluster = SLURMCluster(queue=slurm.partition, account=slurm.account, walltime=slurm.time, memory=slurm.mem,
+                           cores=slurm.cpus, processes=1, job_script_prologue=list(slurm.setup),
+                           job_extra_directives=directives + list(slurm.extra),
+                           log_directory=os.path.join(config.run_dir, "dask-logs"))
+    try:
+        cluster.scale(jobs=config.execution.workers or 1)
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("Examples")[1].replace("--------\n::\n", ""),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help="run YAML (see --print-default-config)")
+    parser.add_argument("--print-default-config", action="store_true", help="print the commented default YAML")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. segment.min_size=500 (repeatable)")
+    parser.add_argument("--phase", choices=PHASES, help="run one phase only (default: all)")
+    parser.add_argument("--task-index", type=int, help="this array task's index (with --phase and --num-tasks)")
+    parser.add_argument("--num-tasks", type=int, help="number of array tasks sharing the phase's blocks")
+    parser.add_argument("--scheduler", help="override execution.scheduler (threads, processes, synchronous, tcp://...)")
+    parser.add_argument("--cluster", choices=("none", "slurm"), help="override execution.cluster")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (summaries stay)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.print_default_config:
+        print(default_config_yaml(), end="")
+        return 0
+    try:
+        if args.config is None:
+            raise RunError("give a run config (python -m pipeline.run run.yaml) or --print-default-config")
+        if (args.task_index is not None or args.num_tasks is not None) and args.phase is None:
+            raise RunError("--task-index/--num-tasks need --phase")
+        overrides = list(args.set) + ([f"execution.cluster={args.cluster}"] if args.cluster else [])
+        config = load_run_config(args.config, overrides)
+        with dask_cluster(config) as address:
+            scheduler = address or args.scheduler
+            if args.phase:
+                summaries = {args.phase: run_phase(config, args.phase, task_index=args.task_index,
+                                                   num_tasks=args.num_tasks, scheduler=scheduler,
+                                                   progress=not args.no_progress)}
+            else:
+                summaries = run(config, scheduler=scheduler, progress=not args.no_progress)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if "evaluate" in summaries:
+        print(format_report(summaries["evaluate"]))
+        print(f"scores: {_scores_path(config)}")
+    print(f"run: {config.location('segmentation')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

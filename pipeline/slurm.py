@@ -1,0 +1,348 @@
+"""``python -m pipeline.slurm``: run a whole pipeline as chained SLURM array jobs, watch it, resume it.
+
+``submit run.yaml`` claims and creates every output once (so array tasks never race creating
+them), writes the resolved config and one batch script per phase (from
+``slurm/templates/phase.sbatch``) into the run folder and submits, chained with
+``--dependency=afterok``: one array job each for ``predict``, ``fragments``, ``stitch`` and
+``relabel``, then an ``evaluate`` job when ground truth is configured. Array task ``I`` runs
+``python -m pipeline.run RUN/run.yaml --phase P --task-index I --num-tasks N``; with more blocks
+than the cluster's ``MaxArraySize`` each task takes several blocks (``N`` = array size). There is
+no central server and no open port: tasks only share the zarr store and the done records.
+
+``status RUN`` shows per phase the blocks done / failed / pending (done records, ``squeue`` and
+the task logs; no accounting database needed) and the log of each failed task. ``resubmit RUN``
+submits only the tasks that own unfinished blocks; a task that died (OOM, node failure,
+preemption, ``scancel``) lost nothing that was marked done.
+
+Run folder (``output.run_dir``, default ``STORE/.corrseg3d/run``): ``run.yaml``, ``jobs.json``,
+``scripts/<phase>.sbatch``, ``logs/<phase>-<job>_<task>.log``, ``scores.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from .blocks import SCHEDULERS, task_blocks, write_json_atomic
+from .run import BLOCK_PHASES, RunError, block_progress, done_blocks, lookup_finished, prepare, scores_finished
+from .runconfig import RunConfig, load_run_config, to_dict
+
+__all__ = ["SlurmError", "max_array_size", "submit", "resubmit", "status", "format_status", "main"]
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "templates" / "phase.sbatch"
+DEFAULT_MAX_ARRAY = 1001
+EXIT_MARK = "corrseg3d-task-exit"
+
+
+class SlurmError(ValueError):
+    """SLURM is unavailable, a submission failed, or the run folder is not a submitted run."""
+
+
+def _slurm(args: Sequence[str]) -> str:
+    try:
+        result = subprocess.run(list(args), capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise SlurmError(f"{args[0]} not found: run this on a SLURM login node (or use --dry-run)") from None
+    if result.returncode != 0:
+        raise SlurmError(f"{' '.join(args[:2])} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+def max_array_size() -> int:
+    """The cluster's ``MaxArraySize`` from ``scontrol show config`` (1001, SLURM's default, if unknown)."""
+    try:
+        text = _slurm(["scontrol", "show", "config"])
+    except SlurmError:
+        return DEFAULT_MAX_ARRAY
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return int(value.strip())
+    return DEFAULT_MAX_ARRAY
+
+
+def _array_spec(tasks: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    parts: list[str] = []
+    for task in sorted(tasks):
+        if parts and parts[-1].split("-")[-1] == str(task - 1):
+            parts[-1] = f"{parts[-1].split('-')[0]}-{task}"
+        else:
+            parts.append(str(task))
+    return ",".join(parts)
+
+
+def _directives(config: RunConfig) -> list[str]:
+    slurm = config.slurm
+    options = [f"--time={slurm.time}", f"--mem={slurm.mem}", f"--cpus-per-task={slurm.cpus}"]
+    options += [f"--partition={slurm.partition}"] if slurm.partition else []
+    options += [f"--account={slurm.account}"] if slurm.account else []
+    options += [f"--gpus={slurm.gpus}"] if slurm.gpus else []
+    return [f"#SBATCH {option}" for option in options + list(slurm.extra)]
+
+
+def _script(config: RunConfig, phase: str, num_tasks: int | None) -> str:
+    """The batch script of ``phase`` (an array job of ``num_tasks`` tasks, or one job for evaluate)."""
+    run_dir = config.run_dir
+    scheduler = config.execution.scheduler if config.execution.scheduler in SCHEDULERS else "threads"
+    command = [sys.executable, "-m", "pipeline.run", os.path.join(run_dir, "run.yaml"), "--phase", phase,
+               "--cluster", "none", "--scheduler", scheduler, "--no-progress"]
+    quoted = " ".join(shlex.quote(c) for c in command)
+    if num_tasks is not None:
+        quoted += f' --task-index "$SLURM_ARRAY_TASK_ID" --num-tasks {num_tasks}'
+        log, description = f"{phase}-%A_%a.log", f"phase {phase}, task $SLURM_ARRAY_TASK_ID of {num_tasks}"
+    else:
+        log, description = f"{phase}-%j.log", f"phase {phase}"
+    return TEMPLATE.read_text().format(
+        job_name=f"corrseg3d-{phase}", log=os.path.join(run_dir, "logs", log),
+        directives="\n".join(_directives(config)), description=description, run_dir=shlex.quote(run_dir),
+        setup="\n".join([f"export OMP_NUM_THREADS={config.slurm.cpus}", *config.slurm.setup]),
+        cwd=shlex.quote(run_dir), command=quoted)
+
+
+@dataclass(frozen=True)
+class _Job:
+    phase: str
+    tasks: tuple[int, ...] | None  # None: a plain (non-array) job
+    num_tasks: int | None
+
+
+def _submit_chain(config: RunConfig, jobs: Sequence[_Job], *, dry_run: bool) -> dict[str, Any]:
+    """Write and submit ``jobs`` in order, each after the previous one succeeded; record them."""
+    run_dir = config.run_dir
+    for folder in ("scripts", "logs"):
+        os.makedirs(os.path.join(run_dir, folder), exist_ok=True)
+    with open(os.path.join(run_dir, "run.yaml"), "w") as handle:
+        yaml.safe_dump(to_dict(config), handle, sort_keys=False)
+    submitted: dict[str, Any] = {}
+    previous: str | None = None
+    for job in jobs:
+        script = os.path.join(run_dir, "scripts", f"{job.phase}.sbatch")
+        text = _script(config, job.phase, job.num_tasks)
+        with open(script, "w") as handle:
+            handle.write(text)
+        command = ["sbatch", "--parsable"]
+        command += [f"--array={_array_spec(job.tasks)}"] if job.tasks is not None else []
+        command += [f"--dependency=afterok:{previous}"] if previous else []
+        command.append(script)
+        if dry_run:
+            print(f"# {script}\n{text}\n$ {' '.join(shlex.quote(c) for c in command)}\n")
+            job_id = f"<{job.phase}>"
+        else:
+            job_id = _slurm(command).strip().split(";")[0]
+            print(f"submitted {job.phase}: job {job_id}" + (f" (array {_array_spec(job.tasks)})" if job.tasks else ""))
+        submitted[job.phase] = {"job": job_id, "tasks": list(job.tasks) if job.tasks is not None else None,
+                                "num_tasks": job.num_tasks}
+        previous = job_id
+    if not dry_run:
+        record = _load_jobs(run_dir, missing_ok=True)
+        record["submissions"].append(submitted)
+        write_json_atomic(os.path.join(run_dir, "jobs.json"), record)
+    return submitted
+
+
+def _load_jobs(run_dir: str, *, missing_ok: bool = False) -> dict[str, Any]:
+    path = os.path.join(run_dir, "jobs.json")
+    if not os.path.exists(path):
+        if missing_ok:
+            return {"submissions": []}
+        raise SlurmError(f"{run_dir} holds no submitted run (no jobs.json): submit with "
+                         "`python -m pipeline.slurm submit run.yaml`")
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def submit(config: RunConfig, *, dry_run: bool = False) -> dict[str, Any]:
+    """Prepare the outputs and submit every phase as chained jobs; return the submitted job ids."""
+    limit = max_array_size()
+    if config.slurm.max_array is not None:
+        limit = min(limit, config.slurm.max_array)
+    if limit < 1:
+        raise SlurmError(f"slurm.max_array must be >= 1, got {config.slurm.max_array}")
+    blocks = prepare(config)
+    jobs = []
+    for phase in BLOCK_PHASES:
+        num_tasks = min(blocks[phase], limit)
+        jobs.append(_Job(phase, tuple(range(num_tasks)), num_tasks))
+    if config.evaluate.gt is not None:
+        jobs.append(_Job("evaluate", None, None))
+    if dry_run:
+        print("# dry run: outputs were created and claimed; nothing was submitted\n")
+    return _submit_chain(config, jobs, dry_run=dry_run)
+
+
+def _queue() -> dict[str, tuple[str, str]]:
+    """``{"JOB_TASK" or "JOB": (state, reason)}`` of the jobs in the queue (array tasks expanded)."""
+    rows = _slurm(["squeue", "-h", "-r", "-o", "%i|%T|%r"]).splitlines()
+    return {row.split("|")[0]: (row.split("|")[1], row.split("|")[2]) for row in rows if row.count("|") == 2}
+
+
+def _task_key(job: str, task: int | None) -> str:
+    return job if task is None else f"{job}_{task}"
+
+
+def _log(run_dir: str, phase: str, job: str, task: int | None) -> str:
+    name = f"{phase}-{job}.log" if task is None else f"{phase}-{job}_{task}.log"
+    return os.path.join(run_dir, "logs", name)
+
+
+def _task_state(run_dir: str, phase: str, job: str, task: int | None, queue: dict[str, tuple[str, str]]) -> str:
+    """``running``, ``queued``, ``blocked`` (an earlier phase failed), ``ok``, ``failed`` or ``not run``."""
+    key = _task_key(job, task)
+    if key in queue:
+        state, reason = queue[key]
+        if state == "RUNNING":
+            return "running"
+        return "blocked" if reason == "DependencyNeverSatisfied" else "queued"
+    log = _log(run_dir, phase, job, task)
+    if not os.path.exists(log):
+        return "not run"
+    with open(log, errors="replace") as handle:
+        return "ok" if f"{EXIT_MARK} 0\n" in handle.read() else "failed"
+
+
+def status(run_dir: str) -> list[dict[str, Any]]:
+    """Per phase: blocks done/failed/pending/total, task states and the logs of failed tasks."""
+    config = load_run_config(os.path.join(run_dir, "run.yaml"))
+    submissions = _load_jobs(run_dir)["submissions"]
+    queue = _queue()
+    progress = block_progress(config)
+    rows = []
+    for phase in BLOCK_PHASES + ("evaluate",):
+        latest: dict[int | None, tuple[str, int | None]] = {}
+        for submission in submissions:
+            entry = submission.get(phase)
+            for task in (entry["tasks"] if entry and entry["tasks"] is not None else [None] if entry else []):
+                latest[task] = (entry["job"], entry["num_tasks"])
+        if not latest:
+            continue
+        states = {task: _task_state(run_dir, phase, job, task, queue) for task, (job, _) in latest.items()}
+        failed_logs = [_log(run_dir, phase, latest[t][0], t) for t, s in sorted(states.items(), key=str) if s == "failed"]
+        counts: dict[str, int] = {}
+        for state in states.values():
+            counts[state] = counts.get(state, 0) + 1
+        row: dict[str, Any] = {"phase": phase, "tasks": counts, "failed_logs": failed_logs}
+        if phase == "evaluate":
+            row.update(done=int(scores_finished(config)), total=1, failed=0)
+        else:
+            n_done, total = progress[phase] or (0, 0)
+            done_set = set(done_blocks(config, phase, total))
+            num_tasks = next(iter(latest.values()))[1] or 1
+            failed_blocks = {b for t, s in states.items() if s == "failed"
+                             for b in task_blocks(total, t, num_tasks) if b not in done_set}
+            row.update(done=n_done, total=total, failed=len(failed_blocks))
+        row["pending"] = row["total"] - row["done"] - row["failed"]
+        rows.append(row)
+    return rows
+
+
+def format_status(rows: Sequence[dict[str, Any]]) -> str:
+    """Table of :func:`status` rows with the failed tasks' log paths below it."""
+    lines = [f"{'phase':<10} {'done':>7} {'failed':>7} {'pending':>8} {'total':>7}  tasks"]
+    for row in rows:
+        tasks = ", ".join(f"{n} {state}" for state, n in sorted(row["tasks"].items()))
+        lines.append(f"{row['phase']:<10} {row['done']:>7} {row['failed']:>7} {row['pending']:>8} {row['total']:>7}  {tasks}")
+    logs = [log for row in rows for log in row["failed_logs"]]
+    if logs:
+        lines += ["", "failed tasks' logs:"] + [f"  {log}" for log in logs]
+    if any(row["done"] < row["total"] for row in rows) and not any(
+            row["tasks"].get(s) for row in rows for s in ("running", "queued")):
+        lines += ["", "unfinished and nothing running: `python -m pipeline.slurm resubmit RUN` reruns what is not done"]
+    return "\n".join(lines)
+
+
+def resubmit(run_dir: str, *, dry_run: bool = False) -> dict[str, Any]:
+    """Submit only the tasks owning unfinished blocks (same task split as before), chained again.
+
+    Refuses while a task of the run is running or waiting for resources; cancels the run's jobs
+    left waiting on a dependency (they would wait on the failed chain forever).
+    """
+    config = load_run_config(os.path.join(run_dir, "run.yaml"))
+    submissions = _load_jobs(run_dir)["submissions"]
+    ours = {entry["job"] for submission in submissions for entry in submission.values()}
+    queue = {key: value for key, value in _queue().items() if key.split("_")[0] in ours}
+    active = sorted(key for key, (state, reason) in queue.items() if not reason.startswith("Dependency"))
+    if active:
+        raise SlurmError(f"jobs {', '.join(active)} of this run are still running or queued: wait for them "
+                         "(python -m pipeline.slurm status) or scancel them, then resubmit")
+    waiting = sorted({key.split("_")[0] for key in queue})
+    if waiting and not dry_run:
+        _slurm(["scancel", *waiting])
+    blocks = prepare(config)
+    num_tasks = {phase: submissions[0][phase]["num_tasks"] for phase in BLOCK_PHASES}
+    jobs = []
+    for phase in BLOCK_PHASES:
+        done = set(done_blocks(config, phase, blocks[phase]))
+        tasks = sorted({b % num_tasks[phase] for b in range(blocks[phase]) if b not in done})
+        if phase == "stitch" and not tasks and not lookup_finished(config):
+            tasks = [0]  # every face is done, the lookup table is not: one task builds it
+        if tasks:
+            jobs.append(_Job(phase, tuple(tasks), num_tasks[phase]))
+    if config.evaluate.gt is not None and (jobs or not scores_finished(config)):
+        jobs.append(_Job("evaluate", None, None))
+    if not jobs:
+        print("nothing to resubmit: every phase is done")
+        return {}
+    return _submit_chain(config, jobs, dry_run=dry_run)
+
+
+def _run_dir(path: str) -> str:
+    """A run folder, or the run folder of a run YAML."""
+    if os.path.isfile(path):
+        return load_run_config(path).run_dir
+    if not os.path.isdir(path):
+        raise SlurmError(f"{path} is neither a run folder nor a run YAML")
+    return os.path.abspath(path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.slurm", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    sub = commands.add_parser("submit", help="prepare outputs and submit all phases as chained array jobs")
+    sub.add_argument("config", help="run YAML (python -m pipeline.run --print-default-config)")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    for name, kind, text in (("partition", str, "partition"), ("account", str, "account to charge"),
+                             ("time", str, "time limit per task, e.g. 04:00:00"), ("mem", str, "memory per task, e.g. 16G"),
+                             ("gpus", int, "GPUs per task"), ("cpus", int, "CPUs per task"),
+                             ("max-array", int, "largest array size (default: the cluster's MaxArraySize)")):
+        sub.add_argument(f"--{name}", type=kind, help=f"{text} (default: the config's slurm section)")
+    sub.add_argument("--dry-run", action="store_true", help="print the scripts and sbatch commands, submit nothing")
+    for name, text in (("status", "blocks done / failed / pending per phase"),
+                       ("resubmit", "submit only what is not done")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("run", help="run folder (output.run_dir) or the run YAML")
+        if name == "resubmit":
+            sub.add_argument("--dry-run", action="store_true", help="print, submit nothing")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "submit":
+            config = load_run_config(args.config, args.set)
+            given = {key: getattr(args, key) for key in ("partition", "account", "time", "mem", "gpus", "cpus",
+                                                         "max_array") if getattr(args, key) is not None}
+            submit(replace(config, slurm=replace(config.slurm, **given)), dry_run=args.dry_run)
+            print(f"run folder: {config.run_dir}  (python -m pipeline.slurm status {config.run_dir})")
+        elif args.command == "status":
+            print(format_status(status(_run_dir(args.run))))
+        else:
+            resubmit(_run_dir(args.run), dry_run=args.dry_run)
+    except (ValueError, RunError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

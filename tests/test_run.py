@@ -1,0 +1,103 @@
+"""pipeline.run: one config, validated; resume skips finished work; changed config refused;
+dask.distributed equals the local run; the demo end to end with a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from conftest import assert_same_result, write_run_config
+from pipeline import demo
+from pipeline.run import block_progress, main
+from pipeline.runconfig import RunConfig, default_config_yaml, load_run_config
+
+
+def _records(store):
+    """{path: mtime_ns} of every per-block done record under the store's work folders."""
+    found = {}
+    for folder, _, files in os.walk(os.path.join(store, ".corrseg3d")):
+        for name in files:
+            if name.endswith(".done") and f"{os.sep}done" in folder:
+                path = os.path.join(folder, name)
+                found[path] = os.stat(path).st_mtime_ns
+    return found
+
+
+def test_default_config_is_valid_and_complete(tmp_path):
+    text = default_config_yaml()
+    assert "# Scoring against ground truth" in text
+    (tmp_path / "run.yaml").write_text(text)
+    config = load_run_config(tmp_path / "run.yaml")
+    assert config.input.raw == str(tmp_path / "vol.zarr")
+    assert config.run_dir == str(tmp_path / "vol.zarr" / ".corrseg3d" / "run")
+    defaults = RunConfig()
+    assert (config.predict, config.segment, config.slurm) == (defaults.predict, defaults.segment, defaults.slurm)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("input: {raw: v.zarr}\nsegment: {min_sise: 5}\n", "unknown key 'segment.min_sise'; did you mean 'segment.min_size'?"),
+    ("input: {raw: v.zarr}\nexecuton: {}\n", "unknown key 'executon'; did you mean 'execution'?"),
+    ("input: {raw: v.zarr}\npredict: {block: [8, 32]}\n", "predict.block: expected 3 values"),
+    ("segment: {}\n", "input.raw is required"),
+])
+def test_bad_config_is_one_error_line_and_writes_nothing(tmp_path, capsys, text, expected):
+    (tmp_path / "run.yaml").write_text(text)
+    assert main([str(tmp_path / "run.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and err.count("\n") == 1
+    assert os.listdir(tmp_path) == ["run.yaml"]
+
+
+def test_rerun_does_nothing_and_changed_config_is_refused(reference, capsys):
+    path = reference[0]
+    config = load_run_config(path)
+    before = _records(config.store)
+    assert len(before) == 12 + 3 * 12  # predict, fragments/faces/relabel
+    assert all(done == total for done, total in block_progress(config).values())
+    assert main([path, "--no-progress"]) == 0
+    assert "scores:" in capsys.readouterr().out
+    assert _records(config.store) == before  # no block recomputed, no record rewritten
+    assert_same_result(config, reference)
+    assert main([path, "--set", "predict.halo=[4,40,40]"]) == 2
+    assert "different config (options.halo differ)" in capsys.readouterr().err
+    assert main([path, "--set", "segment.min_size=5", "--phase", "fragments"]) == 2
+    assert "different config (options.min_size differ)" in capsys.readouterr().err
+    assert _records(config.store) == before
+    with open(os.path.join(config.run_dir, "scores.json")) as handle:
+        assert 0 < json.load(handle)["report"]["scores"]["voi"] < 10
+
+
+def test_dask_local_cluster_with_two_processes_equals_local_run(run_inputs, reference, tmp_path, monkeypatch):
+    from distributed import LocalCluster
+
+    monkeypatch.chdir("/")  # relative paths resolve against the config's folder, not the cwd
+    path = write_run_config(tmp_path, "dask", run_inputs)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        assert main([path, "--scheduler", cluster.scheduler_address, "--no-progress"]) == 0
+    assert_same_result(load_run_config(path), reference)
+
+
+def test_demo_with_tiny_checkpoint(run_inputs, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--checkpoint", str(run_inputs / "tiny.pt"), "--shape", "16,64,64",
+                      "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "voi " in printed and "arand " in printed and "napari" in printed
+    assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = json.loads((out / "neuroglancer.json").read_text())
+    assert state["layers"][1]["source"] == "zarr3://http://localhost:8000/demo.zarr/segmentation/"
+    assert (out / "demo.zarr" / "segmentation" / "zarr.json").exists()
+    config = load_run_config(out / "run.yaml")
+    assert yaml.safe_load((out / "run.yaml").read_text())["predict"]["checkpoint"] == str(run_inputs / "tiny.pt")
+    assert all(done == total for done, total in block_progress(config).values())
+
+
+def test_demo_without_weights_fails_before_writing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("corrseg3d.weights.default_checkpoint", lambda: str(tmp_path / "missing.pt"))
+    assert demo.main(["--out", str(tmp_path / "demo"), "--shape", "16,64,64"]) == 2
+    err = capsys.readouterr().err
+    assert "the shipped weights" in err and "pass --checkpoint PATH" in err
+    assert not (tmp_path / "demo").exists()

@@ -12,6 +12,11 @@ Stored affinities: (C, z, y, x), channel k links p and p + offsets[k] (offsets n
 Resume: per-block done records in ``vol.zarr/.corrseg3d/predict/<output>/done`` are written after
 a block's data is written; reruns skip done blocks, and a rerun with another model, offsets or
 settings is refused unless ``--overwrite``.
+
+Reproducibility: for a fixed torch thread count the output is deterministic, so a resumed run is
+bitwise equal to an uninterrupted one. torch's CPU convolutions round differently with different
+thread counts (about 0.02 % of uint8 values move by one level between 1 and 2 threads), so runs
+compared bit for bit must pin the same count (``OMP_NUM_THREADS``; the SLURM scripts do).
 """
 
 from __future__ import annotations

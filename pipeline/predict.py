@@ -69,6 +69,9 @@ class PredictOptions:
         Blocks per network call (useful on a GPU; interior blocks share one padded shape).
     device
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    threads
+        torch CPU threads per worker (0 = torch's default). Set in each worker thread before the
+        network runs; pin it when outputs are compared bit for bit (see module docstring).
     """
 
     checkpoint: str | None = None
@@ -79,6 +82,7 @@ class PredictOptions:
     tta: bool = False
     batch_size: int = 1
     device: str = "auto"
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,10 @@ class _Predictor:
 
     def __call__(self, group: Sequence[int]) -> Sequence[int]:
         """Predict the blocks of ``group``, stacking equal-shape context patches into one batch."""
+        import torch
+
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)  # per worker thread for OpenMP
         images = {index: self.read(index) for index in group}
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, image in images.items():
@@ -260,7 +268,7 @@ def predict(raw_location: str, *, out_location: str | None = None, options: Pred
         "input": {"location": os.path.abspath(raw.location) if "://" not in raw.location else raw.location,
                   "shape": list(raw.shape)},
         "model": {"sha256": metadata["model_sha256"], "offsets": [list(o) for o in offsets]},
-        "options": {k: v for k, v in asdict(options).items() if k not in ("checkpoint", "batch_size", "device")},
+        "options": {k: v for k, v in asdict(options).items() if k not in ("checkpoint", "batch_size", "device", "threads")},
     }
     workdir = workdir_for(out_location, "predict")
     claim_outputs(workdir, config, {"affinities": out_location}, overwrite=overwrite)
@@ -308,6 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=1, help="blocks per network call (GPU)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per worker (0 = torch default)")
     parser.add_argument("--tta", action="store_true", help="average the 8 z/y/x flips (8x slower)")
     parser.add_argument("--scheduler", default="threads",
                         help="threads (default), processes, synchronous or a dask.distributed tcp:// address")
@@ -324,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = PredictOptions(
             checkpoint=args.checkpoint, block_shape=tuple(args.block), halo=tuple(args.halo), dtype=args.dtype, precision=args.precision,
-            tta=args.tta, batch_size=args.batch_size, device=args.device)
+            tta=args.tta, batch_size=args.batch_size, device=args.device, threads=args.threads)
         summary = predict(args.input, out_location=args.out, options=options, task_index=args.task_index,
                           num_tasks=args.num_tasks, scheduler=args.scheduler, num_workers=args.workers,
                           overwrite=args.overwrite, progress=not args.no_progress, dataset=args.dataset)

@@ -64,10 +64,12 @@ class PredictConfig:
     device: str = "auto"
     tta: bool = False
     batch_size: int = 1
+    threads: int = 0
 
     def options(self) -> PredictOptions:
         return PredictOptions(checkpoint=self.checkpoint, block_shape=self.block, halo=self.halo, dtype=self.dtype,
-                              precision=self.precision, tta=self.tta, batch_size=self.batch_size, device=self.device)
+                              precision=self.precision, tta=self.tta, batch_size=self.batch_size, device=self.device,
+                              threads=self.threads)
 
 
 @dataclass

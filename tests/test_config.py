@@ -83,7 +83,7 @@ def test_ac3ac4_config_matches_the_paper():
     config = load_config(CONFIGS / "ac3ac4.yaml")
     assert config.data.patch == (18, 160, 160) and config.train.batch_size == 2
     assert config.train.iterations == 200_000
-    assert config.data.sources[0].slices == (0, 80) and config.validation.volumes[0].slices == (80, 100)
+    assert config.data.sources[0].slices == (0, 80) and config.validation.volumes[0].slices == (0, 20)
     assert config.optim == Config().optim
 
 

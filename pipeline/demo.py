@@ -86,7 +86,7 @@ def neuroglancer_state(store_name: str, *, url: str = SERVE_URL) -> dict:
             "layout": "4panel"}
 
 
-def run_demo(out: str, *, checkpoint: str | None = None, shape: Sequence[int] = (32, 256, 256), seed: int = 0,
+def run_demo(out: str, *, checkpoint: str | None = None, shape: Sequence[int] = (32, 256, 256), seed: int = 1000,
              scheduler: str = "threads", progress: bool = True) -> dict:
     """Generate the volume (once), run the whole chain, write the figures; return the scores."""
     from corrseg3d.weights import default_checkpoint

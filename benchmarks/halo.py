@@ -28,7 +28,7 @@ from corrseg3d.weights import default_checkpoint
 from pipeline.synth import generate
 
 RESULTS = Path(__file__).parent / "results" / "halo.json"
-HALOS = ((4, 32, 32), (8, 32, 32), (8, 48, 48), (8, 64, 64), (12, 64, 64), (16, 96, 96))
+HALOS = ((4, 32, 32), (8, 48, 48), (8, 64, 64), (16, 96, 96))
 
 
 def main() -> None:

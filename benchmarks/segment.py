@@ -31,7 +31,7 @@ from pipeline.metrics import segmentation_scores  # noqa: E402
 from pipeline.store import create_volume, open_volume  # noqa: E402
 
 CONTENDERS = ("pipeline", "pipeline_min_size", "whole_mws", "elf_blockwise")
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "segment.json")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "segment_{shape}.json")
 
 
 def make_data(store: str, shape: tuple[int, ...], seed: int) -> None:
@@ -119,8 +119,9 @@ def main() -> None:
                   f"speed x{reference['seconds'] / r['seconds']:.2f}") if reference else ""
         print(f"{r['contender']:<18} {r['seconds']:7.1f} {r['mvox_per_s']:7.2f} {r['peak_rss_gib']:8.2f} "
               f"{r['segments']:8d} {r['voi_split']:7.3f}/{r['voi_merge']:.3f} {r['voi']:6.3f} {r['arand']:6.3f}  {versus}")
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as handle:
+    results = RESULTS.format(shape="x".join(map(str, shape)))
+    os.makedirs(os.path.dirname(results), exist_ok=True)
+    with open(results, "w") as handle:
         json.dump({"shape": shape, "block": block, "workers": args.workers, "cpu": "2 cores shared with other jobs",
                    "rows": rows}, handle, indent=1)
 

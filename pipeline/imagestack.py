@@ -253,7 +253,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("isbi2012", help="write the ISBI 2012 training slices (raw + 2D labels)",
                                    description=write_isbi2012.__doc__.split("\n")[0])
     parser.add_argument("out", help="output store, OUT.zarr")
-    parser.add_argument("--source", default="/work/shared/data/isbi2012", help="folder with image/ and label/")
+    parser.add_argument("--source", required=True,
+                        help="folder with image/NN.png and label/NN.png (the ISBI 2012 training slices)")
     parser.add_argument("--slices", type=_parse_slices, default=(0, 19), help="slice range FIRST-LAST (default 0-19)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing raw/labels")
     parser.set_defaults(run=lambda a: print("wrote", *write_isbi2012(a.source, a.out, slices=a.slices,

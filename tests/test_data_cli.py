@@ -12,7 +12,7 @@ from pipeline.data import main
 from pipeline.store import open_volume
 from pipeline.synth import generate
 
-ISBI = "/work/shared/data/isbi2012"
+ISBI = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "isbi2012")
 
 
 def run(capsys, *argv):

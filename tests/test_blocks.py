@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import partial
 
+import distributed
 import numpy as np
 import pytest
 
@@ -65,7 +66,6 @@ def test_runner_runs_every_block_once_and_resumes(tmp_path, scheduler):
 
 
 def test_runner_on_distributed_address(tmp_path):
-    distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
         run_blocks(partial(_write_square, str(tmp_path)), range(3), scheduler=cluster.scheduler_address, progress=False)
     assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["0.npy", "1.npy", "2.npy"]

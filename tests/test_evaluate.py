@@ -2,6 +2,7 @@
 
 import json
 
+import distributed
 import numpy as np
 import pytest
 import zarr
@@ -110,7 +111,6 @@ def test_schedulers_agree(stored, scheduler):
 
 
 def test_distributed_scheduler_address():
-    distributed = pytest.importorskip("distributed")
     seg, gt = _pair(1)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address=None) as cluster:

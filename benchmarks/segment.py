@@ -5,8 +5,8 @@ under /tmp), each contender in its own subprocess so peak RSS (ru_maxrss, inputs
 included) belongs to it alone. Times cover the segmentation call only (not data generation, not
 scoring). Contenders whose known memory need exceeds the budget are skipped above
 ``--max-whole-voxels`` (whole-volume bic needs ~160 B/voxel; elf blockwise peaked at 22 GB on
-100x1024x1024, dependencies.md sections 1-2). The CPU is shared with other jobs: compare ratios
-within one run only.
+100x1024x1024, dependencies.md sections 1-2). Each row records the 1-minute load average before
+it ran; compare ratios within one run only.
 
     python benchmarks/segment.py --shape 64,512,512        # quick
     python benchmarks/segment.py                            # 100x1024x1024
@@ -48,12 +48,14 @@ def make_data(store: str, shape: tuple[int, ...], seed: int) -> None:
                   attrs={"offsets": [list(o) for o in PEA_OFFSETS]})[...] = affs
 
 
-def run_child(name: str, store: str, block: tuple[int, ...], min_size: int, workers: int) -> dict:
+def run_child(name: str, store: str, block: tuple[int, ...], halo: tuple[int, ...] | None, min_size: int,
+              workers: int) -> dict:
     from pipeline.segment import SegmentOptions, segment
 
     affinities = open_volume(f"{store}/affinities")
+    load = os.getloadavg()[0]
     if name.startswith("pipeline"):
-        options = SegmentOptions(block_shape=block, min_size=min_size if name == "pipeline_min_size" else 0)
+        options = SegmentOptions(block_shape=block, halo=halo, min_size=min_size if name == "pipeline_min_size" else 0)
         start = time.perf_counter()
         segment(store, options, output_name=name, fragments_name=f"{name}_fragments", overwrite=True,
                 num_workers=workers, progress=False)
@@ -77,7 +79,7 @@ def run_child(name: str, store: str, block: tuple[int, ...], min_size: int, work
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     scores = segmentation_scores(seg, open_volume(f"{store}/labels")[...])
     voxels = int(np.prod(affinities.shape[1:]))
-    return {"contender": name, "shape": list(affinities.shape[1:]), "seconds": seconds,
+    return {"contender": name, "load_average_1min_before": load, "shape": list(affinities.shape[1:]), "seconds": seconds,
             "mvox_per_s": voxels / seconds / 1e6, "peak_rss_gib": peak, "segments": int(len(np.unique(seg))),
             **{k: scores[k] for k in ("voi_split", "voi_merge", "voi", "arand")}}
 
@@ -86,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default="100,1024,1024")
     parser.add_argument("--block", default="32,256,256")
+    parser.add_argument("--halo", help="z,y,x halo of the pipeline rows (default: pipeline.segment's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-size", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
@@ -96,9 +99,10 @@ def main() -> None:
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.shape.split(","))
     block = tuple(int(v) for v in args.block.split(","))
+    halo = tuple(int(v) for v in args.halo.split(",")) if args.halo else None
     store = f"/tmp/bench_segment_{'x'.join(map(str, shape))}_s{args.seed}.zarr"
     if args.child:
-        print(json.dumps(run_child(args.child, store, block, args.min_size, args.workers)))
+        print(json.dumps(run_child(args.child, store, block, halo, args.min_size, args.workers)))
         return
     make_data(store, shape, args.seed)
     rows = []
@@ -122,7 +126,7 @@ def main() -> None:
     results = RESULTS.format(shape="x".join(map(str, shape)))
     os.makedirs(os.path.dirname(results), exist_ok=True)
     with open(results, "w") as handle:
-        json.dump({"shape": shape, "block": block, "workers": args.workers, "cpu": "2 cores shared with other jobs",
+        json.dump({"shape": shape, "block": block, "halo": halo or "default", "workers": args.workers, "cpu_count": os.cpu_count(),
                    "rows": rows}, handle, indent=1)
 
 

@@ -42,6 +42,7 @@ import json
 import math
 import sys
 import time
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,9 +65,10 @@ from .sampler import TrainingPatches, make_loader, slice_range, to_float_image, 
 
 __all__ = ["RESUMABLE_CHANGES", "segment", "validate", "load_validation_volumes", "RunLog", "build_optimizer", "train_step", "train", "main"]
 
-#: Config keys that may differ between a checkpoint and a ``--resume`` run.
+#: Config keys (``fnmatch`` patterns) that may differ between a checkpoint and a ``--resume`` run: none of
+#: them changes the optimisation trajectory (validation only reads the model and picks ``best.pt``).
 RESUMABLE_CHANGES = ("train.iterations", "train.num_workers", "train.threads", "train.log_every",
-                     "train.checkpoint_every", "validation.every")
+                     "train.checkpoint_every", "validation.*")
 
 def _memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -179,7 +181,8 @@ def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
         return flat
 
     old, new = flatten(saved), flatten(current)
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and not any(fnmatch(k, p) for p in RESUMABLE_CHANGES))
     if changed:
         raise ValueError(f"cannot resume: the configuration differs from the checkpoint's in {', '.join(changed)} "
                          f"(only {', '.join(RESUMABLE_CHANGES)} may change)")

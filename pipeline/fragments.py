@@ -72,8 +72,9 @@ def compute_fragments(params: FragmentParams, index: int) -> None:
     block = grid.block(index)
     begin, end = grid.outer(block, params.halo)
     outer = tuple(slice(b, e) for b, e in zip(begin, end))
-    affs = affinities_as_float(open_volume(params.affinities)[(slice(None),) + outer])
-    labels = segment_labels(affs, params, origin=begin)
+    stored = open_volume(params.affinities)[(slice(None),) + outer]
+    labels = segment_labels(stored, params, origin=begin)
+    nn_affs = affinities_as_float(stored[:3])
     inner = tuple(slice(b - o, e - o) for b, e, o in zip(block.begin, block.end, begin))
     local = labels[inner]
     ids = np.where(local > 0, (np.uint64(index) << ID_SHIFT) | local, np.uint64(0))
@@ -81,29 +82,30 @@ def compute_fragments(params: FragmentParams, index: int) -> None:
     n_labels = int(labels.max(initial=0))
     tables = {"n_labels": np.int64(n_labels),
               "sizes": np.bincount(local.ravel(), minlength=n_labels + 1).astype(np.int64)}
-    tables.update(_inner_edges(local, affs[(slice(0, 3),) + inner]))
-    tables.update(_face_tables(grid, block, begin, labels, affs, params.halo))
+    tables.update(_inner_edges(local, nn_affs[(slice(None),) + inner]))
+    tables.update(_face_tables(grid, block, begin, labels, nn_affs, params.halo))
     save_npz_atomic(table_path(params.workdir, index), tables)
 
 
 def segment_labels(affs: np.ndarray, params: FragmentParams, *, origin: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
-    """Local labels (uint64, consecutive 1..n) of float affinities.
+    """Local labels (uint64, consecutive 1..n) of stored affinities.
 
-    ``affs`` is (C, z, y, x) float in [0, 1] whose voxel (0, 0, 0) sits at global ``origin``.
+    ``affs`` is (C, z, y, x), uint8 (``round(255 a)``) or float in [0, 1], whose voxel (0, 0, 0)
+    sits at global ``origin``.
     """
     if params.method == "mws":
         if params.randomize_seed is None:
             return mutex_watershed(affs, params.offsets, strides=params.strides)
-        sampled = sample_mutex_edges(affs, params.strides, params.randomize_seed, origin)
+        sampled = sample_mutex_edges(affinities_as_float(affs), params.strides, params.randomize_seed, origin)
         return mutex_watershed(sampled, params.offsets, strides=(1, 1, 1))
     if params.method == "waterz":
         import waterz
 
-        seg = next(iter(waterz.agglomerate(np.ascontiguousarray(affs[:3]), [params.threshold])))
+        seg = next(iter(waterz.agglomerate(np.ascontiguousarray(affinities_as_float(affs[:3])), [params.threshold])))
         unassigned, _ = ndimage.label(seg == 0)  # waterz leaves voxels without edges at 0
         return _consecutive(np.where(seg == 0, unassigned.astype(np.uint64) + seg.max(), seg))
     if params.method == "multicut":
-        return _consecutive(_multicut(affs[:3]))
+        return _consecutive(_multicut(affinities_as_float(affs[:3])))
     raise ValueError(f"unknown method {params.method!r}: use one of {', '.join(METHODS)}")
 
 
@@ -162,10 +164,14 @@ def pair_statistics(u: np.ndarray, v: np.ndarray, weights: np.ndarray) -> dict[s
     """Unordered label pairs (u != v) with the sum and count of ``weights`` per pair (sorted)."""
     keep = (u != v) & (u > 0) & (v > 0)
     u, v, weights = u[keep], v[keep], weights[keep]
-    pairs = np.stack([np.minimum(u, v), np.maximum(u, v)], axis=1).astype(np.uint64)
-    if len(pairs) == 0:
+    lo, hi = np.minimum(u, v).astype(np.uint64), np.maximum(u, v).astype(np.uint64)
+    if len(lo) == 0:
         return {"edges": np.zeros((0, 2), np.uint64), "edge_sum": np.zeros(0), "edge_count": np.zeros(0, np.int64)}
-    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    if hi.max() < 1 << 32:  # local labels: one 64-bit key per pair sorts ~3x faster than rows
+        keys, inverse = np.unique((lo << ID_SHIFT) | hi, return_inverse=True)
+        unique = np.stack([keys >> ID_SHIFT, keys & np.uint64(0xFFFFFFFF)], axis=1)
+    else:
+        unique, inverse = np.unique(np.stack([lo, hi], axis=1), axis=0, return_inverse=True)
     inverse = inverse.ravel()
     return {"edges": unique,
             "edge_sum": np.bincount(inverse, weights=weights.astype(np.float64), minlength=len(unique)),
@@ -186,10 +192,11 @@ def _inner_edges(local: np.ndarray, nn_affs: np.ndarray) -> dict[str, np.ndarray
 
 
 def _face_tables(grid: BlockGrid, block: Block, begin: tuple[int, ...], labels: np.ndarray,
-                 affs: np.ndarray, halo: tuple[int, ...]) -> dict[str, np.ndarray]:
+                 nn_affs: np.ndarray, halo: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Label slabs over the boxes shared with face neighbours, and lower-face NN affinities.
 
-    ``labels`` and ``affs`` cover the halo'd box starting at global ``begin``.
+    ``labels`` and ``nn_affs`` (the 3 nearest-neighbour channels, float) cover the halo'd box
+    starting at global ``begin``.
     """
     tables: dict[str, np.ndarray] = {}
     for axis in range(3):
@@ -208,7 +215,7 @@ def _face_tables(grid: BlockGrid, block: Block, begin: tuple[int, ...], labels: 
         if grid.neighbour(block, axis, -1) is not None:
             plane = [slice(b - o, e - o) for b, e, o in zip(block.begin, block.end, begin)]
             plane[axis] = block.begin[axis] - begin[axis]
-            tables[f"face_aff_{axis}"] = affs[axis][tuple(plane)].astype(np.float32)
+            tables[f"face_aff_{axis}"] = nn_affs[axis][tuple(plane)].astype(np.float32)
     return tables
 
 

@@ -57,7 +57,9 @@ def mutex_watershed(
     offsets = validate_offsets(offsets)
     if affinities.ndim != 4 or affinities.shape[0] != len(offsets):
         raise ValueError(f"affinities must be (C, z, y, x) with C = {len(offsets)} offsets, got shape {affinities.shape}")
-    weights = affinities_as_float(affinities).copy()
-    weights[3:] = 1.0 - weights[3:]
+    weights = affinities_as_float(affinities)
+    if np.may_share_memory(weights, affinities):
+        weights = weights.copy()
+    np.subtract(np.float32(1), weights[3:], out=weights[3:])
     return _bic_mutex_watershed(weights, offsets, 3, strides=list(strides),
                                 randomized_strides=randomize_strides, mask=mask)

@@ -67,6 +67,7 @@ class ModelConfig:
     bn_momentum: float = 0.001
     head: Literal["embedding", "affinity"] = "embedding"
     n_affinities: int = 12
+    upsample_align_corners: bool = True
 
 
 @dataclass
@@ -165,6 +166,9 @@ class TrainConfig:
     threads: int = 0
     log_every: int = 50
     checkpoint_every: int = 1000
+    #: Checkpoint whose weights initialise the model (fine-tuning; "" = kaiming init). Its
+    #: architecture tensors and offsets must match this config; optimizer and iteration start fresh.
+    init_from: str = ""
 
 
 @dataclass

@@ -11,8 +11,8 @@ pooled, every pooling / upsampling is (1, 2, 2) in (z, y, x)::
     out        conv 1x1x1 (bias), linear                    f0 -> D (embedding)
     pyramid    conv 1x1x1 (bias) on center, conv4, conv5, conv6  -> D at 1/16, 1/8, 1/4, 1/2
 
-``up`` = trilinear upsampling (1, 2, 2) with ``align_corners=True`` followed by a 1x1x1 conv
-(bias). Residual block ``in -> out``: ``r = ELU(N(conv1x3x3(x)))``, ``f = conv3(ELU(N(conv3(r))))``
+``up`` = trilinear upsampling (1, 2, 2) followed by a 1x1x1 conv (bias); the reference samples
+with ``align_corners=True`` (``upsample_align_corners``, see Decisions). Residual block ``in -> out``: ``r = ELU(N(conv1x3x3(x)))``, ``f = conv3(ELU(N(conv3(r))))``
 with 3x3x3 convs, output ``ELU(N(r + f))``; convs followed by a norm have no bias. All padding is
 "same" (zeros). Weights: ``kaiming_normal_`` (fan_in, gain sqrt(2)), biases 0. The reference
 config has 1,481,748 trainable parameters (1,478,036 without the pyramid heads).
@@ -22,6 +22,13 @@ Decisions:
 * The bias of each ``up`` 1x1x1 conv is kept for parameter parity with the reference, although
   the training-mode BatchNorm that follows the skip addition cancels any per-channel constant,
   so its gradient is exactly zero with ``norm="batch"`` (and ``"instance"``).
+* ``upsample_align_corners=True`` is the reference's upsampling. It samples the coarse map at
+  ``i (n - 1) / (2 n - 1)`` for output index ``i`` of a level with ``n`` coarse voxels, a grid that
+  depends on the input size, so the network is not shift-equivariant: a block predicted with any
+  amount of context differs from a whole-volume pass of another size. ``False`` samples at
+  ``(i + 0.5) / 2 - 0.5``, independent of the size, so the network is equivariant to y/x shifts
+  that are multiples of :attr:`ResidualUNet3D.xy_multiple` (every block origin of
+  ``pipeline.predict``) and blockwise prediction can equal a whole-volume pass.
 * ``norm="none"`` gives the convs that would be followed by a norm a bias instead.
 * ``norm="group"`` uses ``gcd(channels, 8)`` groups.
 * ``head="affinity"`` is the paper's affinity-learning baseline: the ``out`` conv maps to
@@ -92,10 +99,11 @@ class _ResidualBlock(nn.Module):
 class _DecoderLevel(nn.Module):
     """Upsample (1, 2, 2) + 1x1x1 conv, add the skip, norm, ELU, residual block."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, norm: str, bn_momentum: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, norm: str, bn_momentum: float,
+                 align_corners: bool) -> None:
         super().__init__()
         self.up = nn.Sequential(
-            nn.Upsample(scale_factor=(1, 2, 2), mode="trilinear", align_corners=True),
+            nn.Upsample(scale_factor=(1, 2, 2), mode="trilinear", align_corners=align_corners),
             nn.Conv3d(in_channels, out_channels, 1))
         self.merge = nn.Sequential(_norm(norm, out_channels, bn_momentum), nn.ELU())
         self.block = _ResidualBlock(out_channels, out_channels, norm=norm, bn_momentum=bn_momentum)
@@ -125,6 +133,9 @@ class ResidualUNet3D(nn.Module):
         ``"embedding"`` (linear D-channel output) or ``"affinity"`` (sigmoid, ``n_affinities``).
     n_affinities
         Output channels of the affinity head.
+    upsample_align_corners
+        ``align_corners`` of the decoder's trilinear upsampling (reference ``True``; ``False``
+        makes the network shift-equivariant, see the module docstring).
 
     Notes
     -----
@@ -145,6 +156,7 @@ class ResidualUNet3D(nn.Module):
         bn_momentum: float = 0.001,
         head: str = "embedding",
         n_affinities: int = 12,
+        upsample_align_corners: bool = True,
     ) -> None:
         super().__init__()
         filters = tuple(int(f) for f in filters)
@@ -157,14 +169,15 @@ class ResidualUNet3D(nn.Module):
         self._config: dict[str, Any] = dict(
             in_channels=in_channels, filters=list(filters), embedding_dim=embedding_dim,
             pyramid_heads=pyramid_heads, norm=norm, bn_momentum=bn_momentum, head=head,
-            n_affinities=n_affinities)
+            n_affinities=n_affinities, upsample_align_corners=upsample_align_corners)
         options = dict(norm=norm, bn_momentum=bn_momentum)
         self.embed_in = nn.Sequential(nn.Conv3d(in_channels, filters[0], (1, 5, 5), padding=(0, 2, 2)), nn.ELU())
         widths = (filters[0],) + filters
         self.encoder = nn.ModuleList(_ResidualBlock(widths[i], widths[i + 1], **options) for i in range(4))
         self.pool = nn.MaxPool3d((1, 2, 2))
         self.center = _ResidualBlock(filters[3], filters[4], **options)
-        self.decoder = nn.ModuleList(_DecoderLevel(filters[4 - i], filters[3 - i], **options) for i in range(4))
+        self.decoder = nn.ModuleList(_DecoderLevel(filters[4 - i], filters[3 - i], align_corners=upsample_align_corners,
+                                                   **options) for i in range(4))
         self.embed_out = nn.Sequential(nn.Conv3d(filters[0], filters[0], (1, 5, 5), padding=(0, 2, 2)), nn.ELU())
         out_channels = embedding_dim if head == "embedding" else n_affinities
         self.out = nn.Conv3d(filters[0], out_channels, 1)

@@ -218,6 +218,24 @@ def train_step(model: ResidualUNet3D, optimizer: torch.optim.Optimizer, batch: d
     return {k: float(v.detach()) for k, v in losses.items()}
 
 
+def initialise_from(model: ResidualUNet3D, path: str | Path, offsets: Sequence[Sequence[int]]) -> None:
+    """Load the weights of checkpoint ``path`` into ``model`` (``train.init_from``, fine-tuning).
+
+    Raises ``ValueError`` when the checkpoint was trained for other offsets or its tensors do not
+    fit the model (another width, depth, head or embedding size). Settings that do not change a
+    tensor's shape, such as ``model.upsample_align_corners`` or ``model.bn_momentum``, may differ.
+    """
+    checkpoint = read_checkpoint(path)
+    if [list(o) for o in checkpoint["offsets"]] != [list(o) for o in offsets]:
+        raise ValueError(f"train.init_from={path}: its offsets {checkpoint['offsets']} differ from loss.offsets {list(offsets)}")
+    try:
+        model.load_state_dict(checkpoint["model_state"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise ValueError(f"train.init_from={path}: its weights do not fit the configured model ({first}); "
+                         f"use the model settings it was trained with") from None
+
+
 def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Adam:
     """Adam with the configured (paper: eps 0.01, amsgrad, coupled L2 decay) settings."""
     o = config.optim
@@ -238,6 +256,8 @@ def train(config: Config, out: str | Path, *, resume: bool = False, progress: bo
     model = build_model(settings["model"]).to(device, memory_format=_memory_format(config.train.channels_last))
     optimizer = build_optimizer(model, config)
     start, best_voi = 0, math.inf
+    if config.train.init_from and not resume:
+        initialise_from(model, config.train.init_from, config.loss.offsets)
     if resume:
         checkpoint = read_checkpoint(out / "last.pt")
         _check_resumable(checkpoint["config"], settings)

@@ -96,7 +96,7 @@ def segment_labels(affs: np.ndarray, params: FragmentParams, *, origin: tuple[in
     if params.method == "mws":
         if params.randomize_seed is None:
             return mutex_watershed(affs, params.offsets, strides=params.strides)
-        sampled = sample_mutex_edges(affinities_as_float(affs), params.strides, params.randomize_seed, origin)
+        sampled = sample_mutex_edges(affs, params.strides, params.randomize_seed, origin)
         return mutex_watershed(sampled, params.offsets, strides=(1, 1, 1))
     if params.method == "waterz":
         import waterz
@@ -115,8 +115,9 @@ def sample_mutex_edges(affs: np.ndarray, strides: tuple[int, ...], seed: int, or
     Each long-range edge is kept with probability 1/prod(strides), decided by a hash of
     (seed, channel, global z, y, x), so the overlapping halos of neighbouring blocks sample the
     same edges and the result does not depend on the block layout. Dropped edges get affinity 1
-    (repulsion 0): they sort last and constrain nothing.
+    (255 for uint8; repulsion 0): they sort last and constrain nothing. The dtype is kept.
     """
+    dropped = 255 if affs.dtype == np.uint8 else 1.0
     keep_one_in = np.uint64(int(np.prod(strides)))
     grids = np.ogrid[tuple(slice(o, o + n) for o, n in zip(origin, affs.shape[1:]))]
     coords = [g.astype(np.uint64) * np.uint64(m) for g, m in zip(grids, (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D))]
@@ -126,7 +127,7 @@ def sample_mutex_edges(affs: np.ndarray, strides: tuple[int, ...], seed: int, or
         salt = np.uint64((seed * 1000003 + channel * 2654435761) & 0xFFFFFFFFFFFF)
         mixed = (base ^ salt) * np.uint64(0xFF51AFD7ED558CCD)
         mixed ^= mixed >> np.uint64(29)
-        sampled[channel][mixed % keep_one_in != 0] = 1.0
+        sampled[channel][mixed % keep_one_in != 0] = dropped
     return sampled
 
 
@@ -185,9 +186,11 @@ def _inner_edges(local: np.ndarray, nn_affs: np.ndarray) -> dict[str, np.ndarray
         here = [slice(None)] * 3
         there = [slice(None)] * 3
         here[axis], there[axis] = slice(1, None), slice(None, -1)
-        us.append(local[tuple(here)].ravel())
-        vs.append(local[tuple(there)].ravel())
-        ws.append(nn_affs[axis][tuple(here)].ravel())
+        u, v = local[tuple(here)], local[tuple(there)]
+        crossing = u != v  # only links between two labels count; gather just those
+        us.append(u[crossing])
+        vs.append(v[crossing])
+        ws.append(nn_affs[axis][tuple(here)][crossing])
     return pair_statistics(np.concatenate(us), np.concatenate(vs), np.concatenate(ws))
 
 

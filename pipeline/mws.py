@@ -1,5 +1,8 @@
-"""Mutex watershed on affinities in this project's convention (bioimage-cpp backend).
+"""Mutex watershed on affinities in this project's convention.
 
+uint8 affinities (the stored format) run :func:`pipeline.mws_uint8.mutex_watershed_uint8`, a
+bucket-sorted implementation that gives bioimage-cpp's partition on the same quantised weights
+at a fraction of its time (``benchmarks/mws.py``); float affinities run bioimage-cpp.
 bioimage-cpp treats the first ``ndim`` channels as attractive with weight = affinity and the
 remaining channels as mutex (repulsive) edges whose weight is a *repulsion*; edges are processed
 by descending weight. This project stores affinity 1 = same object for every channel, so the
@@ -14,6 +17,8 @@ import numpy as np
 from bioimage_cpp.segmentation import mutex_watershed as _bic_mutex_watershed
 
 from corrseg3d.offsets import validate_offsets
+
+from .mws_uint8 import mutex_watershed_uint8
 
 
 def affinities_as_float(affinities: np.ndarray) -> np.ndarray:
@@ -57,6 +62,8 @@ def mutex_watershed(
     offsets = validate_offsets(offsets)
     if affinities.ndim != 4 or affinities.shape[0] != len(offsets):
         raise ValueError(f"affinities must be (C, z, y, x) with C = {len(offsets)} offsets, got shape {affinities.shape}")
+    if affinities.dtype == np.uint8 and not randomize_strides:
+        return mutex_watershed_uint8(affinities, offsets, strides, mask=mask)
     weights = affinities_as_float(affinities)
     if np.may_share_memory(weights, affinities):
         weights = weights.copy()

@@ -80,9 +80,8 @@ def stitch_faces(params: StitchParams, index: int) -> None:
                 a_slab, a_begin = load_slab(theirs, axis, 1)
             if a_slab.shape != b_slab.shape or not np.array_equal(begin, a_begin):
                 raise ValueError(f"face tables of blocks {lower} and {index} disagree: rerun pass 1 with --overwrite")
-            a_ids = _global(lower, a_slab.ravel())
-            b_ids = _global(index, b_slab.ravel())
-            merges.append(mutual_majority(a_ids, b_ids, params.majority))
+            pairs = mutual_majority(a_slab.ravel(), b_slab.ravel(), params.majority)
+            merges.append(np.stack([_global(lower, pairs[:, 0]), _global(index, pairs[:, 1])], axis=1))
             plane = [slice(bg - o, e - o) for bg, e, o in zip(block.begin, block.end, begin)]
             plane[axis] = block.begin[axis] - int(begin[axis])
             b_plane = tuple(plane)
@@ -103,16 +102,22 @@ def _global(block_index: int, local: np.ndarray) -> np.ndarray:
 
 
 def mutual_majority(a: np.ndarray, b: np.ndarray, majority: float = 0.5) -> np.ndarray:
-    """Pairs (a, b) whose overlap count exceeds ``majority`` of both labels' counts (background 0 excluded)."""
-    a_values, a_inv = np.unique(a, return_inverse=True)
-    b_values, b_inv = np.unique(b, return_inverse=True)
-    a_inv, b_inv = a_inv.ravel(), b_inv.ravel()
-    a_tot, b_tot = np.bincount(a_inv), np.bincount(b_inv)
-    keys, counts = np.unique(a_inv.astype(np.int64) * len(b_values) + b_inv, return_counts=True)
-    ai, bi = keys // len(b_values), keys % len(b_values)
-    keep = (counts > majority * a_tot[ai]) & (counts > majority * b_tot[bi])
-    pairs = np.stack([a_values[ai[keep]], b_values[bi[keep]]], axis=1)
-    return pairs[(pairs > 0).all(axis=1)]
+    """Pairs (a, b) whose overlap count exceeds ``majority`` of both labels' counts (background 0 excluded).
+
+    ``a`` and ``b`` are equally long label arrays over the same voxels, values in [0, 2^32) (a
+    block's local labels). Returns (k, 2) uint64 pairs. One sort of the combined key
+    ``a << 32 | b`` gives the overlap counts; a label's total is the sum of its pairs' counts.
+    """
+    if len(a) == 0:
+        return np.zeros((0, 2), np.uint64)
+    keys, counts = np.unique((a.astype(np.uint64) << ID_SHIFT) | b.astype(np.uint64), return_counts=True)
+    pa, pb = keys >> ID_SHIFT, keys & np.uint64(0xFFFFFFFF)
+    starts = np.flatnonzero(np.r_[True, pa[1:] != pa[:-1]])  # keys are sorted by a first
+    a_total = np.repeat(np.add.reduceat(counts, starts), np.diff(np.r_[starts, len(pa)]))
+    _, b_inverse = np.unique(pb, return_inverse=True)
+    b_total = np.bincount(b_inverse, weights=counts)[b_inverse]
+    keep = (counts > majority * a_total) & (counts > majority * b_total) & (pa > 0) & (pb > 0)
+    return np.stack([pa[keep], pb[keep]], axis=1)
 
 
 def build_lookup(params: StitchParams) -> dict[str, int]:

@@ -10,7 +10,8 @@ from corrseg3d.checkpoint import load_model, read_checkpoint
 from corrseg3d.config import from_dict
 from corrseg3d.offsets import PEA_OFFSETS
 from corrseg3d.inference import predict_volume, resolve_precision
-from corrseg3d.train import main, train
+from corrseg3d.model import build_model
+from corrseg3d.train import initialise_from, main, train
 from pipeline.store import create_volume
 from pipeline.synth import generate
 
@@ -124,3 +125,23 @@ def test_precision_resolution():
     assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", cpu)
+
+
+def test_fine_tuning_starts_from_the_given_weights(volume, tmp_path):
+    train(_config(volume, iterations=2, validate=False), tmp_path / "base", progress=False)
+    base = str(tmp_path / "base" / "last.pt")
+    # Same seed, same first batch: the first loss differs only because the starting weights differ.
+    tuned = train(_config(volume, iterations=1, validate=False, train={"init_from": base, "seed": 9}),
+                  tmp_path / "tuned", progress=False)
+    fresh = train(_config(volume, iterations=1, validate=False, train={"seed": 9}), tmp_path / "fresh", progress=False)
+    assert tuned["last_loss"]["total"] != fresh["last_loss"]["total"]
+    assert read_checkpoint(tmp_path / "tuned" / "last.pt")["iteration"] == 1
+    # A setting that changes no tensor (the upsampling grid) may differ from the checkpoint's.
+    model = build_model(dict(filters=[4, 4, 4, 4, 4], embedding_dim=4, upsample_align_corners=False))
+    initialise_from(model, base, PEA_OFFSETS)
+    state = read_checkpoint(base)["model_state"]
+    assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)
+    with pytest.raises(ValueError, match="do not fit the configured model"):
+        initialise_from(build_model(dict(filters=[4, 4, 4, 4, 8], embedding_dim=4)), base, PEA_OFFSETS)
+    with pytest.raises(ValueError, match="differ from loss.offsets"):
+        initialise_from(model, base, PEA_OFFSETS[:6])

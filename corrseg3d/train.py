@@ -57,7 +57,7 @@ from pipeline.store import open_volume
 
 from .ccm import invert_flips
 from .checkpoint import read_checkpoint, save_checkpoint
-from .config import Config, ValidationConfig, load_config, to_dict
+from .config import Config, ValidationConfig, from_dict, load_config, to_dict
 from .inference import autocast, predict_volume, resolve_device, resolve_precision
 from .losses import pea_loss
 from .model import ResidualUNet3D, build_model
@@ -180,7 +180,7 @@ def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
                 flat[f"{prefix}{key}"] = value
         return flat
 
-    old, new = flatten(saved), flatten(current)
+    old, new = flatten(to_dict(from_dict(saved))), flatten(current)  # keys newer than the checkpoint: defaults
     changed = sorted(k for k in old.keys() | new.keys()
                      if old.get(k) != new.get(k) and not any(fnmatch(k, p) for p in RESUMABLE_CHANGES))
     if changed:

@@ -145,3 +145,12 @@ def test_fine_tuning_starts_from_the_given_weights(volume, tmp_path):
         initialise_from(build_model(dict(filters=[4, 4, 4, 4, 8], embedding_dim=4)), base, PEA_OFFSETS)
     with pytest.raises(ValueError, match="differ from loss.offsets"):
         initialise_from(model, base, PEA_OFFSETS[:6])
+
+
+def test_resume_of_a_checkpoint_older_than_a_config_key(volume, tmp_path):
+    train(_config(volume, iterations=2, validate=False), tmp_path, progress=False)
+    checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
+    del checkpoint["config"]["model"]["upsample_align_corners"]  # written before the key existed
+    torch.save(checkpoint, tmp_path / "last.pt")
+    train(_config(volume, iterations=3, validate=False), tmp_path, resume=True, progress=False)
+    assert read_checkpoint(tmp_path / "last.pt")["iteration"] == 3

@@ -2,7 +2,8 @@
 
 uint8 affinities (the stored format) run :func:`pipeline.mws_uint8.mutex_watershed_uint8`, a
 bucket-sorted implementation that gives bioimage-cpp's partition on the same quantised weights
-at a fraction of its time (``benchmarks/mws.py``); float affinities run bioimage-cpp.
+without a float copy (faster inside ``pipeline.segment``, see ``benchmarks/segment.py``); float
+affinities run bioimage-cpp.
 bioimage-cpp treats the first ``ndim`` channels as attractive with weight = affinity and the
 remaining channels as mutex (repulsive) edges whose weight is a *repulsion*; edges are processed
 by descending weight. This project stores affinity 1 = same object for every channel, so the

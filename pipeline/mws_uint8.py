@@ -60,6 +60,16 @@ def _hash_slot(table: np.ndarray, key: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
+def _add_key(table: np.ndarray, key: int) -> bool:
+    """Insert ``key`` into ``table``; False if it was already there."""
+    slot = _hash_slot(table, key)
+    if table[slot] == key:
+        return False
+    table[slot] = key
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
 def _rebuild(table: np.ndarray, parent: np.ndarray, n: int, capacity: int) -> np.ndarray:
     """A table of ``capacity`` slots holding the keys of ``table`` whose two ids are still roots."""
     fresh = np.full(capacity, -1, np.int64)
@@ -122,6 +132,15 @@ def _sorted_edges(affinities: np.ndarray, offsets: np.ndarray, strides: np.ndarr
 
 
 @numba.njit(cache=True, nogil=True)
+def _count_repulsive(order: np.ndarray, n_attractive: int) -> int:
+    """Number of repulsive edges among the edge codes ``order``."""
+    count = 0
+    for e in order:
+        count += (e & _CHANNEL_MASK) >= n_attractive
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
 def _cluster(order: np.ndarray, shifts: np.ndarray, n_attractive: int, n_mutex: int, mask: np.ndarray,
              use_mask: bool, parent: np.ndarray) -> np.ndarray:
     """Process the sorted edges; flat labels. ``parent`` is ``arange(n)`` in an index type wide
@@ -146,11 +165,8 @@ def _cluster(order: np.ndarray, shifts: np.ndarray, n_attractive: int, n_mutex: 
         if ru == rv:
             continue
         if c >= n_attractive:  # repulsive: a new constraint between two clusters
-            key = min(ru, rv) * n + max(ru, rv)
-            slot = _hash_slot(table, key)
-            if table[slot] == key:
+            if not _add_key(table, min(ru, rv) * n + max(ru, rv)):
                 continue
-            table[slot] = key
             filled += 1
             for owner, other in ((ru, rv), (rv, ru)):
                 partner[used] = other
@@ -176,11 +192,7 @@ def _cluster(order: np.ndarray, shifts: np.ndarray, n_attractive: int, n_mutex: 
             entry = head[child]
             while entry != -1:
                 other = _find(parent, partner[entry])
-                moved = min(root, other) * n + max(root, other)
-                moved_slot = _hash_slot(table, moved)
-                if table[moved_slot] != moved:
-                    table[moved_slot] = moved
-                    filled += 1
+                filled += _add_key(table, min(root, other) * n + max(root, other))
                 entry = next_entry[entry]
             if head[child] != -1:
                 if head[root] == -1:
@@ -191,10 +203,7 @@ def _cluster(order: np.ndarray, shifts: np.ndarray, n_attractive: int, n_mutex: 
                 n_entries[root] += n_entries[child]
         if 2 * filled > table.shape[0]:
             table = _rebuild(table, parent, n, 2 * table.shape[0])
-            filled = 0
-            for key_ in table:
-                if key_ != -1:
-                    filled += 1
+            filled = np.count_nonzero(table != -1)
     labels = np.zeros(n, np.uint64)
     root_label = np.zeros_like(parent)
     next_label = 0
@@ -238,7 +247,7 @@ def mutex_watershed_uint8(affinities: np.ndarray, offsets: np.ndarray, strides: 
     _, nz, ny, nx = affinities.shape
     order = _sorted_edges(np.ascontiguousarray(affinities), offsets, np.asarray(strides, np.int64), n_attractive,
                           flat_mask, use_mask)
-    n_mutex = int(np.count_nonzero(order & _CHANNEL_MASK >= n_attractive))
+    n_mutex = _count_repulsive(order, n_attractive)
     n_voxels = nz * ny * nx
     # 4-byte voxel and constraint-entry indices halve the memory the random accesses touch
     parent = np.arange(n_voxels, dtype=np.int32 if max(n_voxels, 2 * n_mutex) < 2 ** 31 else np.int64)

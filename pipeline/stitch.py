@@ -111,7 +111,7 @@ def mutual_majority(a: np.ndarray, b: np.ndarray, majority: float = 0.5) -> np.n
     if len(a) == 0:
         return np.zeros((0, 2), np.uint64)
     keys, counts = np.unique((a.astype(np.uint64) << ID_SHIFT) | b.astype(np.uint64), return_counts=True)
-    pa, pb = keys >> ID_SHIFT, keys & np.uint64(0xFFFFFFFF)
+    pa, pb = keys >> ID_SHIFT, keys & LOCAL_MASK
     starts = np.flatnonzero(np.r_[True, pa[1:] != pa[:-1]])  # keys are sorted by a first
     a_total = np.repeat(np.add.reduceat(counts, starts), np.diff(np.r_[starts, len(pa)]))
     _, b_inverse = np.unique(pb, return_inverse=True)

@@ -74,6 +74,18 @@ def test_no_object_is_cut_along_block_faces(data, blockwise, axis, plane):
     assert _face_cuts(fragments, labels, axis, plane) >= 3  # the check sees cuts where there are some
 
 
+def test_labels_only_in_a_halo_are_never_joined(blockwise):
+    store, _, fragments, _ = blockwise
+    workdir = f"{store}/.corrseg3d/segment/segmentation"
+    present = set(np.unique(fragments).tolist()) - {0}
+    merges = np.concatenate([np.load(os.path.join(workdir, "faces", name))["merges"]
+                             for name in sorted(os.listdir(os.path.join(workdir, "faces")))])
+    n_halo_only = sum(int((np.load(os.path.join(workdir, "tables", name))["sizes"][1:] == 0).sum())
+                      for name in os.listdir(os.path.join(workdir, "tables")))
+    assert len(merges) > 0 and n_halo_only > 0  # the check has joins and halo-only labels to look at
+    assert set(merges.ravel().tolist()) <= present
+
+
 def test_single_block_equals_plain_mutex_watershed(data, blockwise, tmp_path):
     labels, affs = data
     store = _write_store(tmp_path / "one.zarr", labels[:16, :128], affs[:, :16, :128])

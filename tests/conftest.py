@@ -38,7 +38,7 @@ def write_run_config(folder, name: str, inputs, **sections) -> str:
         "predict": {"checkpoint": os.path.relpath(inputs / "tiny.pt", folder), "block": [8, 32, 32],
                     "halo": [4, 32, 32], "precision": "fp32", "device": "cpu",
                     "threads": 1},
-        "segment": {"min_size": 30},
+        "segment": {"min_size": 30, "block": [8, 32, 32]},
         "evaluate": {"gt": os.path.relpath(inputs / "in.zarr" / "labels", folder)},
         "slurm": {"mem": "1G", "cpus": 1, "time": "00:10:00", "max_array": 2},
     }

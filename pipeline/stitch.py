@@ -11,9 +11,8 @@ Two steps, neither reads the fragment or affinity volumes:
    (it exists only in the halo) is never joined: it lies where its block's mutex watershed had the
    least context, and across two faces of one block it could bridge two objects that the
    neighbours' own fragments keep apart (at 100x1024x1024 one such label cost 0.015 ARAND). The
-   same slabs give the region
-   adjacency across the face: (A label on the last plane of A, B label on the first plane of B)
-   with the sum/count of the NN affinities of those links.
+   same slabs give the region adjacency across the face: (A label on the last plane of A, B label
+   on the first plane of B) with the sum/count of the NN affinities of those links.
 2. :func:`build_lookup` (global, small tables only): union-find (``connected_components``) over
    all joined pairs, then **size merging**: every segment smaller than ``min_size`` voxels (global
    size, summed over blocks) merges into the adjacent segment of highest mean NN affinity on their
@@ -75,6 +74,7 @@ def stitch_faces(params: StitchParams, index: int) -> None:
     block = grid.block(index)
     merges, us, vs, ws = [], [], [], []
     with np.load(table_path(params.workdir, index)) as mine:
+        b_sizes = mine["sizes"]
         for axis in range(3):
             lower = grid.neighbour(block, axis, -1)
             if lower is None:
@@ -86,7 +86,7 @@ def stitch_faces(params: StitchParams, index: int) -> None:
             if a_slab.shape != b_slab.shape or not np.array_equal(begin, a_begin):
                 raise ValueError(f"face tables of blocks {lower} and {index} disagree: rerun pass 1 with --overwrite")
             pairs = mutual_majority(a_slab.ravel(), b_slab.ravel(), params.majority)
-            pairs = pairs[(a_sizes[pairs[:, 0]] > 0) & (mine["sizes"][pairs[:, 1]] > 0)]
+            pairs = pairs[(a_sizes[pairs[:, 0]] > 0) & (b_sizes[pairs[:, 1]] > 0)]
             merges.append(np.stack([_global(lower, pairs[:, 0]), _global(index, pairs[:, 1])], axis=1))
             plane = [slice(bg - o, e - o) for bg, e, o in zip(block.begin, block.end, begin)]
             plane[axis] = block.begin[axis] - int(begin[axis])

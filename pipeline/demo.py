@@ -100,10 +100,10 @@ def run_demo(out: str, *, checkpoint: str | None = None, shape: Sequence[int] = 
     store = os.path.join(os.path.abspath(out), "demo.zarr")
     if not os.path.exists(os.path.join(store, "labels")):
         write_synthetic(store, shape, seed=seed)
-    block = tuple(min(b, s) for b, s in zip((16, 128, 128), shape))
+    block = tuple(min(b, s) for b, s in zip((16, 128, 128), shape))  # several blocks: shows the stitching
     values = {"input": {"raw": "demo.zarr/raw"},
               "predict": {"checkpoint": weights, "block": list(block)},
-              "segment": {"min_size": 200},
+              "segment": {"min_size": 200, "block": list(block)},
               "evaluate": {"gt": "demo.zarr/labels"},
               "execution": {"scheduler": scheduler}}
     config_path = os.path.join(out, "run.yaml")

@@ -7,7 +7,9 @@ Usage::
 
 1. **Held-out synthetic volume** (a seed never used for training): ``pipeline.predict`` ->
    ``pipeline.segment`` (blockwise mutex watershed, strides 1x4x4, optional size merging) ->
-   ``pipeline.evaluate`` (GT 0 ignored, VOI in bits).
+   ``pipeline.evaluate`` (GT 0 ignored, VOI in bits), plus, per offset, the ROC AUC of the stored
+   affinities as a same-object/different-object classifier (:mod:`corrseg3d.separability`): it
+   shows which offsets the merge or split errors come from.
 2. **Held-out real EM** (ISBI 2012 slices not used for training, 2D labels): affinities of the
    20-slice stack, then mutex watershed per slice (in-plane only, as the labels are 2D), scored per
    slice against the connected components of the membrane-free label.
@@ -27,6 +29,7 @@ import torch
 
 from corrseg3d.checkpoint import load_model
 from corrseg3d.inference import predict_volume, resolve_precision
+from corrseg3d.separability import affinity_separability
 from corrseg3d.train import segment as segment_slices
 from corrseg3d.weights import default_checkpoint
 from pipeline.evaluate import evaluate
@@ -47,7 +50,10 @@ def heldout_synthetic(checkpoint: str, shape: tuple[int, ...], seed: int, min_si
     predict(store, options=PredictOptions(checkpoint=checkpoint), progress=False)
     segment(store, SegmentOptions(min_size=min_size), progress=False)
     report = evaluate(f"{store}/segmentation", f"{store}/labels", top_k=0)
-    return {k: report["scores"][k] for k in KEYS}
+    affinities = open_volume(f"{store}/affinities")
+    per_offset = affinity_separability(affinities[:], open_volume(f"{store}/labels")[:],
+                                       affinities.attrs["offsets"])
+    return {**{k: report["scores"][k] for k in KEYS}, "per_offset": per_offset}
 
 
 def heldout_isbi(checkpoint: str, source: str, slices: tuple[int, int], work: Path) -> dict:

@@ -12,7 +12,7 @@ affinity as a classifier of those two classes (the Mann-Whitney statistic)::
 over all (positive, negative) pairs: 1 = every same-object pair above every boundary pair,
 0.5 = chance. It does not depend on a threshold, so it compares a cosine head (affinities
 ``max(0, cos)``) with a sigmoid head fairly. Affinities are quantised to 256 levels (uint8, as
-``pipeline.predict`` stores them; floats in [0, 1] are rounded to ``round(255 a)``), which makes
+``pipeline.predict`` stores them; floats are clipped to [0, 1] and rounded to ``round(255 a)``), which makes
 the statistic exact from two 256-bin histograms.
 """
 

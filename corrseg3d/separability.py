@@ -11,9 +11,10 @@ affinity as a classifier of those two classes (the Mann-Whitney statistic)::
 
 over all (positive, negative) pairs: 1 = every same-object pair above every boundary pair,
 0.5 = chance. It does not depend on a threshold, so it compares a cosine head (affinities
-``max(0, cos)``) with a sigmoid head fairly. Affinities are quantised to 256 levels (uint8, as
-``pipeline.predict`` stores them; floats are clipped to [0, 1] and rounded to ``round(255 a)``), which makes
-the statistic exact from two 256-bin histograms.
+``max(0, cos)``) with a sigmoid head fairly. Affinities are quantised to the 256 levels that
+``pipeline.predict`` stores (:func:`pipeline.mws.affinities_as_uint8`: floats are clipped to
+[0, 1] and rounded to ``round(255 a)``), which makes the statistic exact from two 256-bin
+histograms.
 """
 
 from __future__ import annotations
@@ -22,19 +23,13 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.mws import affinities_as_uint8
+
 from .targets import label_affinities
 
 __all__ = ["affinity_separability"]
 
 _LEVELS = 256
-
-
-def _quantise(affinities: np.ndarray) -> np.ndarray:
-    if affinities.dtype == np.uint8:
-        return affinities
-    if not np.issubdtype(affinities.dtype, np.floating):
-        raise TypeError(f"affinities must be uint8 or float in [0, 1], got dtype {affinities.dtype}")
-    return np.rint(np.clip(affinities, 0.0, 1.0) * (_LEVELS - 1)).astype(np.uint8)
 
 
 def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -71,7 +66,7 @@ def affinity_separability(affinities: np.ndarray, labels: np.ndarray,
     scored = valid & both_labelled.astype(bool)
     rows = []
     for channel, offset in enumerate(offsets):
-        values = _quantise(affinities[channel])[scored[channel]]
+        values = affinities_as_uint8(affinities[channel])[scored[channel]]
         is_positive = same[channel][scored[channel]].astype(bool)
         positive = np.bincount(values[is_positive], minlength=_LEVELS)
         negative = np.bincount(values[~is_positive], minlength=_LEVELS)

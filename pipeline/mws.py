@@ -31,6 +31,16 @@ def affinities_as_float(affinities: np.ndarray) -> np.ndarray:
     return affinities.astype(np.float32, copy=False)
 
 
+def affinities_as_uint8(affinities: np.ndarray) -> np.ndarray:
+    """Affinities in the stored uint8 format ``round(255 a)``; floats are clipped to [0, 1] first,
+    uint8 passes through (the inverse of :func:`affinities_as_float` on the 256 levels)."""
+    if affinities.dtype == np.uint8:
+        return affinities
+    if not np.issubdtype(affinities.dtype, np.floating):
+        raise ValueError(f"affinities must be uint8 (x/255) or float, got {affinities.dtype}")
+    return np.rint(np.clip(affinities, 0.0, 1.0) * 255).astype(np.uint8)
+
+
 def mutex_watershed(
     affinities: np.ndarray,
     offsets: Sequence[Sequence[int]],

@@ -27,6 +27,7 @@ from scipy.ndimage import gaussian_filter
 from corrseg3d.offsets import PEA_OFFSETS, validate_offsets
 from corrseg3d.targets import label_affinities
 
+from .mws import affinities_as_uint8
 from .store import StoreError, create_volume, open_volume, removed_on_error
 
 __all__ = ["noisy_affinities", "main"]
@@ -53,7 +54,7 @@ def noisy_affinities(labels: np.ndarray, offsets: Sequence[Sequence[int]] = PEA_
         np.clip(aff, 0.0, 1.0, out=aff)
         aff[gaps] += 0.7 * (1.0 - aff[gaps])
         aff[same_mito[channel] == 0] *= 0.5
-        result[channel] = np.round(aff * 255).astype(np.uint8)
+        result[channel] = affinities_as_uint8(aff)
     return result
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from .blocks import BlockGrid, BlockRunError, DoneRecords, run_blocks, task_blocks
 from .data import parse_numbers
+from .mws import affinities_as_uint8
 from .runstate import RunStateError, claim_outputs, workdir_for
 from .store import PRECOMPUTED_PREFIX, StoreError, Volume, check_write_alignment, create_volume, open_volume, split_location
 
@@ -145,7 +146,7 @@ class _Predictor:
         inner = tuple(slice(h, h + s) for h, s in zip(self.options.halo, block.shape))
         crop = affinities[(slice(None),) + inner]
         if self.options.dtype == "uint8":
-            data = np.rint(np.clip(crop, 0.0, 1.0) * 255).astype(np.uint8)
+            data = affinities_as_uint8(crop)
         else:
             data = crop.astype(np.float16)
         self.out[(slice(None),) + block.slices] = data

@@ -2,19 +2,31 @@
 
 Usage::
 
-    python benchmarks/model_quality.py [--checkpoint PATH] [--shape 32,512,512] [--seed 1000] [--min-size 0]
-                                       [--isbi ../shared/data/isbi2012] [--isbi-slices 16-19] [--name NAME]
+    python benchmarks/model_quality.py [--checkpoint PATH] [--shape 32,256,256] [--seed 1000] [--min-size 0]
+                                       [--fib ../shared/data/fib25] [--isbi ../shared/data/isbi2012]
+                                       [--isbi-slices 16-19] [--name NAME]
 
 1. **Held-out synthetic volume** (a seed never used for training): ``pipeline.predict`` ->
    ``pipeline.segment`` (blockwise mutex watershed, strides 1x4x4, optional size merging) ->
    ``pipeline.evaluate`` (GT 0 ignored, VOI in bits), plus, per offset, the ROC AUC of the stored
    affinities as a same-object/different-object classifier (:mod:`corrseg3d.separability`): it
    shows which offsets the merge or split errors come from.
-2. **Held-out real EM** (ISBI 2012 slices not used for training, 2D labels): affinities of the
+2. **Held-out real FIB-SEM with dense 3D labels**, every third slice (30x10x10 nm, the
+   serial-section geometry of the shipped weights; ``pipeline.data fib25 --z-step 3``), through the
+   same predict -> segment -> evaluate chain: :data:`FIB_HELDOUT` names the volumes and slices
+   (medulla slices 30-49 are never trained on by ``configs/em-mixed.yaml``, which validates on
+   gala-test; gala-train and gala-example are never seen).
+3. **Held-out real EM** (ISBI 2012 slices not used for training, 2D labels): affinities of the
    20-slice stack, then mutex watershed per slice (in-plane only, as the labels are 2D), scored per
    slice against the connected components of the membrane-free label.
 
 Appends a record to ``benchmarks/results/model_quality.json`` (keyed by ``--name``) and prints it.
+
+``--segment-sweep`` instead chooses ``pipeline.segment``'s defaults on the *validation* volumes of
+``configs/em-mixed.yaml`` (FIB gala-test at 30x10x10 nm and the synthetic seed-0 slices 48-63,
+never the held-out test volumes): the checkpoint predicts each volume once, then every
+combination of :data:`SWEEP_MIN_SIZES` and :data:`SWEEP_STRIDES` is segmented and scored; the
+table goes to ``benchmarks/results/segment_defaults.json``.
 """
 
 from __future__ import annotations
@@ -33,27 +45,85 @@ from corrseg3d.separability import affinity_separability
 from corrseg3d.train import segment as segment_slices
 from corrseg3d.weights import default_checkpoint
 from pipeline.evaluate import evaluate
+from pipeline.fib25 import write_fib25
 from pipeline.imagestack import write_isbi2012
 from pipeline.metrics import segmentation_scores
 from pipeline.predict import PredictOptions, predict
 from pipeline.segment import SegmentOptions, segment
-from pipeline.store import open_volume
-from pipeline.synth import write_synthetic
+from pipeline.store import create_volume, open_volume
+from pipeline.synth import generate, write_synthetic
 
 RESULTS = Path(__file__).parent / "results" / "model_quality.json"
+SWEEP_RESULTS = Path(__file__).parent / "results" / "segment_defaults.json"
+SWEEP_MIN_SIZES = (0, 100, 300, 1000)
+SWEEP_STRIDES = ((1, 2, 2), (1, 4, 4), (1, 8, 8))
 KEYS = ("voi_split", "voi_merge", "voi", "arand")
+#: Held-out FIB volumes at 30x10x10 nm: name -> [start, stop) slices of the z-step-3 store.
+FIB_HELDOUT = {"medulla-ts2-z0-150": (30, 50), "gala-test": (0, None), "gala-train": (0, None),
+               "gala-example": (0, None)}
+
+
+def write_store(store: str, raw: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...]) -> str:
+    """``store/raw`` and ``store/labels`` from arrays (one chunk each: these volumes are small)."""
+    for dataset, data in (("raw", raw), ("labels", labels)):
+        create_volume(f"{store}/{dataset}", data.shape, data.dtype, chunks=data.shape, voxel_size=voxel_size)[:] = data
+    return store
+
+
+def segment_scores(store: str, options: SegmentOptions) -> dict:
+    """Segment ``store/affinities`` with ``options`` (replacing an earlier result) and score it."""
+    segment(store, options, overwrite=True, progress=False)
+    report = evaluate(f"{store}/segmentation", f"{store}/labels", top_k=0)
+    return {k: report["scores"][k] for k in KEYS}
+
+
+def score_store(store: str, checkpoint: str, min_size: int) -> dict:
+    """predict -> segment -> evaluate ``store`` (``raw`` and ``labels``); scores and per-offset AUC."""
+    predict(store, options=PredictOptions(checkpoint=checkpoint), progress=False)
+    scores = segment_scores(store, SegmentOptions(min_size=min_size))
+    affinities = open_volume(f"{store}/affinities")
+    per_offset = affinity_separability(affinities[:], open_volume(f"{store}/labels")[:],
+                                       affinities.attrs["offsets"])
+    return {**scores, "per_offset": per_offset}
 
 
 def heldout_synthetic(checkpoint: str, shape: tuple[int, ...], seed: int, min_size: int, work: Path) -> dict:
     store = str(work / "heldout.zarr")
     write_synthetic(store, shape, seed=seed)
-    predict(store, options=PredictOptions(checkpoint=checkpoint), progress=False)
-    segment(store, SegmentOptions(min_size=min_size), progress=False)
-    report = evaluate(f"{store}/segmentation", f"{store}/labels", top_k=0)
-    affinities = open_volume(f"{store}/affinities")
-    per_offset = affinity_separability(affinities[:], open_volume(f"{store}/labels")[:],
-                                       affinities.attrs["offsets"])
-    return {**{k: report["scores"][k] for k in KEYS}, "per_offset": per_offset}
+    return score_store(store, checkpoint, min_size)
+
+
+def heldout_fib(checkpoint: str, source: str, min_size: int, work: Path) -> dict:
+    """Score every :data:`FIB_HELDOUT` volume (its slice range copied into a store of its own)."""
+    thinned = str(work / "fib25-30nm.zarr")
+    write_fib25(source, thinned, z_step=3, names=list(FIB_HELDOUT))
+    scores = {}
+    for name, slices in FIB_HELDOUT.items():
+        raw, labels = (open_volume(f"{thinned}/{name}/{dataset}") for dataset in ("raw", "labels"))
+        store = write_store(str(work / f"{name}.zarr"), raw[slice(*slices)], labels[slice(*slices)], raw.voxel_size)
+        scores[name] = {"slices": list(slices), "shape": list(open_volume(f"{store}/raw").shape),
+                        **score_store(store, checkpoint, min_size)}
+    return scores
+
+
+def segment_sweep(checkpoint: str, fib_source: str, work: Path) -> dict:
+    """Scores of every (min_size, strides) of the sweep on the validation volumes (see module docstring)."""
+    thinned = str(work / "fib25-30nm.zarr")
+    write_fib25(fib_source, thinned, z_step=3, names=["gala-test"])
+    raw, labels = (open_volume(f"{thinned}/gala-test/{dataset}") for dataset in ("raw", "labels"))
+    stores = {"gala-test": write_store(str(work / "valid-gala-test.zarr"), raw[:], labels[:], raw.voxel_size),
+              "synthetic-seed0-z48-64": write_store(str(work / "valid-synthetic.zarr"),
+                                                    *generate((64, 512, 512), seed=0, roi=(slice(48, 64), slice(None), slice(None))),
+                                                    (30.0, 6.0, 6.0))}
+    rows = []
+    for name, store in stores.items():
+        predict(store, options=PredictOptions(checkpoint=checkpoint), progress=False)
+        for min_size in SWEEP_MIN_SIZES:
+            for strides in SWEEP_STRIDES:
+                rows.append({"volume": name, "min_size": min_size, "strides": list(strides),
+                             **segment_scores(store, SegmentOptions(min_size=min_size, strides=strides))})
+                print(json.dumps(rows[-1]))
+    return {"checkpoint": checkpoint, "rows": rows}
 
 
 def heldout_isbi(checkpoint: str, source: str, slices: tuple[int, int], work: Path) -> dict:
@@ -79,18 +149,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="default: the shipped weights")
     parser.add_argument("--name", default="shipped")
-    parser.add_argument("--shape", default="32,512,512")
+    parser.add_argument("--shape", default="32,256,256")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--min-size", type=int, default=0)
-    parser.add_argument("--isbi", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"))
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    parser.add_argument("--fib", default=str(shared / "fib25"))
+    parser.add_argument("--isbi", default=str(shared / "isbi2012"))
     parser.add_argument("--isbi-slices", default="16-19")
+    parser.add_argument("--segment-sweep", action="store_true",
+                        help="choose segment defaults on the validation volumes instead (segment_defaults.json)")
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
+    if args.segment_sweep:
+        sweep = segment_sweep(checkpoint, args.fib, Path(tempfile.mkdtemp(prefix="bench-sweep-")))
+        SWEEP_RESULTS.write_text(json.dumps(sweep, indent=2))
+        return
     shape = tuple(int(v) for v in args.shape.split(","))
     first, last = (int(v) for v in args.isbi_slices.split("-"))
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     record = {"checkpoint": checkpoint, "synthetic": {"shape": shape, "seed": args.seed, "min_size": args.min_size,
                                                      **heldout_synthetic(checkpoint, shape, args.seed, args.min_size, work)}}
+    if Path(args.fib).is_dir():
+        record["fib25"] = heldout_fib(checkpoint, args.fib, args.min_size, work)
     if Path(args.isbi).is_dir():
         record["isbi2012"] = {"slices": [first, last], **heldout_isbi(checkpoint, args.isbi, (first, last), work)}
     print(json.dumps(record, indent=2))

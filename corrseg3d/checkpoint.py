@@ -14,6 +14,15 @@ A checkpoint is a ``torch.save`` dict that loads with ``torch.load(..., weights_
     SHA-256 of the model state (names, dtypes, shapes and bytes in key order), checked on load.
 ``offsets``
     The affinity offsets (list of [dz, dy, dx]) the model was trained for.
+``voxel_size``
+    The voxel size [z, y, x] in nm the model was trained at (the training rule is in
+    :func:`corrseg3d.train.training_voxel_size`), or None where unknown. Checkpoints written before
+    the key existed lack it (read as None); :func:`set_voxel_size` adds it without touching the
+    weights (``python -m corrseg3d.checkpoint set-voxel-size PATH Z Y X``).
+``trained_voxel_sizes``
+    Every voxel size [z, y, x] of the training sources (``voxel_size`` first): a model trained on
+    several resolutions is used on inputs near any of them without resampling
+    (:func:`corrseg3d.resample.needs_resampling`). Absent = ``[voxel_size]``.
 ``iteration``
     Number of completed training iterations.
 ``optimizer_state``
@@ -34,22 +43,45 @@ A checkpoint is a ``torch.save`` dict that loads with ``torch.load(..., weights_
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import hashlib
 import os
+import pickle
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from . import __version__
+from .cli import ArgumentParser, entry_point
 from .model import ResidualUNet3D, build_model, model_config
 from .offsets import validate_offsets
 
-__all__ = ["FORMAT", "code_version", "state_sha256", "save_checkpoint", "read_checkpoint", "load_model"]
+__all__ = ["FORMAT", "CheckpointError", "code_version", "state_sha256", "save_checkpoint", "read_checkpoint",
+           "load_model", "set_voxel_size", "main"]
 
 FORMAT = "corrseg3d-checkpoint/1"
+#: Keys every checkpoint holds (``optimizer_state`` is optional).
+REQUIRED_KEYS = ("model_state", "model_config", "model_sha256", "offsets", "iteration", "config", "metrics")
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable corrseg3d checkpoint; the message names the file and the fix."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as Python numbers and lists (``weights_only`` loads them)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return value
 
 
 def code_version() -> str:
@@ -74,8 +106,13 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
 
 def save_checkpoint(path: str | Path, *, model: ResidualUNet3D, optimizer: torch.optim.Optimizer | None,
                     iteration: int, offsets: Sequence[Sequence[int]], config: dict[str, Any],
-                    metrics: dict[str, Any] | None = None) -> None:
-    """Write a checkpoint atomically (temporary file + rename; a crash never leaves half a file)."""
+                    metrics: dict[str, Any] | None = None, voxel_size: Sequence[float] | None = None,
+                    trained_voxel_sizes: Sequence[Sequence[float]] = ()) -> None:
+    """Write a checkpoint atomically (temporary file + rename; a crash never leaves half a file).
+
+    ``voxel_size`` is the (z, y, x) voxel size in nm the model was trained at (None = unknown);
+    ``trained_voxel_sizes`` the other voxel sizes of its training data.
+    """
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     checkpoint = {
         "format": FORMAT,
@@ -83,15 +120,21 @@ def save_checkpoint(path: str | Path, *, model: ResidualUNet3D, optimizer: torch
         "model_config": model_config(model),
         "model_sha256": state_sha256(state),
         "offsets": [list(o) for o in validate_offsets(offsets)],
+        "voxel_size": _voxel_size(voxel_size, "voxel_size"),
+        "trained_voxel_sizes": _trained_voxel_sizes(voxel_size, trained_voxel_sizes),
         "iteration": int(iteration),
         "rng_state": torch.get_rng_state(),
-        "config": config,
-        "metrics": dict(metrics or {}),
+        "config": _plain(config),
+        "metrics": _plain(dict(metrics or {})),
         "code_version": code_version(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if optimizer is not None:
         checkpoint["optimizer_state"] = optimizer.state_dict()
+    _write_atomic(checkpoint, path)
+
+
+def _write_atomic(checkpoint: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
@@ -99,13 +142,50 @@ def save_checkpoint(path: str | Path, *, model: ResidualUNet3D, optimizer: torch
     os.replace(temporary, path)
 
 
+def _voxel_size(value: Sequence[float] | None, where: str) -> list[float] | None:
+    """``value`` as three positive floats (z, y, x) in nm, or None; ``where`` names it in the error."""
+    if value is None:
+        return None
+    try:
+        voxel_size = [float(v) for v in value]
+    except (TypeError, ValueError):
+        voxel_size = []
+    if len(voxel_size) != 3 or not all(np.isfinite(v) and v > 0 for v in voxel_size):
+        raise CheckpointError(f"{where} {value!r} must be three positive numbers (z, y, x) in nm")
+    return voxel_size
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU (``weights_only``) and verify its format and checksum."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if checkpoint.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint (format {checkpoint.get('format')!r})")
+    """Load a checkpoint dict on the CPU and verify its format and checksum.
+
+    The file is read with ``torch.load(..., weights_only=True)``: it may hold only tensors,
+    numbers, strings and containers of them, so loading never runs code from the file.
+
+    Raises
+    ------
+    CheckpointError
+        Missing file, a file torch cannot read as weights (not a checkpoint, truncated, pickled
+        objects), another format, missing keys or weights that do not match their checksum.
+    """
+    fix = "pass a checkpoint written by `python -m corrseg3d.train` (its last.pt or best.pt)"
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file: {fix}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} is not a corrseg3d checkpoint: it holds Python objects besides tensors and "
+                              f"plain data, which are never unpickled; {fix}") from None
+    except Exception:  # torch's weights-only unpickler fails in many ways on foreign bytes
+        raise CheckpointError(f"{path} is not a corrseg3d checkpoint (torch cannot read it as a weights file): "
+                              f"{fix}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (found {found!r}): {fix}")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)} (truncated or hand-made?): {fix}")
     if state_sha256(checkpoint["model_state"]) != checkpoint["model_sha256"]:
-        raise ValueError(f"{path}: model weights do not match the stored sha256 (corrupt file?)")
+        raise CheckpointError(f"{path}: model weights do not match the stored sha256 (corrupt file?): {fix}")
     return checkpoint
 
 
@@ -120,11 +200,72 @@ def load_model(path: str | Path) -> tuple[ResidualUNet3D, tuple[tuple[int, int, 
         The affinity offsets the model was trained for.
     metadata
         Every checkpoint key except the weights and optimizer/RNG states (``model_config``,
-        ``model_sha256``, ``iteration``, ``config``, ``metrics``, ``code_version``, ``created``).
+        ``model_sha256``, ``iteration``, ``config``, ``metrics``, ``code_version``, ``created``),
+        ``voxel_size``: the training voxel size as a (z, y, x) tuple in nm, None where the
+        checkpoint records none, and ``trained_voxel_sizes``: a tuple of every training voxel size
+        (``voxel_size`` first; empty where unknown).
     """
     checkpoint = read_checkpoint(path)
     model = build_model(checkpoint["model_config"])
     model.load_state_dict(checkpoint["model_state"])
     model.eval()
     metadata = {k: v for k, v in checkpoint.items() if k not in ("model_state", "optimizer_state", "rng_state")}
+    voxel_size = _voxel_size(checkpoint.get("voxel_size"), f"{path}: voxel_size")
+    metadata["voxel_size"] = tuple(voxel_size) if voxel_size is not None else None
+    metadata["trained_voxel_sizes"] = tuple(tuple(v) for v in _trained_voxel_sizes(
+        voxel_size, checkpoint.get("trained_voxel_sizes") or ()))
     return model, validate_offsets(checkpoint["offsets"]), metadata
+
+
+def _trained_voxel_sizes(voxel_size: Sequence[float] | None, others: Sequence[Sequence[float]]) -> list[list[float]]:
+    """``voxel_size`` followed by the distinct ``others`` (each checked by :func:`_voxel_size`)."""
+    sizes: list[list[float]] = []
+    for value in ([voxel_size] if voxel_size is not None else []) + list(others):
+        size = _voxel_size(value, "trained voxel size")
+        if size is not None and size not in sizes:
+            sizes.append(size)
+    return sizes
+
+
+def set_voxel_size(path: str | Path, voxel_size: Sequence[float], trained: Sequence[Sequence[float]] = ()) -> None:
+    """Record the training voxel size (z, y, x, nm) in checkpoint ``path``, rewriting it atomically.
+
+    For checkpoints written before ``voxel_size`` was recorded; ``trained`` are the other voxel
+    sizes of the training data (``trained_voxel_sizes``). Every other entry, the weights
+    included, is written back unchanged (bit-identical tensors, same ``model_sha256``).
+    """
+    checkpoint = read_checkpoint(path)
+    checkpoint["voxel_size"] = _voxel_size(voxel_size, "voxel size")
+    checkpoint["trained_voxel_sizes"] = _trained_voxel_sizes(voxel_size, trained)
+    _write_atomic(checkpoint, path)
+
+
+def parse_voxel_size(text: str) -> tuple[float, float, float]:
+    """``Z,Y,X`` (nm) as three floats (an argparse ``type``)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r} must be three comma-separated numbers Z,Y,X in nm, e.g. 30,10,10")
+    return values  # type: ignore[return-value]
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m corrseg3d.checkpoint set-voxel-size PATH Z Y X``: see :func:`set_voxel_size`."""
+    parser = ArgumentParser(prog="python -m corrseg3d.checkpoint", description="Edit checkpoint metadata.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("set-voxel-size", help="record the voxel size (z y x, nm) the model was trained at")
+    command.add_argument("path", help="checkpoint file (rewritten in place; weights unchanged)")
+    command.add_argument("voxel_size", nargs=3, type=float, metavar=("Z", "Y", "X"), help="voxel size in nm")
+    command.add_argument("--trained", action="append", default=[], type=parse_voxel_size, metavar="Z,Y,X",
+                         help="another voxel size of the training data (repeatable): inputs near it are not resampled")
+    args = parser.parse_args(argv)
+    set_voxel_size(args.path, args.voxel_size, args.trained)
+    print(f"{args.path}: voxel_size {' x '.join(f'{v:g}' for v in args.voxel_size)} nm")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -47,6 +47,7 @@ __all__ = [
     "from_dict",
     "to_dict",
     "load_config",
+    "read_yaml_mapping",
     "apply_overrides",
 ]
 
@@ -78,6 +79,9 @@ class SourceConfig:
     ``labels_2d`` marks labels that are only consistent within a slice (label attribute
     ``labels_2d``; null = read it from the labels' attributes): only in-plane affinity channels
     are supervised for such a source (``channel_mask``).
+    ``voxel_size`` is the source's (z, y, x) voxel size in nm; null = the raw volume's (OME-Zarr
+    scale, ``voxel_size`` attribute or precomputed ``resolution``). It is recorded, not
+    resampled: patches are sampled on the source's own grid.
     """
 
     raw: str = ""
@@ -85,6 +89,7 @@ class SourceConfig:
     slices: tuple[int, int | None] = (0, None)
     weight: float = 1.0
     labels_2d: bool | None = None
+    voxel_size: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -94,11 +99,18 @@ class DataConfig:
     ``context`` (z, y, x) is read on each side of the patch before augmentation and cropped off
     after it, so rotations and elastic warps never pull empty corners into the patch
     (pea-method.md section 4.3 uses 50 px in xy).
+
+    ``voxel_size`` (z, y, x, nm) is the voxel size the model is trained at, recorded in its
+    checkpoints (``pipeline.predict`` resamples inputs of other voxel sizes to it); null = the
+    voxel size of the source with the highest ``weight`` (the first of equals).
     """
 
     sources: list[SourceConfig] = field(default_factory=list)
+    voxel_size: tuple[float, float, float] | None = None
     patch: tuple[int, int, int] = (18, 160, 160)
     context: tuple[int, int, int] = (0, 50, 50)
+    #: Let training slices overlap the validation slices of the same volume (refused by default).
+    allow_validation_overlap: bool = False
 
 
 @dataclass
@@ -132,11 +144,23 @@ class AugmentConfig:
 
 @dataclass
 class LossConfig:
-    """Loss terms (ablation switches) and the affinity offsets (pea-method.md sections 2, 3)."""
+    """Loss terms (ablation switches), recipe levers and the affinity offsets.
+
+    ``scm``, ``ccm`` and ``epm`` switch the self-correlation, cross-correlation and
+    embedding-pyramid terms. The levers default to the paper's behaviour:
+
+    * ``class_weight_cap`` -- upper bound of the class-balancing weights
+      (:func:`corrseg3d.targets.balance_weights`); null = the paper's (up to 19 for rare
+      positives, 99 for rare negatives), 1 = unweighted MSE;
+    * ``mean_embedding`` -- weight of the anti-collapse term
+      (:func:`corrseg3d.losses.mean_embedding_penalty`); 0 = off.
+    """
 
     scm: bool = True
     ccm: bool = True
     epm: bool = True
+    class_weight_cap: float | None = None
+    mean_embedding: float = 0.0
     offsets: list[tuple[int, int, int]] = field(default_factory=lambda: [tuple(o) for o in PEA_OFFSETS])
 
 
@@ -223,6 +247,26 @@ class Config:
             raise ConfigError("loss.epm needs model.pyramid_heads: true (or set loss.epm: false)")
         if any(p % 16 for p in self.data.patch[1:]):
             raise ConfigError("data.patch must be a multiple of 16 in y and x")
+        for path, value, least in _lower_bounds(self):
+            if value < least:
+                raise ConfigError(f"{path} must be >= {least}, got {value}")
+        sizes = [("data.voxel_size", self.data.voxel_size)]
+        sizes += [(f"data.sources.{i}.voxel_size", s.voxel_size) for i, s in enumerate(self.data.sources)]
+        for path, size in sizes:
+            if size is not None and min(size) <= 0:
+                raise ConfigError(f"{path} must be three positive numbers (z, y, x in nm), got {list(size)}")
+
+
+def _lower_bounds(config: Config) -> list[tuple[str, float, float]]:
+    """(path, value, smallest allowed value) of the settings that are counts, sizes or rates."""
+    train, data = config.train, config.data
+    bounds = [("train.iterations", train.iterations, 1), ("train.batch_size", train.batch_size, 1),
+              ("train.num_workers", train.num_workers, 0), ("train.threads", train.threads, 0),
+              ("train.log_every", train.log_every, 1), ("train.checkpoint_every", train.checkpoint_every, 1),
+              ("validation.every", config.validation.every, 1), ("optim.lr", config.optim.lr, 0)]
+    bounds += [(f"data.patch.{i}", v, 1) for i, v in enumerate(data.patch)]
+    bounds += [(f"data.context.{i}", v, 0) for i, v in enumerate(data.context)]
+    return bounds
 
 
 def _type_name(tp: Any) -> str:
@@ -358,11 +402,28 @@ def _list_index(node: list, part: str, key: str) -> int:
     return int(part)
 
 
+def read_yaml_mapping(path: str | Path, example: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML file.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing (the message ends with ``example``, how to get one), is not valid
+        YAML, or its top level is not a mapping of sections.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config {path} does not exist: {example}")
+    try:
+        values: Any = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return values
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+    values = read_yaml_mapping(path, "give one of configs/*.yaml") if path is not None else {}
     return from_dict(apply_overrides(values, overrides))

@@ -71,7 +71,7 @@ class _ShiftedDot(torch.autograd.Function):
         return grad_a, grad_b, None
 
 
-def _normalize(embedding: torch.Tensor) -> torch.Tensor:
+def normalize_embedding(embedding: torch.Tensor) -> torch.Tensor:
     """``ê = E / max(||E||_2, 1e-12)`` over the channel axis, in at least float32 (bf16 input is upcast)."""
     return F.normalize(embedding.to(torch.promote_types(embedding.dtype, torch.float32)), dim=1, eps=_NORMALIZE_EPS)
 
@@ -98,7 +98,7 @@ def self_correlation(embedding: torch.Tensor, offsets: Sequence[Sequence[int]]) 
     (B, C, z, y, x) float32 cosine similarities in [-1, 1], 0 where ``p + o`` is outside the patch.
     """
     offsets = validate_offsets(offsets)
-    normed = _normalize(embedding)
+    normed = normalize_embedding(embedding)
     return _correlate(normed, normed, offsets)
 
 
@@ -123,7 +123,7 @@ def cross_correlation(embedding: torch.Tensor, other: torch.Tensor, offsets: Seq
     (B, C, z, y, x) float32 cosine similarities, 0 where ``p + o`` is outside the patch.
     """
     offsets = validate_offsets(offsets)
-    return _correlate(_normalize(embedding), _normalize(other), offsets)
+    return _correlate(normalize_embedding(embedding), normalize_embedding(other), offsets)
 
 
 def valid_mask(shape: Sequence[int], offsets: Sequence[Sequence[int]], *, device: torch.device | str | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .correlation import cross_correlation, self_correlation
+from .correlation import cross_correlation, normalize_embedding, self_correlation
 from .model import ModelOutput
 from .offsets import NEAREST_OFFSETS, validate_offsets
 
@@ -58,6 +58,23 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
     return per_channel.sum()
 
 
+def mean_embedding_penalty(embedding: torch.Tensor) -> torch.Tensor:
+    """Anti-collapse term: squared norm of the patch-mean unit embedding, averaged over the batch.
+
+    ``P = (1 / B) sum_b || (1 / N) sum_p e_b(p) / ||e_b(p)|| ||^2``, in [0, 1]. It is 1 when all N
+    voxels of a patch share one direction (every cosine affinity is 1) and small when the
+    embeddings of the patch's objects spread over the sphere; the class-balanced SCM loss alone
+    lets the embedding drift toward one shared direction on a small training budget.
+
+    Parameters
+    ----------
+    embedding
+        (B, D, z, y, x) network embedding (normalised as in the correlation heads).
+    """
+    normed = normalize_embedding(embedding)
+    return normed.mean(dim=(2, 3, 4)).pow(2).sum(dim=1).mean()
+
+
 def _masked(targets: Mapping[str, Any], channel_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(affinities, weights, valid)`` with the channels outside ``channel_mask`` made invalid."""
     valid = targets["valid"].bool()
@@ -86,6 +103,7 @@ def pea_loss(
     use_ccm: bool = True,
     use_epm: bool = True,
     head: str = "embedding",
+    mean_embedding: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """PEA loss terms and their sum.
 
@@ -112,7 +130,8 @@ def pea_loss(
 
     Returns
     -------
-    ``{"scm", "ccm", "epm", "total"}`` for the embedding head, ``{"affinity", "epm", "total"}``
+    ``{"scm", "ccm", "epm", "total"}`` for the embedding head (plus ``"collapse"`` when
+    ``mean_embedding > 0``), ``{"affinity", "epm", "total"}``
     for the affinity head; scalar float32 tensors, ``total`` is the sum of the others.
     """
     offsets = validate_offsets(offsets)
@@ -133,6 +152,8 @@ def pea_loss(
             terms["ccm"] = weighted_mse(cross_correlation(output, view_output.float(), offsets), *full)
         else:
             terms["ccm"] = zero
+        if mean_embedding > 0:
+            terms["collapse"] = mean_embedding * mean_embedding_penalty(output)
     else:
         raise ValueError(f"head must be 'embedding' or 'affinity', got {head!r}")
     terms["epm"] = _epm_loss(model_output.pyramid, targets["pyramid"], channel_mask) if use_epm else zero

@@ -100,6 +100,8 @@ class TrainingPatches(Dataset):
         Base seed of :func:`sample_rng`.
     with_view
         Build the CCM view (only needed when the CCM loss is on).
+    class_weight_cap
+        Upper bound of the class-balancing weights (``loss.class_weight_cap``; None = the paper's).
 
     Items are dicts of numpy arrays: ``image`` and ``view`` (1, z, y, x) float32, ``rule`` (the
     CCM flip rule), ``affinities`` (C, z, y, x) uint8, ``weights`` float32, ``valid`` bool,
@@ -109,7 +111,7 @@ class TrainingPatches(Dataset):
 
     def __init__(self, sources: Sequence[SourceConfig], *, patch: Sequence[int], context: Sequence[int],
                  offsets: Sequence[Sequence[int]], augment_config: AugmentConfig, seed: int,
-                 with_view: bool = True) -> None:
+                 with_view: bool = True, class_weight_cap: float | None = None) -> None:
         if not sources:
             raise ValueError("data.sources is empty: configure at least one training volume")
         self.configs = list(sources)
@@ -119,6 +121,7 @@ class TrainingPatches(Dataset):
         self.augment_config = augment_config
         self.seed = int(seed)
         self.with_view = with_view
+        self.class_weight_cap = class_weight_cap
         weights = np.array([s.weight for s in self.configs], dtype=np.float64)
         if (weights < 0).any() or weights.sum() <= 0:
             raise ValueError(f"source weights must be non-negative with a positive sum, got {weights.tolist()}")
@@ -169,8 +172,8 @@ class TrainingPatches(Dataset):
                  rng: np.random.Generator) -> dict[str, Any]:
         widened = widen_borders(labels)
         affinities, valid = label_affinities(widened, self.offsets)
-        pyramid = [dict(affinities=a, weights=w, valid=v) for a, w, v in pyramid_targets(widened)]
-        sample = dict(image=image[None], affinities=affinities, weights=balance_weights(affinities, valid),
+        pyramid = [dict(affinities=a, weights=w, valid=v) for a, w, v in pyramid_targets(widened, cap=self.class_weight_cap)]
+        sample = dict(image=image[None], affinities=affinities, weights=balance_weights(affinities, valid, cap=self.class_weight_cap),
                       valid=valid, channel_mask=z_channel_mask(self.offsets, labels_2d), pyramid=pyramid)
         if self.with_view:
             view, rule = make_view(image, rng, intensity=self.augment_config.ccm_intensity,

@@ -85,13 +85,17 @@ def widen_borders(labels: np.ndarray) -> np.ndarray:
     return widened
 
 
-def balance_weights(affinities: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def balance_weights(affinities: np.ndarray, valid: np.ndarray, *, cap: float | None = None) -> np.ndarray:
     """Per-channel class-balancing weights (pea §3.3), with ``f`` over valid positions only.
 
     For each channel let ``f`` be the fraction of positive targets among the *valid* positions,
     clipped to [0.05, 0.99]. If ``f > 0.5`` positives get 1 and negatives ``f / (1 - f)`` (at
     most 99); otherwise positives get ``(1 - f) / f`` (at most 19) and negatives 1. A channel
     whose valid targets are constant gets weight 1 everywhere valid. Invalid positions get 0.
+    ``cap`` (``loss.class_weight_cap``) clips every weight to at most ``cap``: 1 gives the
+    unweighted MSE, None keeps the paper's weights. The rare class of the long-range channels is
+    the positives (same object 27 px apart), so the paper's weights make their pull up to 19x
+    the push of the negatives.
 
     Decision (pea §8.5): the reference counts the zero-filled out-of-patch band as negatives,
     which for the 27-px channels inflates the negative fraction (about 17 % of a 160-px patch);
@@ -103,11 +107,15 @@ def balance_weights(affinities: np.ndarray, valid: np.ndarray) -> np.ndarray:
         (C, ...) targets in {0, 1}; axis 0 is the channel, the rest is one sample's patch.
     valid
         Boolean mask of the same shape.
+    cap
+        Upper bound of every weight (> 0), or None for none.
 
     Returns
     -------
     float32 weights of the same shape.
     """
+    if cap is not None and not cap > 0:
+        raise ValueError(f"class weight cap must be > 0 (or None for the paper's weights), got {cap}")
     if affinities.shape != valid.shape:
         raise ValueError(f"affinities {affinities.shape} and valid {valid.shape} must have the same shape")
     positive = (affinities > 0) & valid
@@ -120,10 +128,13 @@ def balance_weights(affinities: np.ndarray, valid: np.ndarray) -> np.ndarray:
     negative_weight = np.where(constant | (f <= 0.5), 1.0, f / (1 - f))
     expand = (slice(None),) + (None,) * len(axes)
     weights = np.where(positive, positive_weight[expand], negative_weight[expand])
+    if cap is not None:
+        weights = np.minimum(weights, cap)
     return np.where(valid, weights, 0.0).astype(np.float32)
 
 
-def pyramid_targets(labels: np.ndarray, factors: Sequence[int] = (2, 4, 8, 16)) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def pyramid_targets(labels: np.ndarray, factors: Sequence[int] = (2, 4, 8, 16), *,
+                    cap: float | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Nearest-neighbour affinity targets for the EPM pyramid heads (pea §2.4).
 
     For each xy factor ``s`` the labels are subsampled by taking the top-left voxel of every
@@ -138,6 +149,8 @@ def pyramid_targets(labels: np.ndarray, factors: Sequence[int] = (2, 4, 8, 16)) 
         divisible by every factor.
     factors
         xy subsampling factors, in any order.
+    cap
+        Class-weight cap passed to :func:`balance_weights`.
 
     Returns
     -------
@@ -152,5 +165,5 @@ def pyramid_targets(labels: np.ndarray, factors: Sequence[int] = (2, 4, 8, 16)) 
         if factor < 1 or labels.shape[1] % factor or labels.shape[2] % factor:
             raise ValueError(f"xy shape {labels.shape[1:]} is not divisible by pyramid factor {factor}")
         affinities, valid = label_affinities(labels[:, ::factor, ::factor], NEAREST_OFFSETS)
-        levels.append((affinities, balance_weights(affinities, valid), valid))
+        levels.append((affinities, balance_weights(affinities, valid, cap=cap), valid))
     return levels

@@ -17,7 +17,8 @@ Output directory (``--out``, default ``runs/<config name>``):
 ``config.yaml``  the resolved configuration;
 ``train.jsonl``  one JSON record per log step (``kind: "train"``: mean losses, ``it_per_s``) and
                  per validation (``kind: "valid"``: VOI split/merge, VOI, ARAND per volume and mean);
-``last.pt``      the latest checkpoint (every ``train.checkpoint_every`` iterations and at the end);
+``last.pt``      the latest checkpoint (every ``train.checkpoint_every`` iterations and at the end;
+                 every checkpoint records the training voxel size, :func:`training_voxel_size`);
 ``best.pt``      the checkpoint with the lowest mean validation VOI (needs validation volumes);
 ``loss.png``     loss and validation curves.
 
@@ -28,6 +29,10 @@ whole validation volume through the project's one inference path,
 context, as ``pipeline.predict`` does); then :func:`pipeline.mws.mutex_watershed` and :func:`pipeline.metrics.segmentation_scores`
 against the un-widened labels (GT 0 ignored). Volumes with ``labels_2d`` are segmented and
 scored slice by slice.
+
+A folder that already holds a run is never overwritten by accident: without ``--resume`` or
+``--overwrite`` a non-empty ``--out`` is refused before anything is written (like every other
+check: device, precision, checkpoints, volumes and slice ranges; :mod:`corrseg3d.preflight`).
 
 ``--resume`` continues from ``last.pt`` bit for bit: the checkpoint restores model, optimizer,
 iteration and torch RNG, and every training sample is seeded by its index (see
@@ -57,13 +62,17 @@ from pipeline.store import open_volume
 
 from .ccm import invert_flips
 from .checkpoint import read_checkpoint, save_checkpoint
-from .config import Config, ValidationConfig, from_dict, load_config, to_dict
+from .cli import ArgumentParser, entry_point
+from .config import Config, ConfigError, ValidationConfig, from_dict, load_config, to_dict
 from .inference import autocast, predict_volume, resolve_device, resolve_precision
 from .losses import pea_loss
 from .model import ResidualUNet3D, build_model
-from .sampler import TrainingPatches, make_loader, slice_range, to_float_image, volume_is_2d
+from .preflight import check_disjoint, check_out, check_slices, discard_run
+from .sampler import TrainingPatches, make_loader, to_float_image, volume_is_2d
 
-__all__ = ["RESUMABLE_CHANGES", "segment", "validate", "load_validation_volumes", "RunLog", "build_optimizer", "train_step", "train", "main"]
+__all__ = ["RESUMABLE_CHANGES", "segment", "validate", "load_validation_volumes", "training_voxel_size",
+           "source_voxel_sizes", "RunLog",
+           "build_optimizer", "train_step", "train", "main"]
 
 #: Config keys (``fnmatch`` patterns) that may differ between a checkpoint and a ``--resume`` run: none of
 #: them changes the optimisation trajectory (validation only reads the model and picks ``best.pt``).
@@ -111,14 +120,68 @@ def validate(model: ResidualUNet3D, volumes: Sequence[dict[str, Any]], config: V
 
 
 def load_validation_volumes(config: ValidationConfig) -> list[dict[str, Any]]:
-    """Read the validation volumes' slice ranges into memory."""
+    """Read the validation volumes' slice ranges into memory (ranges outside a volume are refused)."""
     volumes = []
-    for spec in config.volumes:
+    for index, spec in enumerate(config.volumes):
         raw, labels = open_volume(spec.raw), open_volume(spec.labels)
-        start, stop = slice_range(spec.slices, raw.spatial_shape[0])
+        if raw.spatial_shape != labels.spatial_shape:
+            raise ConfigError(f"validation.volumes.{index}: {spec.raw} {raw.spatial_shape} and {spec.labels} "
+                              f"{labels.spatial_shape} differ in shape: give labels of the raw volume")
+        _, _, start, stop = check_slices(f"validation.volumes.{index}.slices", spec.raw, spec.slices,
+                                         raw.spatial_shape[0])
         volumes.append(dict(name=f"{spec.raw}[{start}:{stop}]", image=to_float_image(raw[start:stop]),
-                            labels=labels[start:stop], labels_2d=volume_is_2d(labels, spec.labels_2d)))
+                            labels=labels[start:stop], labels_2d=volume_is_2d(labels, spec.labels_2d),
+                            slices=(f"validation.volumes.{index}.slices", spec.raw, start, stop)))
     return volumes
+
+
+def _check_sources(config: Config, dataset: TrainingPatches, valid_volumes: Sequence[dict[str, Any]]) -> None:
+    """Open the training sources here, in the main process, so a bad source is one error before any
+    DataLoader worker starts; check their slice ranges against the volumes and the validation ranges."""
+    ranges = [check_slices(f"data.sources.{index}.slices", spec.raw, spec.slices, source.raw.spatial_shape[0])
+              for index, (spec, source) in enumerate(zip(config.data.sources, dataset.sources))]
+    check_disjoint(ranges, [volume["slices"] for volume in valid_volumes],
+                   allowed=config.data.allow_validation_overlap)
+
+
+def training_voxel_size(config: Config, dataset: TrainingPatches) -> tuple[float, float, float]:
+    """The (z, y, x) voxel size in nm the model is trained at, recorded in its checkpoints.
+
+    ``data.voxel_size`` if given, else the voxel size of the source with the highest weight (the
+    first of equals): its ``voxel_size`` setting, else its raw volume's stated voxel size.
+
+    Raises
+    ------
+    ConfigError
+        That source's raw volume states no voxel size and the config gives none.
+    """
+    if config.data.voxel_size is not None:
+        return config.data.voxel_size
+    weights = [spec.weight for spec in config.data.sources]
+    index = weights.index(max(weights))
+    spec, raw = config.data.sources[index], dataset.sources[index].raw
+    if spec.voxel_size is not None:
+        return spec.voxel_size
+    if not raw.voxel_size_stated:
+        raise ConfigError(f"data.sources.{index}: {spec.raw} has no voxel size (the highest-weight source sets the "
+                          f"model's): set data.sources.{index}.voxel_size or data.voxel_size to [z, y, x] in nm")
+    return tuple(raw.voxel_size)  # type: ignore[return-value]
+
+
+def source_voxel_sizes(config: Config, dataset: TrainingPatches) -> list[tuple[float, ...]]:
+    """The voxel sizes (z, y, x, nm) of all training sources that state one, highest weight first.
+
+    Recorded as the checkpoint's ``trained_voxel_sizes``: prediction does not resample an input
+    near any of them (:func:`pipeline.predict.predict`).
+    """
+    order = sorted(range(len(config.data.sources)), key=lambda i: -config.data.sources[i].weight)
+    sizes = []
+    for index in order:
+        spec, raw = config.data.sources[index], dataset.sources[index].raw
+        size = spec.voxel_size or (tuple(raw.voxel_size) if raw.voxel_size_stated else None)
+        if size is not None and tuple(size) not in sizes:
+            sizes.append(tuple(size))
+    return sizes
 
 
 class RunLog:
@@ -210,7 +273,7 @@ def train_step(model: ResidualUNet3D, optimizer: torch.optim.Optimizer, batch: d
             view_output = invert_flips(view.float(), batch["rule"])
     losses = pea_loss(output, _to_device(batch, device), offsets=config.loss.offsets, view_output=view_output,
                       use_scm=config.loss.scm, use_ccm=config.loss.ccm, use_epm=config.loss.epm,
-                      head=config.model.head)
+                      head=config.model.head, mean_embedding=config.loss.mean_embedding)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(losses["total"]).backward()
     scaler.step(optimizer)
@@ -243,13 +306,31 @@ def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Adam:
                             weight_decay=o.weight_decay, amsgrad=o.amsgrad)
 
 
-def train(config: Config, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary (iterations, it/s, last losses, best VOI)."""
+def train(config: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary (iterations, it/s, last losses, best VOI).
+
+    Everything is checked before ``out`` is touched: the output folder (a folder holding a run
+    needs ``resume`` or ``overwrite``; :func:`corrseg3d.preflight.check_out`), device and
+    precision, the checkpoint to resume or start from, and every training and validation volume
+    with its slice range. ``overwrite`` deletes the earlier run's files first.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = to_dict(config)
+    check_out(out, resume=resume, overwrite=overwrite)
     device = resolve_device(config.train.device)
     autocast_dtype = resolve_precision(config.train.precision, device)
+    checkpoint = read_checkpoint(out / "last.pt") if resume else None
+    if checkpoint is not None:
+        _check_resumable(checkpoint["config"], settings)
+    use_view = config.model.head == "embedding" and config.loss.ccm
+    dataset = TrainingPatches(config.data.sources, patch=config.data.patch, context=config.data.context,
+                              offsets=config.loss.offsets, augment_config=config.augment, seed=config.train.seed,
+                              with_view=use_view, class_weight_cap=config.loss.class_weight_cap)
+    valid_volumes = load_validation_volumes(config.validation)
+    _check_sources(config, dataset, valid_volumes)
+    voxel_size = training_voxel_size(config, dataset)
+    trained_voxel_sizes = source_voxel_sizes(config, dataset)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
@@ -258,21 +339,17 @@ def train(config: Config, out: str | Path, *, resume: bool = False, progress: bo
     start, best_voi = 0, math.inf
     if config.train.init_from and not resume:
         initialise_from(model, config.train.init_from, config.loss.offsets)
-    if resume:
-        checkpoint = read_checkpoint(out / "last.pt")
-        _check_resumable(checkpoint["config"], settings)
+    if checkpoint is not None:
         model.load_state_dict(checkpoint["model_state"])
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         torch.set_rng_state(checkpoint["rng_state"])
         start, best_voi = checkpoint["iteration"], checkpoint["metrics"].get("best_voi", math.inf)
+    if overwrite:
+        discard_run(out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     log = RunLog(out, resume_from=start if resume else None)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
-    use_view = config.model.head == "embedding" and config.loss.ccm
-    dataset = TrainingPatches(config.data.sources, patch=config.data.patch, context=config.data.context,
-                              offsets=config.loss.offsets, augment_config=config.augment, seed=config.train.seed,
-                              with_view=use_view)
-    valid_volumes = load_validation_volumes(config.validation)
     loader = make_loader(dataset, batch_size=config.train.batch_size, start_iteration=start,
                          stop_iteration=config.train.iterations, num_workers=config.train.num_workers)
     total = config.train.iterations
@@ -283,7 +360,8 @@ def train(config: Config, out: str | Path, *, resume: bool = False, progress: bo
 
     def save(path: Path, iteration: int, metrics: dict[str, Any]) -> None:
         save_checkpoint(path, model=model, optimizer=optimizer, iteration=iteration, offsets=config.loss.offsets,
-                        config=settings, metrics=dict(metrics, best_voi=best_voi))
+                        config=settings, metrics=dict(metrics, best_voi=best_voi), voxel_size=voxel_size,
+                        trained_voxel_sizes=trained_voxel_sizes)
 
     for iteration, batch in enumerate(loader, start=start + 1):
         last_losses = train_step(model, optimizer, batch, config, device=device, autocast_dtype=autocast_dtype, scaler=scaler)
@@ -318,18 +396,21 @@ def train(config: Config, out: str | Path, *, resume: bool = False, progress: bo
                 precision=str(autocast_dtype or "fp32"))
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m corrseg3d.train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m corrseg3d.train", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="YAML configuration (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="configuration overrides (YAML values)")
     parser.add_argument("--out", help="output directory (default runs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in OUT (without it, or --resume, a non-empty OUT is refused)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    summary = train(config, out, resume=args.resume, progress=not args.no_progress)
+    summary = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -39,6 +39,7 @@ __all__ = [
     "SCHEDULERS",
     "task_blocks",
     "run_blocks",
+    "check_scheduler",
     "write_json_atomic",
     "save_npz_atomic",
 ]
@@ -235,7 +236,7 @@ def run_blocks(
     """
     from tqdm import tqdm
 
-    _check_scheduler(scheduler)
+    check_scheduler(scheduler)
     done = set(records.done(indices)) if records is not None else set()
     todo = [i for i in indices if i not in done]
     task = partial(_run_and_mark, func, records)
@@ -264,10 +265,13 @@ def run_blocks(
     return {"blocks": len(todo), "skipped": len(done), "seconds": seconds, "voxels_per_second": rate}
 
 
-def _check_scheduler(scheduler: str) -> None:
+def check_scheduler(scheduler: str, num_workers: int | None = None) -> None:
+    """Refuse an unknown scheduler name or a worker count below 1 (before anything is written)."""
     if scheduler not in SCHEDULERS and "://" not in scheduler:
         raise BlockRunError(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)} "
                             "or a dask.distributed address like tcp://HOST:8786")
+    if num_workers is not None and num_workers < 1:
+        raise BlockRunError(f"the number of workers must be >= 1, got {num_workers}")
 
 
 def _dispatch(task: Callable[[int], int], todo: list[int], scheduler: str, num_workers: int | None,

@@ -5,11 +5,13 @@ parser whose ``run`` default takes the parsed arguments):
 
 * ``synth`` -- synthetic EM with dense labels (:mod:`pipeline.synth`);
 * ``convert``, ``isbi2012`` -- image stacks and the ISBI 2012 slices (:mod:`pipeline.imagestack`);
+* ``fib25`` -- real FIB-SEM volumes with dense 3D labels, optionally every k-th slice (:mod:`pipeline.fib25`);
 * ``ac3ac4`` -- the AC3/AC4 release as the paper's train/valid/test splits (:mod:`pipeline.ac3ac4`);
 * ``preview`` -- PNG of a few slices with labels overlaid (:mod:`pipeline.preview`).
 
 Add a subcommand by appending its module to :data:`SUBCOMMANDS`. Library errors are
-``ValueError`` subclasses; the CLI prints them as ``error: <message>`` and exits with status 2.
+``ValueError`` subclasses; the CLI prints them as ``error: <message>`` and exits with status 2
+(:func:`corrseg3d.cli.entry_point`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from corrseg3d.cli import ArgumentParser, entry_point
+
 __all__ = ["SUBCOMMANDS", "main", "parse_numbers", "refuse_existing", "DataError"]
 
 #: Modules that register a subcommand, in help order.
-SUBCOMMANDS = ("pipeline.synth", "pipeline.imagestack", "pipeline.ac3ac4", "pipeline.preview")
+SUBCOMMANDS = ("pipeline.synth", "pipeline.imagestack", "pipeline.fib25", "pipeline.ac3ac4", "pipeline.preview")
 
 
 class DataError(ValueError):
@@ -55,18 +59,15 @@ def refuse_existing(locations: Sequence[str]) -> None:
             raise DataError(f"{location} already exists: pass --overwrite to replace it")
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pipeline.data`` command line; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.data", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m pipeline.data", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(name).register(subparsers)
     args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    args.run(args)
     return 0
 
 

@@ -5,12 +5,12 @@ segmentation; OME-Zarr, so napari-ome-zarr opens it), ``run.yaml`` (the run conf
 with ``python -m pipeline.run``), ``overview.png`` (raw, mean nearest-neighbour affinity,
 segmentation and ground truth for a few slices) and ``neuroglancer.json`` (a viewer state that
 expects ``--out`` served at ``http://localhost:8000``). Uses the shipped weights unless
-``--checkpoint`` is given. Rerunning resumes: finished blocks are not recomputed.
+``--checkpoint`` is given. Rerunning resumes: finished blocks are not recomputed. Look at the
+result with ``python -m pipeline.view OUT/demo.zarr`` (a local Neuroglancer, :mod:`pipeline.view`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 import yaml
+
+from corrseg3d.cli import ArgumentParser, entry_point
 
 from .data import parse_numbers
 from .metrics import SCORE_KEYS
@@ -116,8 +118,8 @@ def run_demo(out: str, *, checkpoint: str | None = None, shape: Sequence[int] = 
     return report
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n\n")[0])
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="demo", help="output folder (default demo)")
     parser.add_argument("--checkpoint", help="corrseg3d checkpoint (default: the shipped weights)")
     parser.add_argument("--shape", type=parse_numbers(int, 3, "32,256,256"), default=(32, 256, 256),
@@ -129,20 +131,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        report = run_demo(args.out, checkpoint=args.checkpoint, shape=args.shape, seed=args.seed,
-                          scheduler=args.scheduler, progress=not args.no_progress)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report = run_demo(args.out, checkpoint=args.checkpoint, shape=args.shape, seed=args.seed,
+                      scheduler=args.scheduler, progress=not args.no_progress)
     print(f"\n{'metric':<12} {'value':>10}   ({report['n_gt_objects']} GT objects, {report['n_segments']} segments)")
     print("\n".join(f"{key:<12} {report['scores'][key]:>10.4f}" for key in SCORE_KEYS))
     print(f"\nwrote {os.path.join(args.out, 'overview.png')} and {os.path.join(args.out, 'neuroglancer.json')}")
     print(f"napari:       napari --plugin napari-ome-zarr {os.path.join(args.out, 'demo.zarr', 'segmentation')}")
-    print(f"neuroglancer: npx http-server {args.out} --cors -p 8000, then open https://neuroglancer-demo.appspot.com "
-          f"and paste {os.path.join(args.out, 'neuroglancer.json')} into the state editor ({{}} button)")
+    store = os.path.join(args.out, "demo.zarr")
+    print(f"neuroglancer: python -m pipeline.view {store}   (local viewer, works offline; prints its URL)")
+    print(f"errors:       python -m pipeline.evaluate {store}/segmentation {store}/labels --view   "
+          "(one viewer link per worst split and merge)")
     return 0
 
 

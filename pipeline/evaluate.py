@@ -29,9 +29,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from corrseg3d.cli import ArgumentParser, entry_point
+
 from .blocks import SCHEDULERS, write_json_atomic
 from .contingency import BlockCounts, EvaluationError, count_volumes
 from .metrics import SCORE_KEYS, merge_contributions, scores_from_table, split_contributions
+from .runstate import require_finished
 from .store import open_volume
 
 __all__ = ["evaluate", "evaluate_counts", "format_report", "parse_labels", "parse_roi", "main"]
@@ -69,14 +72,25 @@ def parse_roi(text: str, shape: Sequence[int]) -> tuple[slice, ...]:
     return tuple(roi)
 
 
+#: Overlapping ids listed per worst offender (``partners``), largest overlap first.
+MAX_PARTNERS = 20
+
+
+def _partner_ids(own: np.ndarray, other: np.ndarray, counts: np.ndarray, object_id: int) -> list[int]:
+    rows = np.flatnonzero(own == object_id)
+    rows = rows[np.argsort(-counts[rows], kind="stable")][:MAX_PARTNERS]
+    return [int(v) for v in other[rows]]
+
+
 def _offenders(ids: np.ndarray, sizes: np.ndarray, terms: np.ndarray, partners: np.ndarray,
-               boxes: Any, top_k: int, term: str) -> list[dict[str, Any]]:
+               boxes: Any, top_k: int, term: str, pairs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[dict[str, Any]]:
     if top_k == 0:
         return []
     order = np.lexsort((ids, -terms))[:top_k]
     order = order[terms[order] > 0]
     lo, hi = boxes.lookup(ids[order])
     return [{"id": int(ids[k]), "size": int(sizes[k]), term: float(terms[k]), "overlaps": int(partners[k]),
+             "partners": _partner_ids(*pairs, ids[k]),
              "bbox_lo": [int(v) for v in lo[r]], "bbox_hi": [int(v) for v in hi[r]]}
             for r, k in enumerate(order)]
 
@@ -87,8 +101,9 @@ def evaluate_counts(counts: BlockCounts, *, top_k: int = 10) -> dict[str, Any]:
     ``worst_splits`` are GT objects ranked by their VOI-split contribution
     (:func:`pipeline.metrics.split_contributions`), ``worst_merges`` segments ranked by their
     VOI-merge contribution (only those with a positive contribution); each entry has the id,
-    evaluated size, contribution, number of overlapping ids on the other side and the bounding
-    box (``bbox_hi`` exclusive).
+    evaluated size, contribution, number of overlapping ids on the other side, the first
+    :data:`MAX_PARTNERS` of those ids by overlap (``partners``) and the bounding box (``bbox_hi``
+    exclusive).
     """
     table = counts.table
     scores = scores_from_table(table)
@@ -101,8 +116,10 @@ def evaluate_counts(counts: BlockCounts, *, top_k: int = 10) -> dict[str, Any]:
         "n_voxels": table.n_voxels,
         "n_gt_objects": int(gt_ids.size),
         "n_segments": int(seg_ids.size),
-        "worst_splits": _offenders(gt_ids, gt_sizes, split_terms, gt_partners, counts.gt_boxes, top_k, "voi_split"),
-        "worst_merges": _offenders(seg_ids, seg_sizes, merge_terms, seg_partners, counts.seg_boxes, top_k, "voi_merge"),
+        "worst_splits": _offenders(gt_ids, gt_sizes, split_terms, gt_partners, counts.gt_boxes, top_k, "voi_split",
+                                   (table.gt, table.seg, table.counts)),
+        "worst_merges": _offenders(seg_ids, seg_sizes, merge_terms, seg_partners, counts.seg_boxes, top_k, "voi_merge",
+                                   (table.seg, table.gt, table.counts)),
     }
 
 
@@ -120,6 +137,7 @@ def evaluate(
     block_shape: Sequence[int] | None = None,
     scheduler: str = "threads",
     top_k: int = 10,
+    allow_incomplete: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the segmentation at location ``seg`` against the GT at location ``gt``.
 
@@ -142,6 +160,9 @@ def evaluate(
         ``threads``, ``processes``, ``synchronous`` or ``tcp://HOST:PORT``.
     top_k
         Number of worst split GT objects and worst merging segments to report.
+    allow_incomplete
+        Score a segmentation whose ``pipeline.segment`` run has not finished (experts); by
+        default it is refused (:func:`pipeline.runstate.require_finished`).
 
     Returns
     -------
@@ -155,7 +176,8 @@ def evaluate(
     ValueError
         :class:`pipeline.store.StoreError` (missing or non-zarr input) or
         :class:`pipeline.contingency.EvaluationError` (shape mismatch, float or negative
-        labels, bad ROI, nothing to evaluate).
+        labels, bad ROI, nothing to evaluate), :class:`pipeline.runstate.RunStateError`
+        (an unfinished segmentation).
     """
     start = time.perf_counter()
     if top_k < 0:
@@ -163,6 +185,9 @@ def evaluate(
     seg_volume = open_volume(seg, seg_dataset)
     gt_volume = open_volume(gt, gt_dataset)
     mask_volume = open_volume(mask, mask_dataset) if mask is not None else None
+    for volume in (seg_volume, gt_volume, mask_volume):
+        if volume is not None:
+            require_finished(volume.location, allow_incomplete=allow_incomplete)
     if seg_volume.shape != gt_volume.shape:
         raise EvaluationError(f"shape mismatch: segmentation {seg_volume.location} is {seg_volume.shape}, "
                               f"GT {gt_volume.location} is {gt_volume.shape}; evaluate volumes of the same extent")
@@ -221,8 +246,8 @@ def _parse_shape(text: str) -> tuple[int, ...]:
         raise EvaluationError(f"cannot read block shape {text!r}: use Z,Y,X integers") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__,
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("seg", metavar="SEG", help="segmentation location (a.zarr/segmentation or a.zarr)")
     p.add_argument("gt", metavar="GT", help="ground-truth location (a.zarr/labels or a.zarr)")
@@ -241,26 +266,37 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"{', '.join(SCHEDULERS)} or tcp://HOST:PORT (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=10, help="worst offenders listed (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="experts: score a segmentation whose pipeline.segment run has not finished")
+    p.add_argument("--view", action="store_true",
+                   help="then serve a local Neuroglancer with one link per worst split and merge (Ctrl-C stops)")
+    p.add_argument("--port", type=int, default=0, help="viewer port with --view (default 0: a free port)")
+    p.add_argument("--bind", default="127.0.0.1", help="viewer address with --view (default: %(default)s)")
     return p
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 with a one-line ``error:`` on bad input)."""
     args = _parser().parse_args(argv)
-    try:
-        if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-            raise EvaluationError(f"cannot write --json {args.json}: its folder does not exist")
-        report = evaluate(args.seg, args.gt, seg_dataset=args.seg_dataset, gt_dataset=args.gt_dataset,
-                          ignore_gt=parse_labels(args.ignore_gt), ignore_seg=parse_labels(args.ignore_seg),
-                          mask=args.mask, mask_dataset=args.mask_dataset, roi=args.roi,
-                          block_shape=_parse_shape(args.block_shape) if args.block_shape else None,
-                          scheduler=args.scheduler, top_k=args.top_k)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise EvaluationError(f"cannot write --json {args.json}: its folder does not exist")
+    if args.view:
+        from .view import start_server
+
+        start_server(args.bind, args.port)
+    report = evaluate(args.seg, args.gt, seg_dataset=args.seg_dataset, gt_dataset=args.gt_dataset,
+                      ignore_gt=parse_labels(args.ignore_gt), ignore_seg=parse_labels(args.ignore_seg),
+                      mask=args.mask, mask_dataset=args.mask_dataset, roi=args.roi,
+                      block_shape=_parse_shape(args.block_shape) if args.block_shape else None,
+                      scheduler=args.scheduler, top_k=args.top_k, allow_incomplete=args.allow_incomplete)
     print(format_report(report))
     if args.json:
         write_json_atomic(args.json, report)
+    if args.view:
+        from .viewoffenders import serve_offenders
+
+        serve_offenders(report)
     return 0
 
 

@@ -29,8 +29,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from corrseg3d.cli import ArgumentParser, entry_point
+
 from .blocks import BlockGrid
 from .data import parse_numbers
+from .precomputed import check_location
+from .runstate import require_finished
 from .store import PRECOMPUTED_PREFIX, Volume, create_volume, open_volume, remove_volume
 
 __all__ = ["ExportError", "export_precomputed", "main", "make_server", "viewer_link", "viewer_state"]
@@ -79,7 +83,8 @@ def _copy_blockwise(source: Volume, target: Volume, chunks: Sequence[int]) -> No
 
 
 def export_precomputed(segmentation: str, destination: str, *, raw: str | None = None,
-                       chunks: Sequence[int] = DEFAULT_CHUNKS, overwrite: bool = False) -> dict[str, str]:
+                       chunks: Sequence[int] = DEFAULT_CHUNKS, overwrite: bool = False,
+                       allow_incomplete: bool = False) -> dict[str, str]:
     """Write volumes as Neuroglancer precomputed layers below ``destination``, block by block.
 
     Parameters
@@ -97,6 +102,8 @@ def export_precomputed(segmentation: str, destination: str, *, raw: str | None =
         Precomputed chunk shape (z, y, x).
     overwrite
         Replace existing layers.
+    allow_incomplete
+        Export volumes whose pipeline stage has not finished (experts; refused by default).
 
     Returns
     -------
@@ -104,9 +111,12 @@ def export_precomputed(segmentation: str, destination: str, *, raw: str | None =
     """
     if not destination.startswith(PRECOMPUTED_PREFIX):
         raise ExportError(f"destination {destination!r} must be precomputed://file:///ABS/PATH (or gs://, s3://)")
+    check_location(destination)
     sources = {"segmentation": open_volume(segmentation)}
     if raw is not None:
         sources["image"] = open_volume(raw)
+    for volume in sources.values():
+        require_finished(volume.location, allow_incomplete=allow_incomplete)
     names = {kind: _layer_name(volume.location) for kind, volume in sources.items()}
     if len(set(names.values())) != len(names):
         raise ExportError(f"the segmentation and raw datasets are both named {names['segmentation']!r}: "
@@ -191,12 +201,14 @@ def make_server(destination: str, *, host: str = "localhost", port: int = 8000) 
 
     from cloudvolume.server import ViewerServerHandler
 
-    cloudpath = destination.removeprefix(PRECOMPUTED_PREFIX)
+    if not destination.startswith(PRECOMPUTED_PREFIX):
+        raise ExportError(f"{destination!r} must be the export destination, precomputed://file:///ABS/PATH")
+    cloudpath = check_location(destination)
     return HTTPServer((host, port), lambda *args: ViewerServerHandler(cloudpath, *args))
 
 
-def _precomputed_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _precomputed_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m pipeline.export",
         description="Export a segmentation (and raw) as Neuroglancer precomputed layers; "
                     "`python -m pipeline.export pyramid|serve -h` for the other forms.")
@@ -208,6 +220,8 @@ def _precomputed_parser() -> argparse.ArgumentParser:
     parser.add_argument("--viewer-state", metavar="FILE", help="write the Neuroglancer viewer state JSON here")
     parser.add_argument("--url-prefix", help=f"where the layers are served (default {DEFAULT_URL_PREFIX} for file://)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing layers")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="experts: export a volume whose pipeline stage has not finished")
     parser.set_defaults(run=_run_precomputed)
     return parser
 
@@ -216,7 +230,7 @@ def _run_precomputed(args: argparse.Namespace) -> None:
     if args.viewer_state and os.path.exists(args.viewer_state) and not args.overwrite:
         raise ExportError(f"{args.viewer_state} already exists: pass --overwrite to replace it")
     layers = export_precomputed(args.segmentation, args.destination, raw=args.raw, chunks=args.chunks,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, allow_incomplete=args.allow_incomplete)
     state = viewer_state(layers, url_prefix=args.url_prefix)
     if args.viewer_state:
         with open(args.viewer_state, "w") as handle:
@@ -230,10 +244,10 @@ def _run_precomputed(args: argparse.Namespace) -> None:
     print(f"open:   {viewer_link(state)}")
 
 
-def _subcommand_parser() -> argparse.ArgumentParser:
+def _subcommand_parser() -> ArgumentParser:
     from . import pyramid
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.export")
+    parser = ArgumentParser(prog="python -m pipeline.export")
     subparsers = parser.add_subparsers(dest="command", required=True)
     pyramid.register(subparsers)
     serve = subparsers.add_parser("serve", help="serve exported layers to Neuroglancer (CORS, gzip decoded)",
@@ -256,16 +270,13 @@ def _run_serve(args: argparse.Namespace) -> None:
         server.server_close()
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``python -m pipeline.export``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _subcommand_parser() if argv and argv[0] in SUBCOMMANDS else _precomputed_parser()
     args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    args.run(args)
     return 0
 
 

@@ -28,7 +28,7 @@ from numcodecs import Zstd
 from scipy import ndimage
 
 from .blocks import Block, BlockGrid, save_npz_atomic
-from .mws import affinities_as_float, mutex_watershed
+from .mws import affinities_as_float, check_affinity_values, mutex_watershed
 from .store import open_volume
 
 __all__ = ["FragmentParams", "METHODS", "compute_fragments", "segment_labels", "sample_mutex_edges", "load_slab",
@@ -73,6 +73,7 @@ def compute_fragments(params: FragmentParams, index: int) -> None:
     begin, end = grid.outer(block, params.halo)
     outer = tuple(slice(b, e) for b, e in zip(begin, end))
     stored = open_volume(params.affinities)[(slice(None),) + outer]
+    check_affinity_values(stored, f"{params.affinities} (block {index})")
     labels = segment_labels(stored, params, origin=begin)
     nn_affs = affinities_as_float(stored[:3])
     inner = tuple(slice(b - o, e - o) for b, e, o in zip(block.begin, block.end, begin))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -26,6 +26,15 @@ ISBI_VOXEL_SIZE = (50.0, 4.0, 4.0)
 SLAB_CHUNKS = (16, 256, 256)
 
 
+def _read_image(read: Callable[[str], Any], path: str) -> Any:
+    """``read(path)`` (an imageio reader); a damaged or unreadable file is a :class:`DataError` naming it."""
+    try:
+        return read(path)
+    except (OSError, ValueError, SyntaxError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"cannot read slice {path} ({reason}): replace or remove the damaged file") from None
+
+
 class _FolderStack:
     """A folder of 2D images as a lazy (z, y, x) array (files sorted by name)."""
 
@@ -33,10 +42,10 @@ class _FolderStack:
         import imageio.v3 as iio
 
         self.files = list(files)
-        first = iio.imread(self.files[0])
+        first = _read_image(iio.imread, self.files[0])
         self.dtype = first.dtype
         for path in self.files:
-            props = iio.improps(path)
+            props = _read_image(iio.improps, path)
             if props.shape != first.shape or props.dtype != first.dtype:
                 raise DataError(f"slice {path} has shape {props.shape} {props.dtype}, expected {first.shape} "
                                 f"{first.dtype} like {self.files[0]}: all slices must match")
@@ -47,7 +56,7 @@ class _FolderStack:
     def __getitem__(self, z: slice) -> np.ndarray:
         import imageio.v3 as iio
 
-        return np.stack([iio.imread(path) for path in self.files[z]])
+        return np.stack([_read_image(iio.imread, path) for path in self.files[z]])
 
 
 class _TiffStack:
@@ -162,9 +171,10 @@ def convert(
         refuse_existing([out_location])
     chunks = tuple(min(c, s) for c, s in zip(SLAB_CHUNKS, stack.shape))
     scale = None if labels or kind == np.uint8 else _intensity_range(stack, chunks[0])
-    volume = create_volume(out_location, stack.shape, kind if labels else np.uint8, chunks=chunks,
-                           voxel_size=voxel_size, attrs={"source": os.path.abspath(input_path)}, overwrite=overwrite)
     with removed_on_error([out_location]):
+        volume = create_volume(out_location, stack.shape, kind if labels else np.uint8, chunks=chunks,
+                               voxel_size=voxel_size, attrs={"source": os.path.abspath(input_path)},
+                               overwrite=overwrite)
         for z0 in range(0, stack.shape[0], chunks[0]):
             block = np.asarray(stack[z0:z0 + chunks[0]])
             if scale is not None:

@@ -22,6 +22,29 @@ from corrseg3d.offsets import validate_offsets
 from .mws_uint8 import mutex_watershed_uint8
 
 
+class AffinityError(ValueError):
+    """Affinity values outside their meaning (NaN, or floats outside [0, 1])."""
+
+
+def check_affinity_values(affinities: np.ndarray, where: str) -> None:
+    """Refuse float affinities holding NaN or values outside [0, 1] (uint8 storage is always in range).
+
+    Raises
+    ------
+    AffinityError
+        Naming ``where`` (the dataset, or one block of it), the range found and the fix.
+    """
+    if affinities.dtype == np.uint8 or affinities.size == 0:
+        return
+    if np.isnan(affinities).any():
+        raise AffinityError(f"{where} contains NaN affinities: fix or re-run the prediction that wrote it")
+    low, high = float(affinities.min()), float(affinities.max())
+    if low < 0 or high > 1:
+        raise AffinityError(f"{where} holds affinities in [{low:g}, {high:g}]: float affinities must lie in [0, 1] "
+                            "(1 = same object); rescale them (0..255 values: divide by 255) or store round(255 a) "
+                            "as uint8")
+
+
 def affinities_as_float(affinities: np.ndarray) -> np.ndarray:
     """Affinities as float32 in [0, 1]: uint8 storage is ``round(a * 255)``, floats pass through."""
     if affinities.dtype == np.uint8:

@@ -17,18 +17,18 @@ CLI::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from corrseg3d.cli import ArgumentParser, entry_point
 from corrseg3d.offsets import PEA_OFFSETS, validate_offsets
 from corrseg3d.targets import label_affinities
 
 from .mws import affinities_as_uint8
-from .store import StoreError, create_volume, open_volume, removed_on_error
+from .store import create_volume, open_volume, removed_on_error
 
 __all__ = ["noisy_affinities", "main"]
 
@@ -72,8 +72,9 @@ def _ellipsoids(shape: tuple[int, ...], count: int, rng: np.random.Generator, z_
     return volume
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.noisy_affinities", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m pipeline.noisy_affinities", description=__doc__.split("\n")[0])
     parser.add_argument("store", help="zarr store holding the labels, e.g. vol.zarr")
     parser.add_argument("--labels", default="labels", help="labels dataset (default: labels)")
     parser.add_argument("--output", default="affinities", help="affinity dataset to write (default: affinities)")
@@ -82,16 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing affinity dataset")
     args = parser.parse_args(argv)
     target = f"{args.store}/{args.output}"
-    try:
-        labels_volume = open_volume(f"{args.store}/{args.labels}")
-        affs = noisy_affinities(labels_volume[...], seed=args.seed, noise=args.noise)
-        chunks = (1,) + tuple(min(c, s) for c, s in zip((32, 256, 256), affs.shape[1:]))
-        volume = create_volume(target, affs.shape, np.uint8, chunks=chunks, voxel_size=labels_volume.voxel_size,
-                               offset=labels_volume.offset, overwrite=args.overwrite,
-                               attrs={"offsets": [list(o) for o in PEA_OFFSETS], "noise_seed": args.seed})
-    except (StoreError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    labels_volume = open_volume(f"{args.store}/{args.labels}")
+    affs = noisy_affinities(labels_volume[...], seed=args.seed, noise=args.noise)
+    chunks = (1,) + tuple(min(c, s) for c, s in zip((32, 256, 256), affs.shape[1:]))
+    volume = create_volume(target, affs.shape, np.uint8, chunks=chunks, voxel_size=labels_volume.voxel_size,
+                           offset=labels_volume.offset, overwrite=args.overwrite,
+                           attrs={"offsets": [list(o) for o in PEA_OFFSETS], "noise_seed": args.seed})
     with removed_on_error([target]):
         volume[...] = affs
     print(f"wrote {target} {affs.shape} uint8", file=sys.stderr)

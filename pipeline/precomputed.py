@@ -7,6 +7,7 @@ zarr array in :class:`pipeline.store.Volume`. ``file://`` layers work offline.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -79,8 +80,31 @@ class _PrecomputedAttrs(dict):
         self._cv.commit_info()
 
 
-def _cloudpath(location: str) -> str:
-    return location[len(PRECOMPUTED_PREFIX):]
+def check_location(location: str) -> str:
+    """The cloud path of ``precomputed://CLOUDPATH``, refused unless cloud-volume can address it.
+
+    The scheme must be one cloud-volume supports (``file``, ``gs``, ``s3``, ``http(s)``, ...) and a
+    ``file://`` path must be absolute, so nothing is ever written relative to the working folder.
+    """
+    from cloudfiles.paths import ALLOWED_PROTOCOLS
+
+    cloudpath = location[len(PRECOMPUTED_PREFIX):]
+    scheme, separator, path = cloudpath.partition("://")
+    if not separator or scheme not in ALLOWED_PROTOCOLS:
+        raise StoreError(f"{location}: {'scheme ' + repr(scheme) if separator else 'no scheme'} is not supported "
+                         f"by cloud-volume: use precomputed://file:///ABS/PATH, gs://BUCKET/PATH or s3://BUCKET/PATH "
+                         f"(supported: {', '.join(ALLOWED_PROTOCOLS)})")
+    if scheme == "file" and not path.startswith("/"):
+        raise StoreError(f"{location}: a file:// path must be absolute (three slashes), "
+                         f"e.g. precomputed://file://{os.path.abspath(path)}")
+    return cloudpath
+
+
+def _cloud_error(location: str, error: Exception) -> StoreError:
+    """One-line :class:`StoreError` for a failure of cloud-volume or its storage clients."""
+    reason = " ".join(str(error).split())[:200] or "no details"
+    return StoreError(f"cannot open {location} ({type(error).__name__}: {reason}): check the path and, "
+                      "for gs:// or s3://, your credentials (~/.cloudvolume/secrets)")
 
 
 def _volume(cloudvolume: Any, location: str) -> Volume:
@@ -98,11 +122,14 @@ def open_precomputed(location: str, mode: str = "r") -> Volume:
     from cloudvolume import CloudVolume
     from cloudvolume.exceptions import InfoUnavailableError
 
+    cloudpath = check_location(location)
     try:
-        cv = CloudVolume(_cloudpath(location), mip=0, fill_missing=True, progress=False,
+        cv = CloudVolume(cloudpath, mip=0, fill_missing=True, progress=False,
                          bounded=True, non_aligned_writes=False, cache=False)
     except InfoUnavailableError:
         raise StoreError(f"{location} has no precomputed info file: check the path") from None
+    except Exception as error:  # credentials, network, permissions: each client has its own error types
+        raise _cloud_error(location, error) from None
     return _volume(cv, location)
 
 
@@ -116,7 +143,7 @@ def create_precomputed(location: str, shape: Sequence[int], dtype: Any, *, chunk
     dtype = np.dtype(dtype)
     channels = int(shape[0]) if len(shape) == 4 else 1
     is_segmentation = len(shape) == 3 and dtype.type in SEGMENTATION_DTYPES
-    cloudpath = _cloudpath(location)
+    cloudpath = check_location(location)
     try:
         existing = CloudVolume(cloudpath, progress=False)
         exists = existing.info is not None
@@ -137,7 +164,10 @@ def create_precomputed(location: str, shape: Sequence[int], dtype: Any, *, chunk
     )
     if attrs:
         info["corrseg3d"] = dict(attrs)
-    cv = CloudVolume(cloudpath, info=info, progress=False, bounded=True, non_aligned_writes=False,
-                     fill_missing=True, cache=False)
-    cv.commit_info()
+    try:
+        cv = CloudVolume(cloudpath, info=info, progress=False, bounded=True, non_aligned_writes=False,
+                         fill_missing=True, cache=False)
+        cv.commit_info()
+    except Exception as error:  # credentials, network, permissions: each client has its own error types
+        raise _cloud_error(location, error) from None
     return _volume(cv, location)

@@ -9,6 +9,20 @@ Stored affinities: (C, z, y, x), channel k links p and p + offsets[k] (offsets n
 1 = same object); ``uint8`` holds ``round(255 a)``, ``float16`` holds ``a``. Attributes record
 ``offsets``, the model's ``model_sha256``, the prediction ``config`` and ``code_version``.
 
+Voxel size: the network runs at the voxel size it was trained at (the checkpoint's
+``voxel_size``). The input's voxel size is ``--voxel-size`` or the one its store states (OME-Zarr
+scale, ``voxel_size``/``resolution`` attribute, precomputed ``resolution``); a volume that states
+none is refused (``--voxel-size`` fixes it). Where the two differ by more than
+``--voxel-size-tolerance`` (relative, per axis) every block is resampled to the model's grid, the
+network runs there and the affinities are resampled back (:mod:`corrseg3d.resample`: linear
+interpolation, one global model grid, so blockwise still equals a whole-volume pass); the output
+stays on the input's grid, ``--halo`` counts model voxels, and ``offsets`` are the model's offsets
+rescaled to the input grid (nearest neighbours kept), which is what ``pipeline.segment`` reads.
+The attributes ``resampled``, ``input_voxel_size``, ``model_voxel_size`` (z, y, x, nm; None where
+unknown) and ``model_offsets`` record what was done. A checkpoint without a voxel size (written
+before it was recorded) predicts on the input grid with a warning; ``--no-resample`` does so on
+purpose.
+
 Resume: per-block done records in ``vol.zarr/.corrseg3d/predict/<output>/done`` are written after
 a block's data is written; reruns skip done blocks, and a rerun with another model, offsets or
 settings is refused unless ``--overwrite``.
@@ -21,27 +35,37 @@ compared bit for bit must pin the same count (``OMP_NUM_THREADS``; the SLURM scr
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
+import warnings
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .blocks import BlockGrid, BlockRunError, DoneRecords, run_blocks, task_blocks
+from corrseg3d.cli import ArgumentParser, entry_point
+
+from .blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks
 from .data import parse_numbers
 from .mws import affinities_as_uint8
-from .runstate import RunStateError, claim_outputs, workdir_for
+from .runstate import claim_outputs, mark_complete, workdir_for
 from .store import PRECOMPUTED_PREFIX, StoreError, Volume, check_write_alignment, create_volume, open_volume, split_location
 
-__all__ = ["PredictError", "PredictOptions", "predict", "main", "DEFAULT_BLOCK", "DEFAULT_HALO"]
+if TYPE_CHECKING:
+    from corrseg3d.resample import Resampling
+
+__all__ = ["PredictError", "PredictOptions", "PredictPlan", "plan_predict", "predict", "main", "DEFAULT_BLOCK",
+           "DEFAULT_HALO", "DEFAULT_VOXEL_SIZE_TOLERANCE"]
 
 #: Default output block (= storage chunk) and context halo, (z, y, x).
 DEFAULT_BLOCK = (32, 256, 256)
 DEFAULT_HALO = (8, 48, 48)
+#: Largest factor between input and model voxel size along an axis that predict accepts.
+MAX_VOXEL_RATIO = 8.0
+#: Largest relative voxel-size difference per axis, ``|input / model - 1|``, predicted without resampling.
+DEFAULT_VOXEL_SIZE_TOLERANCE = 0.15
 OUTPUT_DTYPES = ("uint8", "float16")
 
 
@@ -73,6 +97,12 @@ class PredictOptions:
     threads
         torch CPU threads per worker (0 = torch's default). Set in each worker thread before the
         network runs; pin it when outputs are compared bit for bit (see module docstring).
+    voxel_size
+        The input's (z, y, x) voxel size in nm; None = the one its store states.
+    voxel_size_tolerance
+        Resample when ``|input / model - 1|`` exceeds this along any axis.
+    resample
+        False = run on the input grid whatever the voxel sizes (``--no-resample``).
     """
 
     checkpoint: str | None = None
@@ -84,6 +114,9 @@ class PredictOptions:
     batch_size: int = 1
     device: str = "auto"
     threads: int = 0
+    voxel_size: tuple[float, float, float] | None = None
+    voxel_size_tolerance: float = DEFAULT_VOXEL_SIZE_TOLERANCE
+    resample: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,6 +127,7 @@ class _Job:
     out_location: str
     workdir: str
     options: PredictOptions
+    resampling: Resampling | None
 
 
 class _Predictor:
@@ -105,6 +139,7 @@ class _Predictor:
         from corrseg3d.inference import resolve_device, resolve_precision
 
         self.options = job.options
+        self.resampling = job.resampling
         self.raw = open_volume(job.raw_location)
         self.out = open_volume(job.out_location, mode="r+")
         self.grid = BlockGrid(self.raw.spatial_shape, job.options.block_shape)
@@ -122,9 +157,13 @@ class _Predictor:
         from corrseg3d.inference import pad_context
 
         block = self.grid.block(index)
-        context = pad_context(self.raw.array, block.begin, block.end, self.options.halo,
-                              read=lambda box: self.raw[box])
-        return context.astype(np.float32) / np.float32(255)
+
+        def read(box: tuple[slice, ...]) -> np.ndarray:
+            return self.raw[box].astype(np.float32) / np.float32(255)
+
+        if self.resampling is not None:
+            return self.resampling.model_patch(self.raw.array, block.begin, block.end, read=read)
+        return pad_context(self.raw.array, block.begin, block.end, self.options.halo, read=read)
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """(N, C, z, y, x) affinities of a batch (N, z, y, x) of equal-shape context patches."""
@@ -143,8 +182,11 @@ class _Predictor:
 
     def write(self, index: int, affinities: np.ndarray) -> None:
         block = self.grid.block(index)
-        inner = tuple(slice(h, h + s) for h, s in zip(self.options.halo, block.shape))
-        crop = affinities[(slice(None),) + inner]
+        if self.resampling is not None:
+            crop = self.resampling.to_input(affinities, block.begin, block.end)
+        else:
+            inner = tuple(slice(h, h + s) for h, s in zip(self.options.halo, block.shape))
+            crop = affinities[(slice(None),) + inner]
         if self.options.dtype == "uint8":
             data = affinities_as_uint8(crop)
         else:
@@ -213,8 +255,6 @@ def _load_model(checkpoint: str | None):
     from corrseg3d.weights import default_checkpoint
 
     path = checkpoint or default_checkpoint()
-    if not os.path.exists(path):
-        raise PredictError(f"checkpoint {path} does not exist: pass --checkpoint PATH of a corrseg3d checkpoint")
     model, offsets, metadata = load_model(path)
     return model, offsets, metadata, os.path.abspath(path)
 
@@ -229,80 +269,185 @@ def _check_input(raw: Volume) -> None:
 
 
 def _check_options(options: PredictOptions, offsets: Sequence[Sequence[int]]) -> None:
+    from corrseg3d.inference import resolve_device, resolve_precision
     from corrseg3d.offsets import max_offset
 
     if options.dtype not in OUTPUT_DTYPES:
         raise PredictError(f"--dtype {options.dtype} is not supported: use uint8 or float16")
     if options.batch_size < 1:
         raise PredictError(f"--batch-size must be >= 1, got {options.batch_size}")
+    if options.threads < 0:
+        raise PredictError(f"--threads must be >= 0 (0 = torch's default), got {options.threads}")
+    if options.voxel_size is not None and min(options.voxel_size) <= 0:
+        raise PredictError(f"--voxel-size {','.join(f'{v:g}' for v in options.voxel_size)} must be positive (z,y,x in nm)")
+    if options.voxel_size_tolerance < 0:
+        raise PredictError(f"--voxel-size-tolerance must be >= 0, got {options.voxel_size_tolerance}")
     reach = max_offset(offsets)
     if any(h < r for h, r in zip(options.halo, reach)):
         raise PredictError(f"--halo {','.join(map(str, options.halo))} is smaller than the largest offset "
                            f"{','.join(map(str, reach))}: use at least that")
+    resolve_precision(options.precision, resolve_device(options.device))
 
 
-def predict(raw_location: str, *, out_location: str | None = None, options: PredictOptions = PredictOptions(),
-            task_index: int | None = None, num_tasks: int | None = None, scheduler: str = "threads",
-            num_workers: int | None = None, overwrite: bool = False, progress: bool = True,
-            dataset: str = "raw") -> dict[str, Any]:
-    """Predict affinities for ``raw_location`` blockwise; returns the run summary.
+def _plan_voxel_size(raw: Volume, options: PredictOptions, model_voxel_size: tuple[float, ...] | None,
+                     trained_voxel_sizes: Sequence[Sequence[float]],
+                     offsets: tuple[tuple[int, int, int], ...]) -> tuple[Resampling | None, dict[str, Any]]:
+    """Whether to resample ``raw`` to the model's voxel size, and the output attributes saying so.
 
-    ``out_location`` defaults to ``affinities`` next to a zarr input (``vol.zarr/affinities``); a
-    precomputed input needs an explicit zarr ``out_location``.
-    With ``task_index``/``num_tasks`` only that task's blocks run (SLURM array style).
+    No resampling where the input's voxel size is within the tolerance of any voxel size the model
+    was trained on (``trained_voxel_sizes``: a model trained on several resolutions is used at
+    each of them); otherwise every block is resampled to ``model_voxel_size``.
+
+    Raises :class:`PredictError` when the input's voxel size matters (the model's is known and
+    resampling is allowed) but neither its store nor ``--voxel-size`` gives it, or when it differs
+    from the model's by more than :data:`MAX_VOXEL_RATIO` along an axis (almost always wrong
+    metadata, e.g. a 1 nm placeholder).
     """
-    from corrseg3d.checkpoint import code_version
+    from corrseg3d.resample import Resampling, needs_resampling, voxel_ratio
 
+    input_voxel_size = options.voxel_size or (raw.voxel_size if raw.voxel_size_stated else None)
+    resampling = None
+    if model_voxel_size is not None and options.resample:  # else the input grid (old checkpoint: predict() warns)
+        shown = "x".join(f"{v:g}" for v in model_voxel_size)
+        if input_voxel_size is None:
+            raise PredictError(f"{raw.location} has no voxel size (no OME-Zarr scale, no voxel_size or resolution "
+                               f"attribute) and the model was trained at {shown} "
+                               "nm; pass --voxel-size Z,Y,X (nm; predict.voxel_size in a pipeline.run config)")
+        ratio = voxel_ratio(model_voxel_size, input_voxel_size)
+        if max(max(r, 1 / r) for r in ratio) > MAX_VOXEL_RATIO:
+            raise PredictError(f"{raw.location} states a voxel size of {'x'.join(f'{v:g}' for v in input_voxel_size)} nm, "
+                               f"more than {MAX_VOXEL_RATIO:g}x off the model's {shown} nm along an axis: pass the "
+                               "true --voxel-size Z,Y,X (nm), or --no-resample to predict on the input grid")
+        if all(needs_resampling(input_voxel_size, trained, options.voxel_size_tolerance)
+               for trained in trained_voxel_sizes or (model_voxel_size,)):
+            resampling = Resampling(ratio, offsets, options.halo)
+    attributes = {
+        "offsets": [list(o) for o in (resampling.offsets if resampling else offsets)],
+        "model_offsets": [list(o) for o in offsets],
+        "resampled": resampling is not None,
+        "input_voxel_size": list(input_voxel_size) if input_voxel_size is not None else None,
+        "model_voxel_size": list(model_voxel_size) if model_voxel_size is not None else None,
+    }
+    return resampling, attributes
+
+
+@dataclass(frozen=True)
+class PredictPlan:
+    """A validated prediction run: everything :func:`predict` needs before it writes anything.
+
+    ``offsets`` are the model's; ``resampling`` maps blocks to the model's grid (None = the
+    network runs on the input grid); ``attributes`` are the voxel-size attributes of the output
+    (its ``offsets`` among them, on the output grid).
+    """
+
+    raw: Volume
+    out_location: str
+    options: PredictOptions
+    offsets: tuple[tuple[int, int, int], ...]
+    metadata: dict
+    grid: BlockGrid
+    blocks: list[int]
+    config: dict
+    resampling: Resampling | None
+    attributes: dict
+
+    @property
+    def workdir(self) -> str:
+        return workdir_for(self.out_location, "predict")
+
+
+def plan_predict(raw_location: str, *, out_location: str | None = None, options: PredictOptions = PredictOptions(),
+                 task_index: int | None = None, num_tasks: int | None = None, scheduler: str = "threads",
+                 num_workers: int | None = None, dataset: str = "raw") -> PredictPlan:
+    """Check every input and option of a prediction run without writing anything.
+
+    Raises :class:`PredictError` (or another ``ValueError`` subclass: store, checkpoint, block
+    layout, device) naming the problem and the fix.
+    """
+    check_scheduler(scheduler, num_workers)
     raw = open_volume(raw_location, dataset)
     _check_input(raw)
-    model, offsets, metadata, checkpoint = _load_model(options.checkpoint)
+    _, offsets, metadata, checkpoint = _load_model(options.checkpoint)
     options = PredictOptions(**{**asdict(options), "checkpoint": checkpoint})
     _check_options(options, offsets)
+    resampling, attributes = _plan_voxel_size(raw, options, metadata["voxel_size"], metadata["trained_voxel_sizes"],
+                                              offsets)
     if (out_location or raw.location).startswith(PRECOMPUTED_PREFIX):
         raise PredictError(f"affinities and their resume records are written to zarr: pass --out vol.zarr/affinities "
                            f"(input {raw.location}, output {out_location or 'next to the input'})")
     if out_location is None:
         root, _ = split_location(raw.location)
         out_location = f"{root}/affinities"
+    if not split_location(out_location)[1]:
+        raise PredictError(f"--out {out_location} names no dataset: write to OUT.zarr/NAME, e.g. OUT.zarr/affinities")
     grid = BlockGrid(raw.spatial_shape, options.block_shape)
+    blocks = task_blocks(grid.n_blocks, task_index, num_tasks)
     config = {
         "input": {"location": os.path.abspath(raw.location) if "://" not in raw.location else raw.location,
                   "shape": list(raw.shape)},
         "model": {"sha256": metadata["model_sha256"], "offsets": [list(o) for o in offsets]},
         "options": {k: v for k, v in asdict(options).items() if k not in ("checkpoint", "batch_size", "device", "threads")},
+        "voxel_size": attributes,
     }
-    workdir = workdir_for(out_location, "predict")
-    claim_outputs(workdir, config, {"affinities": out_location}, overwrite=overwrite)
-    out = _open_or_create_output(out_location, raw, options, offsets, metadata, config, code_version())
+    return PredictPlan(raw, out_location, options, offsets, metadata, grid, blocks, config, resampling, attributes)
+
+
+def predict(raw_location: str, *, out_location: str | None = None, options: PredictOptions = PredictOptions(),
+            task_index: int | None = None, num_tasks: int | None = None, scheduler: str = "threads",
+            num_workers: int | None = None, overwrite: bool = False, progress: bool = True,
+            dataset: str = "raw") -> dict[str, Any]:
+    """Predict affinities for ``raw_location`` blockwise; returns the run summary (its ``voxel_size``:
+    the voxel-size attributes written to the output).
+
+    ``out_location`` defaults to ``affinities`` next to a zarr input (``vol.zarr/affinities``); a
+    precomputed input needs an explicit zarr ``out_location``.
+    With ``task_index``/``num_tasks`` only that task's blocks run (SLURM array style).
+    Every check (:func:`plan_predict`) runs before the output or its run state is created; the
+    run state is marked complete once every block of the volume is done.
+    """
+    from corrseg3d.checkpoint import code_version
+
+    plan = plan_predict(raw_location, out_location=out_location, options=options, task_index=task_index,
+                        num_tasks=num_tasks, scheduler=scheduler, num_workers=num_workers, dataset=dataset)
+    options, grid, workdir = plan.options, plan.grid, plan.workdir
+    claim_outputs(workdir, plan.config, {"affinities": plan.out_location}, overwrite=overwrite)
+    out = _open_or_create_output(plan, code_version())
     check_write_alignment(out, options.block_shape)
+    if plan.attributes["model_voxel_size"] is None:
+        warnings.warn(f"checkpoint {options.checkpoint} records no training voxel size: predicting on the input grid "
+                      "without resampling; record it with `python -m corrseg3d.checkpoint set-voxel-size PATH Z Y X`",
+                      stacklevel=2)
     records = DoneRecords(os.path.join(workdir, "done"))
-    mine = task_blocks(grid.n_blocks, task_index, num_tasks)
-    todo = [i for i in mine if not records.is_done(i)]
+    todo = [i for i in plan.blocks if not records.is_done(i)]
     groups = [tuple(todo[i:i + options.batch_size]) for i in range(0, len(todo), options.batch_size)]
-    job = _Job(raw.location, out.location, workdir, options)
+    job = _Job(plan.raw.location, out.location, workdir, options, plan.resampling)
     summary = run_blocks(partial(_predict_group, job), groups, scheduler=scheduler, num_workers=num_workers or 2,
                          voxels=lambda group: sum(grid.block(i).size for i in group), desc="predict",
                          progress=progress)
-    summary["skipped"] = len(mine) - len(todo)
-    summary["output"] = out_location
+    summary["skipped"] = len(plan.blocks) - len(todo)
+    summary["output"] = plan.out_location
+    summary["voxel_size"] = plan.attributes
+    if len(records.done(range(grid.n_blocks))) == grid.n_blocks:
+        mark_complete(workdir, {"blocks": grid.n_blocks})
     return summary
 
 
-def _open_or_create_output(location: str, raw: Volume, options: PredictOptions, offsets, metadata: dict,
-                           config: dict, version: str) -> Volume:
-    shape = (len(offsets),) + raw.spatial_shape
-    chunks = (len(offsets),) + tuple(min(b, s) for b, s in zip(options.block_shape, raw.spatial_shape))
-    attrs = {"offsets": [list(o) for o in offsets], "model_sha256": metadata["model_sha256"],
-             "config": config, "code_version": version, "dtype_scale": 255 if options.dtype == "uint8" else 1}
+def _open_or_create_output(plan: PredictPlan, version: str) -> Volume:
+    raw, options = plan.raw, plan.options
+    shape = (len(plan.offsets),) + raw.spatial_shape
+    chunks = (len(plan.offsets),) + tuple(min(b, s) for b, s in zip(options.block_shape, raw.spatial_shape))
+    attrs = {**plan.attributes, "model_sha256": plan.metadata["model_sha256"], "config": plan.config,
+             "code_version": version, "dtype_scale": 255 if options.dtype == "uint8" else 1}
+    voxel_size = plan.attributes["input_voxel_size"] or raw.voxel_size
     try:
-        return create_volume(location, shape, options.dtype, chunks=chunks, voxel_size=raw.voxel_size,
+        return create_volume(plan.out_location, shape, options.dtype, chunks=chunks, voxel_size=voxel_size,
                              offset=raw.offset, units=raw.units, attrs=attrs)
     except StoreError:  # resuming, or another array task created it first
-        return open_volume(location, mode="r+")
+        return open_volume(plan.out_location, mode="r+")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m pipeline.predict",
         description="Blockwise affinity prediction: vol.zarr/raw (uint8) -> vol.zarr/affinities (12 channels).")
     parser.add_argument("input", help="vol.zarr (with --dataset), vol.zarr/NAME or precomputed://URL")
@@ -312,7 +457,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--block", type=parse_numbers(int, 3, "32,256,256"), default=DEFAULT_BLOCK,
                         help="output block = storage chunk, z,y,x (default %(default)s)")
     parser.add_argument("--halo", type=parse_numbers(int, 3, "8,48,48"), default=DEFAULT_HALO,
-                        help="context per side, z,y,x (default %(default)s)")
+                        help="context per side, z,y,x, in model voxels (= input voxels unless resampled; default %(default)s)")
+    parser.add_argument("--voxel-size", type=parse_numbers(float, 3, "30,6,6"),
+                        help="the input's voxel size z,y,x in nm (default: the one its store states)")
+    parser.add_argument("--voxel-size-tolerance", type=float, default=DEFAULT_VOXEL_SIZE_TOLERANCE,
+                        help="resample when input and model voxel sizes differ by more than this, relative, along "
+                             "any axis (default %(default)s)")
+    parser.add_argument("--no-resample", action="store_true",
+                        help="run the network on the input grid even where the voxel sizes differ")
     parser.add_argument("--dtype", default="uint8", choices=OUTPUT_DTYPES)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -329,18 +481,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        options = PredictOptions(
-            checkpoint=args.checkpoint, block_shape=tuple(args.block), halo=tuple(args.halo), dtype=args.dtype, precision=args.precision,
-            tta=args.tta, batch_size=args.batch_size, device=args.device, threads=args.threads)
+    options = PredictOptions(
+        checkpoint=args.checkpoint, block_shape=tuple(args.block), halo=tuple(args.halo), dtype=args.dtype,
+        precision=args.precision, tta=args.tta, batch_size=args.batch_size, device=args.device, threads=args.threads,
+        voxel_size=tuple(args.voxel_size) if args.voxel_size else None, voxel_size_tolerance=args.voxel_size_tolerance,
+        resample=not args.no_resample)
+    with warnings.catch_warnings():  # warnings as one line each, like errors
+        warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
         summary = predict(args.input, out_location=args.out, options=options, task_index=args.task_index,
                           num_tasks=args.num_tasks, scheduler=args.scheduler, num_workers=args.workers,
                           overwrite=args.overwrite, progress=not args.no_progress, dataset=args.dataset)
-    except (PredictError, StoreError, RunStateError, BlockRunError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    voxel = summary["voxel_size"]
+    if voxel["resampled"]:
+        sizes = [" x ".join(f"{v:g}" for v in voxel[k]) for k in ("input_voxel_size", "model_voxel_size")]
+        print(f"predict: resampled {sizes[0]} nm input to the model's {sizes[1]} nm and back")
     print(f"predict: wrote {summary['output']} ({summary['blocks']} block groups run, {summary['skipped']} blocks "
           f"already done, {summary['voxels_per_second'] / 1e6:.2f} Mvoxel/s)")
     return 0

@@ -6,6 +6,13 @@ only when ``evaluate.gt`` is set). Each stage keeps its own done records, so a r
 finished blocks and a rerun with a changed config is refused by the stage (exit 2) rather than
 mixing two results. The scores go to ``RUN_DIR/scores.json``.
 
+A whole run first checks the whole config (:func:`check_run`: every stage's options, the raw
+volume, the checkpoint, device and precision, the ground truth) and only then starts the first
+stage, so a bad ``segment`` or ``evaluate`` setting is reported before hours of prediction.
+``--restart STAGE`` discards the results of ``predict``, ``segment`` or ``evaluate`` and of every
+later stage, then runs (``--overwrite`` = ``--restart predict``): the way to rerun after a
+config change without deleting folders by hand.
+
 ``--phase P --task-index I --num-tasks N`` runs one phase's share of blocks; this is what each
 SLURM array task of ``python -m pipeline.slurm submit`` executes. ``--cluster slurm`` runs the
 blocks on a dask-jobqueue ``SLURMCluster`` built from the ``slurm`` section instead.
@@ -17,6 +24,7 @@ Examples
     python -m pipeline.run --print-default-config > run.yaml
     python -m pipeline.run run.yaml
     python -m pipeline.run run.yaml --set segment.min_size=500 --scheduler tcp://head:8786
+    python -m pipeline.run run.yaml --set segment.min_size=500 --restart segment
 """
 
 from __future__ import annotations
@@ -28,20 +36,28 @@ import os
 import sys
 from typing import Any, Iterator, Sequence
 
-from .blocks import BlockGrid, DoneRecords, write_json_atomic
-from .evaluate import evaluate, format_report
-from .predict import predict
+import numpy as np
+
+from corrseg3d.cli import ArgumentParser, entry_point
+
+from .blocks import BlockGrid, DoneRecords, check_scheduler, write_json_atomic
+from .contingency import EvaluationError
+from .evaluate import evaluate, format_report, parse_roi
+from .predict import plan_predict, predict
 from .runconfig import RunConfig, default_config_yaml, load_run_config, to_dict
 from .runstate import workdir_for
-from .segment import segment
+from .segment import check_options, segment
+from .slurmlimits import fitted_slurm_defaults
 from .store import open_volume
 
-__all__ = ["PHASES", "BLOCK_PHASES", "RunError", "run", "run_phase", "prepare", "block_progress", "done_blocks",
-           "lookup_finished", "scores_finished", "dask_cluster", "main"]
+__all__ = ["PHASES", "BLOCK_PHASES", "STAGES", "RunError", "check_run", "run", "run_phase", "prepare",
+           "block_progress", "done_blocks", "lookup_finished", "scores_finished", "dask_cluster", "main"]
 
 #: Blockwise phases (SLURM array jobs) and all phases in execution order.
 BLOCK_PHASES = ("predict", "fragments", "stitch", "relabel")
 PHASES = BLOCK_PHASES + ("evaluate",)
+#: Stages in order (``--restart``) and the first phase of each, where a restart discards its results.
+STAGES = {"predict": "predict", "segment": "fragments", "evaluate": "evaluate"}
 #: A task split that owns no block (task_blocks(n, i, N) = i, i+N, ... < n): claims outputs only.
 _NO_BLOCKS = {"task_index": 2**31 - 1, "num_tasks": 2**31}
 #: Done-record folder of each segment phase inside the segment work folder.
@@ -60,34 +76,83 @@ def _evaluate_key(config: RunConfig) -> dict[str, Any]:
     return {"segmentation": config.location("segmentation"), **to_dict(config.evaluate)}
 
 
+def check_run(config: RunConfig, *, scheduler: str | None = None) -> None:
+    """Check the whole run before its first stage starts; nothing is written.
+
+    Covers the scheduler and workers, everything ``predict`` checks (raw volume, checkpoint,
+    options, device and precision), the ``segment`` options, and with ``evaluate.gt`` the ground
+    truth, mask and ROI against the raw volume's shape.
+
+    Raises
+    ------
+    ValueError
+        A subclass naming the stage, the problem and the fix.
+    """
+    scheduler = scheduler or config.execution.scheduler
+    check_scheduler(scheduler, config.execution.workers)
+    plan = plan_predict(config.input.raw, out_location=config.location("affinities"),
+                        options=config.predict.options(), scheduler=scheduler,
+                        num_workers=config.execution.workers, dataset=config.input.dataset)
+    check_options(config.segment.options())
+    if config.evaluate.gt is not None:
+        _check_ground_truth(config, plan.raw.spatial_shape)
+
+
+def _check_ground_truth(config: RunConfig, shape: tuple[int, int, int]) -> None:
+    """The ``evaluate`` section against the shape the segmentation will have."""
+    options = config.evaluate
+    volumes = {"evaluate.gt": open_volume(options.gt, options.gt_dataset)}
+    if options.mask is not None:
+        volumes["evaluate.mask"] = open_volume(options.mask, "mask")
+    for key, volume in volumes.items():
+        if volume.shape != tuple(shape):
+            raise EvaluationError(f"{key} {volume.location} has shape {volume.shape} but the segmentation of "
+                                  f"{config.input.raw} will be {tuple(shape)}: give a volume of the same extent")
+    gt = volumes["evaluate.gt"]
+    if not np.issubdtype(gt.dtype, np.integer):
+        raise EvaluationError(f"evaluate.gt {gt.location} holds {gt.dtype} values: ground truth must be integer ids")
+    if any(label < 0 for label in [*options.ignore_gt, *options.ignore_seg]):
+        raise EvaluationError("evaluate.ignore_gt and evaluate.ignore_seg must be labels >= 0")
+    if options.roi:
+        parse_roi(options.roi, shape)
+
+
 def run_phase(config: RunConfig, phase: str, *, task_index: int | None = None, num_tasks: int | None = None,
-              scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run ``phase`` (or task ``task_index`` of ``num_tasks`` of it) and return the stage's summary."""
+              scheduler: str | None = None, progress: bool = True, overwrite: bool = False,
+              allow_incomplete: bool = False) -> dict[str, Any]:
+    """Run ``phase`` (or task ``task_index`` of ``num_tasks`` of it) and return the stage's summary.
+
+    ``overwrite`` discards the stage's earlier results first (predict, fragments: the stage's
+    outputs and run state; evaluate: the stored scores). ``allow_incomplete`` lets the segment
+    phases claim their outputs before the prediction has finished (:func:`prepare`).
+    """
     scheduler = scheduler or config.execution.scheduler
     split = {"task_index": task_index, "num_tasks": num_tasks}
     workers = config.execution.workers
     if phase == "predict":
         return predict(config.input.raw, out_location=config.location("affinities"),
                        options=config.predict.options(), scheduler=scheduler, num_workers=workers,
-                       progress=progress, dataset=config.input.dataset, **split)
+                       progress=progress, dataset=config.input.dataset, overwrite=overwrite, **split)
     if phase in _SEGMENT_RECORDS:
         return segment(config.store, config.segment.options(), input_name=config.output.affinities,
                        output_name=config.output.segmentation, fragments_name=config.output.fragments, phase=phase,
-                       scheduler=scheduler, num_workers=workers, progress=progress, **split)
+                       scheduler=scheduler, num_workers=workers, progress=progress, overwrite=overwrite,
+                       allow_incomplete=allow_incomplete, **split)
     if phase == "evaluate":
-        return _evaluate(config, scheduler)
+        return _evaluate(config, scheduler, rescore=overwrite)
     raise RunError(f"unknown phase {phase!r}: use one of {', '.join(PHASES)}")
 
 
-def _evaluate(config: RunConfig, scheduler: str) -> dict[str, Any]:
-    """Score the finished segmentation once; a rerun with the same settings reuses ``scores.json``."""
+def _evaluate(config: RunConfig, scheduler: str, *, rescore: bool = False) -> dict[str, Any]:
+    """Score the finished segmentation once; a rerun with the same settings reuses ``scores.json``
+    unless ``rescore``."""
     if config.evaluate.gt is None:
         raise RunError("evaluate.gt is not set: give the ground truth location to score the segmentation")
     progress = block_progress(config)
     if progress.get("relabel") is None or progress["relabel"][0] != progress["relabel"][1]:
         raise RunError(f"the segmentation {config.location('segmentation')} is not finished: run the relabel phase first")
     path = _scores_path(config)
-    if scores_finished(config):
+    if scores_finished(config) and not rescore:
         with open(path) as handle:
             return {**json.load(handle)["report"], "reused": True}
     options = config.evaluate
@@ -99,10 +164,21 @@ def _evaluate(config: RunConfig, scheduler: str) -> dict[str, Any]:
     return report
 
 
-def run(config: RunConfig, *, scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run every phase in order (evaluate only with ``evaluate.gt``); returns per-phase summaries."""
+def run(config: RunConfig, *, scheduler: str | None = None, progress: bool = True,
+        restart: str | None = None) -> dict[str, Any]:
+    """Check the whole config, then run every phase in order (evaluate only with ``evaluate.gt``).
+
+    ``restart`` (a key of :data:`STAGES`) discards the results of that stage and of every later
+    one before they run. Returns per-phase summaries.
+    """
+    if restart is not None and restart not in STAGES:
+        raise RunError(f"cannot restart {restart!r}: use one of {', '.join(STAGES)}")
+    check_run(config, scheduler=scheduler)
     phases = PHASES if config.evaluate.gt is not None else BLOCK_PHASES
-    return {phase: run_phase(config, phase, scheduler=scheduler, progress=progress) for phase in phases}
+    stages = list(STAGES)
+    discarded = {STAGES[stage] for stage in stages[stages.index(restart):]} if restart else set()
+    return {phase: run_phase(config, phase, scheduler=scheduler, progress=progress, overwrite=phase in discarded)
+            for phase in phases}
 
 
 def prepare(config: RunConfig) -> dict[str, int]:
@@ -112,7 +188,8 @@ def prepare(config: RunConfig) -> dict[str, int]:
     config is refused here, before anything is submitted.
     """
     run_phase(config, "predict", scheduler="synchronous", progress=False, **_NO_BLOCKS)
-    summary = run_phase(config, "fragments", scheduler="synchronous", progress=False, **_NO_BLOCKS)
+    summary = run_phase(config, "fragments", scheduler="synchronous", progress=False, allow_incomplete=True,
+                        **_NO_BLOCKS)
     raw = open_volume(config.input.raw, config.input.dataset)
     n_predict = BlockGrid(raw.spatial_shape, config.predict.block).n_blocks
     return {"predict": n_predict, "fragments": summary["blocks"], "stitch": summary["blocks"],
@@ -190,8 +267,8 @@ def dask_cluster(config: RunConfig) -> Iterator[str | None]:
         cluster.close()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.split("\n\n")[0],
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m pipeline.run", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("Examples")[1].replace("--------\n::\n", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help="run YAML (see --print-default-config)")
@@ -203,33 +280,40 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-tasks", type=int, help="number of array tasks sharing the phase's blocks")
     parser.add_argument("--scheduler", help="override execution.scheduler (threads, processes, synchronous, tcp://...)")
     parser.add_argument("--cluster", choices=("none", "slurm"), help="override execution.cluster")
+    parser.add_argument("--restart", choices=tuple(STAGES),
+                        help="discard the results of this stage and of every later one, then run "
+                             "(after a config change; without it a changed config is refused)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard every result of this run and start again (= --restart predict)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (summaries stay)")
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.print_default_config:
-        print(default_config_yaml(), end="")
+        print(default_config_yaml(slurm=fitted_slurm_defaults()), end="")
         return 0
-    try:
-        if args.config is None:
-            raise RunError("give a run config (python -m pipeline.run run.yaml) or --print-default-config")
-        if (args.task_index is not None or args.num_tasks is not None) and args.phase is None:
-            raise RunError("--task-index/--num-tasks need --phase")
-        overrides = list(args.set) + ([f"execution.cluster={args.cluster}"] if args.cluster else [])
-        config = load_run_config(args.config, overrides)
-        with dask_cluster(config) as address:
-            scheduler = address or args.scheduler
-            if args.phase:
-                summaries = {args.phase: run_phase(config, args.phase, task_index=args.task_index,
-                                                   num_tasks=args.num_tasks, scheduler=scheduler,
-                                                   progress=not args.no_progress)}
-            else:
-                summaries = run(config, scheduler=scheduler, progress=not args.no_progress)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.config is None:
+        raise RunError("give a run config (python -m pipeline.run run.yaml) or --print-default-config")
+    if (args.task_index is not None or args.num_tasks is not None) and args.phase is None:
+        raise RunError("--task-index/--num-tasks need --phase")
+    restart = "predict" if args.overwrite else args.restart
+    if restart and args.phase:
+        raise RunError("--restart/--overwrite discard whole stages: use them without --phase")
+    overrides = list(args.set) + ([f"execution.cluster={args.cluster}"] if args.cluster else [])
+    config = load_run_config(args.config, overrides)
+    if not args.phase:
+        check_run(config, scheduler=args.scheduler)  # before a dask cluster is started for it
+    with dask_cluster(config) as address:
+        scheduler = address or args.scheduler
+        if args.phase:
+            summaries = {args.phase: run_phase(config, args.phase, task_index=args.task_index,
+                                               num_tasks=args.num_tasks, scheduler=scheduler,
+                                               progress=not args.no_progress)}
+        else:
+            summaries = run(config, scheduler=scheduler, progress=not args.no_progress, restart=restart)
     if "evaluate" in summaries:
         print(format_report(summaries["evaluate"]))
         print(f"scores: {_scores_path(config)}")

@@ -16,13 +16,13 @@ import os
 import textwrap
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import yaml
 
-from corrseg3d.config import ConfigError, apply_overrides, build_dataclass, to_dict
+from corrseg3d.config import ConfigError, apply_overrides, build_dataclass, read_yaml_mapping, to_dict
 
-from .predict import DEFAULT_BLOCK, DEFAULT_HALO, PredictOptions
+from .predict import DEFAULT_BLOCK, DEFAULT_HALO, DEFAULT_VOXEL_SIZE_TOLERANCE, PredictOptions
 from .segment import SegmentOptions
 
 __all__ = ["ConfigError", "InputConfig", "OutputConfig", "PredictConfig", "SegmentConfig", "EvaluateConfig",
@@ -54,7 +54,8 @@ class OutputConfig:
 
 @dataclass
 class PredictConfig:
-    """Options of :class:`pipeline.predict.PredictOptions` (``checkpoint: null`` = shipped weights)."""
+    """Options of :class:`pipeline.predict.PredictOptions` (``checkpoint: null`` = shipped weights,
+    ``voxel_size: null`` = the voxel size the raw volume states, z, y, x in nm)."""
 
     checkpoint: str | None = None
     block: tuple[int, int, int] = DEFAULT_BLOCK
@@ -65,11 +66,15 @@ class PredictConfig:
     tta: bool = False
     batch_size: int = 1
     threads: int = 0
+    voxel_size: tuple[float, float, float] | None = None
+    voxel_size_tolerance: float = DEFAULT_VOXEL_SIZE_TOLERANCE
+    resample: bool = True
 
     def options(self) -> PredictOptions:
         return PredictOptions(checkpoint=self.checkpoint, block_shape=self.block, halo=self.halo, dtype=self.dtype,
                               precision=self.precision, tta=self.tta, batch_size=self.batch_size, device=self.device,
-                              threads=self.threads)
+                              threads=self.threads, voxel_size=self.voxel_size,
+                              voxel_size_tolerance=self.voxel_size_tolerance, resample=self.resample)
 
 
 @dataclass
@@ -193,15 +198,7 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfi
         Missing file, unknown key (with the closest valid one), wrong type, or no ``input.raw``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config {path} does not exist: write one with `python -m pipeline.run "
-                          "--print-default-config > run.yaml`")
-    try:
-        values: Any = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (input, output, ...)")
+    values = read_yaml_mapping(path, "write one with `python -m pipeline.run --print-default-config > run.yaml`")
     config = build_dataclass(RunConfig, apply_overrides(values, overrides))
     if not config.input.raw:
         raise ConfigError(f"{path}: input.raw is required (e.g. input: {{raw: vol.zarr/raw}})")
@@ -212,11 +209,17 @@ def _comment(cls: type) -> list[str]:
     return [f"# {line}" for line in textwrap.wrap(" ".join((cls.__doc__ or "").split()), 98)]
 
 
-def default_config_yaml() -> str:
-    """The default configuration as commented YAML (each section preceded by its description)."""
+def default_config_yaml(*, slurm: SlurmConfig | None = None) -> str:
+    """The default configuration as commented YAML (each section preceded by its description).
+
+    ``slurm`` replaces the default ``slurm`` section (``pipeline.run --print-default-config`` passes
+    one fitted to the reachable cluster, :func:`pipeline.slurmlimits.fitted_slurm_defaults`).
+    """
     lines = ["# corrseg3d run configuration: python -m pipeline.run run.yaml",
              "# Relative paths are relative to this file's folder. Unknown keys are errors."]
-    defaults = RunConfig()
+    defaults = RunConfig() if slurm is None else RunConfig(slurm=slurm)
+    if defaults.slurm != SlurmConfig():
+        lines.append("# slurm: cpus, mem and time shrunk to fit the SLURM cluster this file was generated on.")
     values = to_dict(defaults)
     values["input"]["raw"] = "vol.zarr"
     for name, section in values.items():

@@ -4,6 +4,9 @@ Each stage writing into ``vol.zarr`` keeps a work folder ``vol.zarr/.corrseg3d/<
 with ``config.json`` (the parameters and input identity that define the result) and per-block
 done records. A rerun with the same config resumes; a different config is refused unless the
 user passes ``--overwrite``, which deletes the outputs and the work folder and starts again.
+When every block is done the stage writes ``complete.json`` (:func:`mark_complete`); a stage
+reading an output of another stage refuses it while that marker is missing
+(:func:`require_finished`), so a killed run is never read as if it were whole.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ from typing import Any, Mapping
 from .blocks import write_json_atomic
 from .store import remove_volume, split_location
 
-__all__ = ["RunStateError", "workdir_for", "dataset_path", "claim_outputs"]
+__all__ = ["RunStateError", "COMPLETE", "workdir_for", "dataset_path", "claim_outputs", "mark_complete",
+           "unfinished_stage", "require_finished"]
+
+#: File in a stage's work folder written once every block of the stage is done.
+COMPLETE = "complete.json"
 
 
 class RunStateError(ValueError):
-    """An output exists with a different config, or was not written by this stage."""
+    """An output exists with a different config, was not written by this stage, or is unfinished."""
 
 
 def dataset_path(location: str) -> str:
@@ -89,3 +96,53 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
     os.makedirs(workdir, exist_ok=True)
     if not os.path.exists(path):
         write_json_atomic(path, config)
+
+
+def mark_complete(workdir: str, summary: Mapping[str, Any]) -> None:
+    """Record that the stage owning ``workdir`` finished every block (atomic; kept once written)."""
+    path = os.path.join(workdir, COMPLETE)
+    if not os.path.exists(path):
+        write_json_atomic(path, dict(summary))
+
+
+def unfinished_stage(location: str) -> str | None:
+    """The stage of this pipeline that started writing ``location`` and has not finished it, else None.
+
+    Precomputed layers and datasets no stage wrote (no work folder, e.g. ground truth or
+    user-supplied affinities) count as finished.
+    """
+    if "://" in location:
+        return None
+    root, inner = split_location(location)
+    stages = os.path.join(root, ".corrseg3d")
+    if not inner or not os.path.isdir(stages):
+        return None
+    for stage in sorted(os.listdir(stages)):
+        workdir = workdir_for(location, stage)
+        if os.path.exists(os.path.join(workdir, "config.json")) and not os.path.exists(os.path.join(workdir, COMPLETE)):
+            return stage
+    return None
+
+
+def require_finished(location: str, *, allow_incomplete: bool = False) -> None:
+    """Refuse ``location`` if a stage of this pipeline started writing it and has not finished.
+
+    Parameters
+    ----------
+    location
+        A dataset location ``vol.zarr/NAME`` (see :func:`unfinished_stage` for what passes).
+    allow_incomplete
+        Read it anyway (experts: ``--allow-incomplete``).
+
+    Raises
+    ------
+    RunStateError
+        The producing stage's work folder holds a ``config.json`` but no ``complete.json``; the
+        message names the stage to rerun.
+    """
+    stage = None if allow_incomplete else unfinished_stage(location)
+    if stage is not None:
+        raise RunStateError(f"{location} is unfinished: its `python -m pipeline.{stage}` run has not completed "
+                            f"every block (no {COMPLETE} in {workdir_for(location, stage)}); rerun that {stage} "
+                            "with the same options to finish it (done blocks are kept), or pass --allow-incomplete "
+                            "to read it as it is")

@@ -12,12 +12,15 @@ Phases (each resumable, each splittable over SLURM array tasks with ``--task-ind
 Work files live in ``vol.zarr/.corrseg3d/segment/<output>/``: ``config.json`` (parameters and input
 identity; a rerun with a different config is refused unless ``--overwrite``), ``tables/<b>.npz``,
 ``faces/<b>.npz``, ``lookup.npz`` and per-phase done records ``done/<phase>/<b>.done``, written
-after the block's data is durable; reruns skip done blocks.
+after the block's data is durable; reruns skip done blocks. ``complete.json`` is written when the
+last relabel block is done; until then ``pipeline.evaluate`` refuses the segmentation.
+
+Every option and the input (dtype, shape, offsets, a sample of the float values, and that the
+prediction that wrote it finished) is checked before any output or run state is created.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,17 +30,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from corrseg3d.cli import ArgumentParser, entry_point
 from corrseg3d.offsets import max_offset, validate_offsets
 
-from .blocks import BlockGrid, BlockRunError, DoneRecords, run_blocks, task_blocks, write_json_atomic
+from .blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks, write_json_atomic
 from .data import parse_numbers
 from .fragments import METHODS, FragmentParams, compute_fragments
+from .mws import check_affinity_values
 from .relabel import RelabelParams, relabel_block
-from .runstate import claim_outputs, dataset_path, workdir_for
+from .runstate import claim_outputs, dataset_path, mark_complete, require_finished, unfinished_stage, workdir_for
 from .stitch import StitchParams, build_lookup, stitch_faces
 from .store import StoreError, Volume, check_write_alignment, create_volume, open_volume
 
-__all__ = ["SegmentError", "SegmentOptions", "PHASES", "segment", "main"]
+__all__ = ["SegmentError", "SegmentOptions", "PHASES", "check_options", "segment", "main"]
 
 PHASES = ("fragments", "stitch", "relabel")
 # Default mutex-watershed block: the smallest multiple of the affinity chunk covering this shape.
@@ -45,6 +50,8 @@ PHASES = ("fragments", "stitch", "relabel")
 # 32x256x256 (faster at ~0.2 GiB more per worker; README, Segmentation benchmark).
 MIN_DEFAULT_BLOCK = (32, 512, 512)
 OUTPUT_DTYPES = ("uint64", "uint32")
+#: Storage chunks of float affinities whose values are checked before anything is written.
+SAMPLE_CHUNKS = 16
 
 
 class SegmentError(ValueError):
@@ -68,37 +75,89 @@ class SegmentOptions:
     dtype: str = "uint64"
 
 
+def check_options(options: SegmentOptions) -> None:
+    """Refuse options that are wrong for any input (so ``pipeline.run`` can check them before predicting).
+
+    Messages name the command-line option and the run config key (``--min-size``, ``segment.min_size``).
+
+    Raises
+    ------
+    SegmentError
+        Naming the option, its allowed range and the fix.
+    """
+    if options.method not in METHODS:
+        raise SegmentError(f"unknown method {options.method!r} (--method, segment.method): "
+                           f"use one of {', '.join(METHODS)}")
+    if options.dtype not in OUTPUT_DTYPES:
+        raise SegmentError(f"output dtype {options.dtype!r} (--dtype, segment.dtype) is not allowed: segmentations "
+                           f"are integer ids, use one of {', '.join(OUTPUT_DTYPES)}")
+    if options.dtype == "uint32" and not options.consecutive:
+        raise SegmentError("--dtype uint32 needs --consecutive (fragment-derived ids need 64 bits)")
+    if not 0.5 <= options.majority < 1.0:
+        raise SegmentError(f"--majority (segment.majority) {options.majority} must be in [0.5, 1): "
+                           "below 0.5 one label may join several")
+    if options.min_size < 0:
+        raise SegmentError(f"--min-size (segment.min_size) {options.min_size} must be >= 0 "
+                           "(a voxel count; 0 = no size merging)")
+    for flag, key, value in (("--threshold", "threshold", options.threshold),
+                             ("--merge-floor", "merge_floor", options.merge_floor)):
+        if not 0.0 <= value <= 1.0:
+            raise SegmentError(f"{flag} (segment.{key}) {value} must be in [0, 1]: it is compared with "
+                               "affinities (1 = same object)")
+    if options.randomize_seed is not None and options.randomize_seed < 0:
+        raise SegmentError(f"--randomize-strides (segment.randomize_seed) {options.randomize_seed} must be >= 0")
+    for flag, key, values, least in (("--strides", "strides", options.strides, 1),
+                                     ("--block-shape", "block", options.block_shape, 1),
+                                     ("--halo", "halo", options.halo, 0)):
+        if values is not None and (len(values) != 3 or any(int(v) < least for v in values)):
+            raise SegmentError(f"{flag} (segment.{key}) {tuple(values)} must be three (z, y, x) sizes >= {least}")
+
+
 def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_name: str = "affinities",
             output_name: str = "segmentation", fragments_name: str = "fragments", phase: str | None = None,
             task_index: int | None = None, num_tasks: int | None = None, scheduler: str = "threads",
-            num_workers: int | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+            num_workers: int | None = None, overwrite: bool = False, progress: bool = True,
+            allow_incomplete: bool = False) -> dict[str, Any]:
     """Run the requested phase(s) of blockwise segmentation of ``store/input_name``.
 
     Returns a summary dict (per-phase block counts and seconds, segment counts when stitched).
     Raises :class:`SegmentError` (or another ``ValueError`` subclass) before writing anything
-    when the input or the options are invalid.
+    when the input or the options are invalid, when the prediction that wrote the input has
+    not finished (unless ``allow_incomplete``) or when ``phase`` needs an unfinished earlier phase.
     """
     if phase is not None and phase not in PHASES:
         raise SegmentError(f"unknown phase {phase!r}: use one of {', '.join(PHASES)}")
     if task_index is not None and phase is None:
         raise SegmentError("--task-index/--num-tasks need --phase: run the phases one after the other as separate jobs")
     task_blocks(0, task_index, num_tasks)
+    check_scheduler(scheduler, num_workers)
+    check_options(options)
     affinities = open_volume(f"{store}/{input_name}")
+    require_finished(affinities.location, allow_incomplete=allow_incomplete)
     offsets = _check_input(affinities)
     options = _resolve(options, affinities, offsets)
     workdir = workdir_for(f"{store}/{output_name}", "segment")
+    grid = BlockGrid(affinities.spatial_shape, options.block_shape)
+    mine = task_blocks(grid.n_blocks, task_index, num_tasks)
+    folders = {name: os.path.join(workdir, "done", name) for name in ("fragments", "faces", "relabel")}
+    lookup_done = os.path.join(workdir, "lookup.done")
+    if phase == "stitch":
+        _require_done(folders["fragments"], grid.n_blocks, "fragments")
+    if phase == "relabel" and not os.path.exists(lookup_done):
+        raise SegmentError(f"no lookup table in {workdir}: finish --phase stitch first")
     locations = {"fragments": f"{store}/{fragments_name}", "segmentation": f"{store}/{output_name}"}
     config = {"options": asdict(options), "input": _identity(affinities, offsets), "outputs": locations}
+    if mine and unfinished_stage(affinities.location) is not None:
+        # --allow-incomplete: blocks segmented from unfinished affinities are never resumed on finished ones
+        config["input"]["unfinished"] = True
     claim_outputs(workdir, config, {"segmentation": locations["segmentation"], "fragments": locations["fragments"]},
                   overwrite=overwrite)
     fragments, segmentation = _outputs(affinities, options, locations)
     for volume in (fragments, segmentation):
         check_write_alignment(volume, options.block_shape)
-    grid = BlockGrid(affinities.spatial_shape, options.block_shape)
-    mine = task_blocks(grid.n_blocks, task_index, num_tasks)
     run = partial(run_blocks, scheduler=scheduler, num_workers=num_workers, progress=progress,
                   voxels=lambda i: grid.block(i).size)
-    records = {name: DoneRecords(os.path.join(workdir, "done", name)) for name in ("fragments", "faces", "relabel")}
+    records = {name: DoneRecords(folder) for name, folder in folders.items()}
     summary: dict[str, Any] = {"blocks": grid.n_blocks}
     common = dict(workdir=workdir, shape=grid.shape, block_shape=grid.block_shape)
     if phase in (None, "fragments"):
@@ -108,19 +167,20 @@ def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_nam
         summary["fragments"] = run(partial(compute_fragments, params), mine, records=records["fragments"],
                                    desc="fragments")
     if phase in (None, "stitch"):
-        _require_done(records["fragments"], grid.n_blocks, "fragments")
+        _require_done(folders["fragments"], grid.n_blocks, "fragments")
         params = StitchParams(majority=options.majority, min_size=options.min_size, merge_floor=options.merge_floor,
                               consecutive=options.consecutive, **common)
         summary["faces"] = run(partial(stitch_faces, params), mine, records=records["faces"], desc="stitch faces")
-        lookup_done = os.path.join(workdir, "lookup.done")
         if not os.path.exists(lookup_done) and len(records["faces"].done(range(grid.n_blocks))) == grid.n_blocks:
             summary["segments"] = build_lookup(params)
             write_json_atomic(lookup_done, summary["segments"])
     if phase in (None, "relabel"):
-        if not os.path.exists(os.path.join(workdir, "lookup.done")):
+        if not os.path.exists(lookup_done):
             raise SegmentError(f"no lookup table in {workdir}: finish --phase stitch first")
         params = RelabelParams(fragments=locations["fragments"], segmentation=locations["segmentation"], **common)
         summary["relabel"] = run(partial(relabel_block, params), mine, records=records["relabel"], desc="relabel")
+        if len(records["relabel"].done(range(grid.n_blocks))) == grid.n_blocks:
+            mark_complete(workdir, {"blocks": grid.n_blocks})
     return summary
 
 
@@ -135,26 +195,28 @@ def _check_input(affinities: Volume) -> tuple[tuple[int, int, int], ...]:
                            f"(C, z, y, x) with one channel per offset")
     if affinities.dtype != np.uint8 and not np.issubdtype(affinities.dtype, np.floating):
         raise SegmentError(f"{where} has dtype {affinities.dtype}: store affinities as uint8 (round(255 a)) or float")
-    if np.issubdtype(affinities.dtype, np.floating):
-        import dask.array as da
-
-        if bool(da.isnan(affinities.to_dask()).any().compute()):
-            raise SegmentError(f"{where} contains NaN affinities: fix or re-run the prediction that wrote it")
+    _check_sample(affinities)
     return offsets
 
 
+def _check_sample(affinities: Volume) -> None:
+    """Check the values of up to :data:`SAMPLE_CHUNKS` storage chunks spread over a float volume.
+
+    A cheap look before anything is written (the volume is not read twice); every block is
+    checked again when its fragments are computed.
+    """
+    if affinities.dtype == np.uint8:
+        return
+    grid = BlockGrid(affinities.spatial_shape, affinities.chunks[1:])
+    picks = np.unique(np.linspace(0, grid.n_blocks - 1, min(grid.n_blocks, SAMPLE_CHUNKS)).round().astype(int))
+    for index in picks:
+        block = grid.block(int(index))
+        check_affinity_values(affinities[(slice(None),) + block.slices], f"{affinities.location} (chunk {block.begin})")
+
+
 def _resolve(options: SegmentOptions, affinities: Volume, offsets: Sequence[Sequence[int]]) -> SegmentOptions:
-    """Fill defaults (block = smallest chunk multiple covering MIN_DEFAULT_BLOCK, or the whole volume for
-    waterz/multicut) and validate."""
-    if options.method not in METHODS:
-        raise SegmentError(f"unknown method {options.method!r}: use one of {', '.join(METHODS)}")
-    if options.dtype not in OUTPUT_DTYPES:
-        raise SegmentError(f"output dtype {options.dtype!r} is not allowed: segmentations are integer ids, "
-                           f"use one of {', '.join(OUTPUT_DTYPES)}")
-    if options.dtype == "uint32" and not options.consecutive:
-        raise SegmentError("--dtype uint32 needs --consecutive (fragment-derived ids need 64 bits)")
-    if not 0.5 <= options.majority < 1.0:
-        raise SegmentError(f"--majority {options.majority} must be in [0.5, 1): below 0.5 one label may join several")
+    """Fill defaults: block = smallest chunk multiple covering MIN_DEFAULT_BLOCK (the whole volume for
+    waterz/multicut), halo = the largest offset rounded up to a power of two."""
     shape = affinities.spatial_shape
     block = options.block_shape
     if block is None:
@@ -162,8 +224,6 @@ def _resolve(options: SegmentOptions, affinities: Volume, offsets: Sequence[Sequ
             c * -(-m // c) for c, m in zip(affinities.chunks[1:], MIN_DEFAULT_BLOCK))
     block = tuple(min(int(b), s) for b, s in zip(block, shape))
     halo = options.halo or tuple(1 << (m - 1).bit_length() for m in max_offset(offsets))
-    if len(block) != 3 or len(halo) != 3 or any(h < 0 for h in halo):
-        raise SegmentError(f"block shape {block} and halo {halo} must be three (z, y, x) sizes")
     return replace(options, block_shape=block, halo=tuple(int(h) for h in halo))
 
 
@@ -192,14 +252,14 @@ def _outputs(affinities: Volume, options: SegmentOptions, locations: dict[str, s
     return volumes[0], volumes[1]
 
 
-def _require_done(records: DoneRecords, n_blocks: int, phase: str) -> None:
-    done = len(records.done(range(n_blocks)))
+def _require_done(folder: str, n_blocks: int, phase: str) -> None:
+    done = len(DoneRecords(folder).done(range(n_blocks))) if os.path.isdir(folder) else 0
     if done != n_blocks:
         raise SegmentError(f"phase {phase} has {done} of {n_blocks} blocks done: finish --phase {phase} first")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m pipeline.segment",
         description="Blockwise mutex watershed (or waterz / multicut) of vol.zarr/affinities with halo-overlap "
                     "stitching and size merging -> vol.zarr/segmentation (uint64). --method waterz and multicut "
@@ -233,24 +293,23 @@ def _parser() -> argparse.ArgumentParser:
                         help="threads (default), processes, synchronous, or a dask.distributed address tcp://HOST:PORT")
     parser.add_argument("--num-workers", type=int, help="workers of the local dask scheduler (default: CPU count)")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing output and its records")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="experts: segment affinities whose prediction has not finished every block")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     options = SegmentOptions(method=args.method, block_shape=args.block_shape, halo=args.halo, strides=args.strides,
                              randomize_seed=args.randomize_strides, threshold=args.threshold, majority=args.majority,
                              min_size=args.min_size, merge_floor=args.merge_floor, consecutive=args.consecutive,
                              dtype=args.dtype)
-    try:
-        summary = segment(args.store, options, input_name=args.input, output_name=args.output,
-                          fragments_name=args.fragments, phase=args.phase, task_index=args.task_index,
-                          num_tasks=args.num_tasks, scheduler=args.scheduler, num_workers=args.num_workers,
-                          overwrite=args.overwrite, progress=not args.no_progress)
-    except (SegmentError, StoreError, BlockRunError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = segment(args.store, options, input_name=args.input, output_name=args.output,
+                      fragments_name=args.fragments, phase=args.phase, task_index=args.task_index,
+                      num_tasks=args.num_tasks, scheduler=args.scheduler, num_workers=args.num_workers,
+                      overwrite=args.overwrite, progress=not args.no_progress, allow_incomplete=args.allow_incomplete)
     if "segments" in summary:
         counts = summary["segments"]
         print(f"segment: {counts['fragments']} fragments -> {counts['stitched']} stitched -> "

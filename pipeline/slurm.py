@@ -9,8 +9,14 @@ them), writes the resolved config and one batch script per phase (from
 than the cluster's ``MaxArraySize`` each task takes several blocks (``N`` = array size). There is
 no central server and no open port: tasks only share the zarr store and the done records.
 
+Before anything is created or submitted, ``submit`` checks the whole run config
+(:func:`pipeline.run.check_run`) and the request (CPUs, memory, GPUs, time, partition) against
+the nodes ``sinfo`` reports (:mod:`pipeline.slurmlimits`): a request no node can satisfy would
+pend forever, so it is refused with the values that fit. ``--dry-run`` checks only the formats.
+
 ``status RUN`` shows per phase the blocks done / failed / pending (done records, ``squeue`` and
-the task logs; no accounting database needed) and the log of each failed task. ``resubmit RUN``
+the task logs; no accounting database needed), SLURM's reason for every waiting task (e.g.
+``queued (Resources)``) and the log of each failed task. ``resubmit RUN``
 submits only the tasks that own unfinished blocks; a task that died (OOM, node failure,
 preemption, ``scancel``) lost nothing that was marked done.
 
@@ -20,10 +26,10 @@ Run folder (``output.run_dir``, default ``STORE/.corrseg3d/run``): ``run.yaml``,
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -32,11 +38,14 @@ from typing import Any, Sequence
 
 import yaml
 
-from .blocks import SCHEDULERS, task_blocks, write_json_atomic
-from .run import BLOCK_PHASES, RunError, block_progress, done_blocks, lookup_finished, prepare, scores_finished
-from .runconfig import RunConfig, load_run_config, to_dict
+from corrseg3d.cli import ArgumentParser, entry_point
 
-__all__ = ["SlurmError", "max_array_size", "submit", "resubmit", "status", "format_status", "main"]
+from .blocks import SCHEDULERS, task_blocks, write_json_atomic
+from .run import BLOCK_PHASES, block_progress, check_run, done_blocks, lookup_finished, prepare, scores_finished
+from .runconfig import RunConfig, load_run_config, to_dict
+from .slurmlimits import check_request, check_request_format, query_nodes
+
+__all__ = ["SlurmError", "max_array_size", "check_submission", "submit", "resubmit", "status", "format_status", "main"]
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "templates" / "phase.sbatch"
 DEFAULT_MAX_ARRAY = 1001
@@ -161,13 +170,27 @@ def _load_jobs(run_dir: str, *, missing_ok: bool = False) -> dict[str, Any]:
         return json.load(handle)
 
 
+def check_submission(config: RunConfig, *, dry_run: bool = False) -> None:
+    """Everything :func:`submit` checks before it creates or submits anything.
+
+    The run config (:func:`pipeline.run.check_run`), the ``slurm`` values' formats and, unless
+    ``dry_run``, that ``sbatch`` exists and some node of the partition can run a task.
+    """
+    check_request_format(config.slurm)
+    if not dry_run:
+        if shutil.which("sbatch") is None:
+            raise SlurmError("sbatch not found: run this on a SLURM login node, or pass --dry-run to only "
+                             "write and print the batch scripts")
+        check_request(config.slurm, query_nodes())
+    check_run(config)
+
+
 def submit(config: RunConfig, *, dry_run: bool = False) -> dict[str, Any]:
-    """Prepare the outputs and submit every phase as chained jobs; return the submitted job ids."""
+    """Check, prepare the outputs and submit every phase as chained jobs; return the submitted job ids."""
+    check_submission(config, dry_run=dry_run)
     limit = max_array_size()
     if config.slurm.max_array is not None:
         limit = min(limit, config.slurm.max_array)
-    if limit < 1:
-        raise SlurmError(f"slurm.max_array must be >= 1, got {config.slurm.max_array}")
     blocks = prepare(config)
     jobs = []
     for phase in BLOCK_PHASES:
@@ -196,13 +219,16 @@ def _log(run_dir: str, phase: str, job: str, task: int | None) -> str:
 
 
 def _task_state(run_dir: str, phase: str, job: str, task: int | None, queue: dict[str, tuple[str, str]]) -> str:
-    """``running``, ``queued``, ``blocked`` (an earlier phase failed), ``ok``, ``failed`` or ``not run``."""
+    """``running``, ``queued`` (with SLURM's pending reason, e.g. ``queued (Resources)``), ``blocked``
+    (an earlier phase failed), ``ok``, ``failed`` or ``not run``."""
     key = _task_key(job, task)
     if key in queue:
         state, reason = queue[key]
         if state == "RUNNING":
             return "running"
-        return "blocked" if reason == "DependencyNeverSatisfied" else "queued"
+        if reason == "DependencyNeverSatisfied":
+            return "blocked"
+        return f"queued ({reason})" if reason and reason != "None" else "queued"
     log = _log(run_dir, phase, job, task)
     if not os.path.exists(log):
         return "not run"
@@ -255,7 +281,7 @@ def format_status(rows: Sequence[dict[str, Any]]) -> str:
     if logs:
         lines += ["", "failed tasks' logs:"] + [f"  {log}" for log in logs]
     if any(row["done"] < row["total"] for row in rows) and not any(
-            row["tasks"].get(s) for row in rows for s in ("running", "queued")):
+            state.startswith(("running", "queued")) for row in rows for state in row["tasks"]):
         lines += ["", "unfinished and nothing running: `python -m pipeline.slurm resubmit RUN` reruns what is not done"]
     return "\n".join(lines)
 
@@ -268,6 +294,7 @@ def resubmit(run_dir: str, *, dry_run: bool = False) -> dict[str, Any]:
     """
     config = load_run_config(os.path.join(run_dir, "run.yaml"))
     submissions = _load_jobs(run_dir)["submissions"]
+    check_submission(config, dry_run=dry_run)
     ours = {entry["job"] for submission in submissions for entry in submission.values()}
     queue = {key: value for key, value in _queue().items() if key.split("_")[0] in ours}
     active = sorted(key for key, (state, reason) in queue.items() if not reason.startswith("Dependency"))
@@ -304,8 +331,8 @@ def _run_dir(path: str) -> str:
     return os.path.abspath(path)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.slurm", description=__doc__.split("\n\n")[0])
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m pipeline.slurm", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     sub = commands.add_parser("submit", help="prepare outputs and submit all phases as chained array jobs")
     sub.add_argument("config", help="run YAML (python -m pipeline.run --print-default-config)")
@@ -315,7 +342,8 @@ def _parser() -> argparse.ArgumentParser:
                              ("gpus", int, "GPUs per task"), ("cpus", int, "CPUs per task"),
                              ("max-array", int, "largest array size (default: the cluster's MaxArraySize)")):
         sub.add_argument(f"--{name}", type=kind, help=f"{text} (default: the config's slurm section)")
-    sub.add_argument("--dry-run", action="store_true", help="print the scripts and sbatch commands, submit nothing")
+    sub.add_argument("--dry-run", action="store_true",
+                     help="print the scripts and sbatch commands, submit nothing (the cluster is not asked)")
     for name, text in (("status", "blocks done / failed / pending per phase"),
                        ("resubmit", "submit only what is not done")):
         sub = commands.add_parser(name, help=text)
@@ -325,22 +353,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "submit":
-            config = load_run_config(args.config, args.set)
-            given = {key: getattr(args, key) for key in ("partition", "account", "time", "mem", "gpus", "cpus",
-                                                         "max_array") if getattr(args, key) is not None}
-            submit(replace(config, slurm=replace(config.slurm, **given)), dry_run=args.dry_run)
-            print(f"run folder: {config.run_dir}  (python -m pipeline.slurm status {config.run_dir})")
-        elif args.command == "status":
-            print(format_status(status(_run_dir(args.run))))
-        else:
-            resubmit(_run_dir(args.run), dry_run=args.dry_run)
-    except (ValueError, RunError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "submit":
+        config = load_run_config(args.config, args.set)
+        given = {key: getattr(args, key) for key in ("partition", "account", "time", "mem", "gpus", "cpus",
+                                                     "max_array") if getattr(args, key) is not None}
+        submit(replace(config, slurm=replace(config.slurm, **given)), dry_run=args.dry_run)
+        print(f"run folder: {config.run_dir}  (python -m pipeline.slurm status {config.run_dir})")
+    elif args.command == "status":
+        print(format_status(status(_run_dir(args.run))))
+    else:
+        resubmit(_run_dir(args.run), dry_run=args.dry_run)
     return 0
 
 

@@ -12,7 +12,8 @@ Conventions
 -----------
 * Axis order is (z, y, x), channels first for multi-channel data: (c, z, y, x).
 * ``voxel_size`` and ``offset`` are spatial (z, y, x) and in world units (nanometres by default);
-  ``offset`` is the world coordinate of voxel (0, 0, 0).
+  ``offset`` is the world coordinate of voxel (0, 0, 0). Where the store states no voxel size,
+  it reads as 1 per axis with ``Volume.voxel_size_stated`` False.
 * Datasets written by this project are OME-Zarr 0.5 image groups (``vol.zarr/raw/zarr.json``
   carries ``attributes.ome.multiscales``) whose full-resolution array is ``s0``; pipeline
   metadata (affinity offsets, model checksum, ...) lives in the ``s0`` array attributes.
@@ -70,6 +71,11 @@ class Volume:
         Spatial (z, y, x) voxel size and world offset of voxel 0, in ``units``.
     axis_names, units
         Names of all axes (``"c"`` for channels) and units of the spatial axes.
+    voxel_size_stated
+        False when the store gives no voxel size (a plain array without ``voxel_size`` or
+        ``resolution`` attribute, an OME-Zarr image without a scale) and ``voxel_size`` is the
+        placeholder 1 per axis; stages that depend on the physical scale (``pipeline.predict``)
+        refuse such a volume unless told the voxel size.
     """
 
     array: Any
@@ -78,6 +84,7 @@ class Volume:
     offset: tuple[float, ...]
     axis_names: tuple[str, ...]
     units: tuple[str, ...]
+    voxel_size_stated: bool = True
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -221,9 +228,11 @@ def _volume_from_ome_group(group: zarr.Group, shown: str) -> Volume:
     axes = multiscale["axes"]
     scale = [1.0] * len(axes)
     translation = [0.0] * len(axes)
+    scaled = False
     for transform in scale0.get("coordinateTransformations", []) + multiscale.get("coordinateTransformations", []):
         if transform["type"] == "scale":
             scale = [a * b for a, b in zip(scale, transform["scale"])]
+            scaled = True
         elif transform["type"] == "translation":
             translation = [a + b for a, b in zip(translation, transform["translation"])]
     spatial = [i for i, ax in enumerate(axes) if ax.get("type") == "space"]
@@ -234,18 +243,20 @@ def _volume_from_ome_group(group: zarr.Group, shown: str) -> Volume:
         offset=tuple(float(translation[i]) for i in spatial),
         axis_names=tuple("c" if ax.get("type") == "channel" else ax["name"] for ax in axes),
         units=tuple(axes[i].get("unit", "nanometer") for i in spatial),
+        voxel_size_stated=scaled,
     )
 
 
 def _volume_from_array(array: zarr.Array, shown: str) -> Volume:
     attrs = dict(array.attrs)
     n_spatial = min(array.ndim, 3)
-    voxel_size = tuple(float(v) for v in attrs.get("voxel_size", attrs.get("resolution", [1.0] * n_spatial)))
+    stated = attrs.get("voxel_size", attrs.get("resolution"))
+    voxel_size = tuple(float(v) for v in (stated if stated is not None else [1.0] * n_spatial))
     offset = tuple(float(v) for v in attrs.get("offset", [0.0] * n_spatial))
     default_axes = ("c",) * (array.ndim - n_spatial) + SPATIAL_AXES[-n_spatial:]
     axis_names = tuple(attrs.get("axis_names", default_axes))
     units = tuple(attrs.get("units", ["nanometer"] * n_spatial))
-    return Volume(array, shown, voxel_size, offset, axis_names, units)
+    return Volume(array, shown, voxel_size, offset, axis_names, units, voxel_size_stated=stated is not None)
 
 
 def _ome_metadata(name: str, ndim: int, voxel_size: Sequence[float], offset: Sequence[float],
@@ -352,12 +363,17 @@ def remove_volume(location: str) -> None:
 
 @contextlib.contextmanager
 def removed_on_error(locations: Sequence[str]) -> Iterator[None]:
-    """Delete the volumes at ``locations`` if the body raises, so nothing half-written stays."""
+    """Delete the volumes at ``locations`` if the body raises, and the zarr stores that did not exist
+    before the body ran, so nothing half-written stays."""
+    roots = {split_location(location)[0] for location in locations if not location.startswith(PRECOMPUTED_PREFIX)}
+    new_roots = [root for root in sorted(roots) if not os.path.exists(root)]
     try:
         yield
     except BaseException:
         for location in locations:
             remove_volume(location)
+        for root in new_roots:
+            shutil.rmtree(root, ignore_errors=True)
         raise
 
 

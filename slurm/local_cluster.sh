@@ -34,7 +34,7 @@ start() {
     chmod 700 "$dir/munge"
     user=$(id -un)
     host=$(hostname -s)
-    cpus=$(nproc)
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc honours OMP_NUM_THREADS
     mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
     if [ ! -f "$dir/munge/munge.key" ]; then
         head -c 1024 /dev/urandom > "$dir/munge/munge.key"

@@ -72,6 +72,17 @@ def reference(run_inputs, tmp_path_factory):
     return path, open_volume(config.location("affinities"))[:], open_volume(config.location("segmentation"))[:]
 
 
+@pytest.fixture()
+def keep_torch_threads():
+    """Restore torch's process-wide thread count after a test whose commands pin it (``threads: 1``):
+    later tests compare in-process results with subprocesses running torch's default count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def assert_same_result(config, reference) -> None:
     _, affinities, segmentation = reference
     np.testing.assert_array_equal(open_volume(config.location("affinities"))[:], affinities)

@@ -73,7 +73,7 @@ def test_to_dict_round_trips():
     assert from_dict(to_dict(config)) == config
 
 
-@pytest.mark.parametrize("name", ["ac3ac4", "synthetic", "synthetic-isbi"])
+@pytest.mark.parametrize("name", ["ac3ac4", "synthetic", "synthetic-isbi", "em-mixed", "em-mixed-gpu"])
 def test_shipped_configs_validate(name):
     config = load_config(CONFIGS / f"{name}.yaml")
     assert config.data.sources and config.validation.volumes
@@ -85,6 +85,8 @@ def test_ac3ac4_config_matches_the_paper():
     assert config.train.iterations == 200_000
     assert config.data.sources[0].slices == (0, 80) and config.validation.volumes[0].slices == (0, 20)
     assert config.optim == Config().optim
+    assert config.loss == Config().loss  # levers at the paper's behaviour
+    assert (config.loss.class_weight_cap, config.loss.mean_embedding) == (None, 0.0)
 
 
 @pytest.mark.parametrize("overrides, head, terms", [

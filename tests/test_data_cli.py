@@ -7,6 +7,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from pipeline.data import main
 from pipeline.store import open_volume
@@ -125,6 +126,46 @@ def test_isbi2012(tmp_path, capsys):
     ids = [set(np.unique(s[s > 0]).tolist()) for s in seg]
     assert not (ids[0] & ids[1]) and not (ids[1] & ids[2])
     assert len(set().union(*ids)) == seg.max()  # consecutive ids
+
+
+def _fib_source(folder, voxel_size=(10, 10, 10)):
+    """A folder of two FIB-style groups: plain raw (uint8) and labels (uint64) arrays."""
+    rng = np.random.default_rng(5)
+    for name, shape in (("a", (10, 16, 24)), ("b", (7, 8, 8))):
+        group = zarr.open_group(str(folder / f"{name}.zarr"), mode="w")
+        if voxel_size:
+            group.attrs["voxel_size"] = list(voxel_size)
+        group.create_array("raw", data=rng.integers(0, 256, shape, dtype=np.uint8))
+        group.create_array("labels", data=rng.integers(0, 5, shape).astype(np.uint64))
+    return folder
+
+
+@pytest.mark.parametrize("z_step", [1, 3])
+def test_fib25_keeps_every_kth_slice_and_scales_voxel_size(tmp_path, capsys, z_step):
+    source = _fib_source(tmp_path / "src")
+    out = tmp_path / "fib.zarr"
+    assert run(capsys, "fib25", out, "--source", source, "--z-step", z_step)[0] == 0
+    for name in ("a", "b"):
+        group = zarr.open_group(str(source / f"{name}.zarr"), mode="r")
+        for dataset in ("raw", "labels"):
+            volume = open_volume(f"{out}/{name}/{dataset}")
+            np.testing.assert_array_equal(volume[:], group[dataset][::z_step])
+            assert volume.voxel_size == (10.0 * z_step, 10.0, 10.0)
+            assert volume.attrs["z_step"] == z_step and volume.attrs["voxel_size_assumed"] is False
+
+
+def test_fib25_errors_write_nothing(tmp_path, capsys):
+    source = _fib_source(tmp_path / "src", voxel_size=None)
+    out = tmp_path / "fib.zarr"
+    status, err = run(capsys, "fib25", out, "--source", tmp_path / "nowhere")
+    assert status == 2 and "not a folder" in err
+    status, err = run(capsys, "fib25", out, "--source", source, "--names", "a,zzz")
+    assert status == 2 and "no volume 'zzz'" in err and not out.exists()
+    assert run(capsys, "fib25", out, "--source", source, "--names", "b")[0] == 0
+    labels = open_volume(f"{out}/b/labels")
+    assert labels.voxel_size == (10.0, 10.0, 10.0) and labels.attrs["voxel_size_assumed"] is True
+    status, err = run(capsys, "fib25", out, "--source", source, "--names", "b")
+    assert status == 2 and "--overwrite" in err
 
 
 def test_preview_png(tmp_path, capsys):

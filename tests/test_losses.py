@@ -6,7 +6,7 @@ import torch
 
 from corrseg3d.ccm import FlipRule, apply_flip, invert_flip
 from corrseg3d.correlation import cross_correlation, self_correlation
-from corrseg3d.losses import pea_loss, weighted_mse
+from corrseg3d.losses import mean_embedding_penalty, pea_loss, weighted_mse
 from corrseg3d.model import ModelOutput, ResidualUNet3D
 from corrseg3d.offsets import PEA_OFFSETS
 from corrseg3d.targets import balance_weights, label_affinities, pyramid_targets
@@ -74,6 +74,34 @@ def test_pea_loss_terms_match_definitions_and_channel_mask():
     per_channel = [weighted_mse(self_correlation(embedding, PEA_OFFSETS)[:, k:k + 1], *(t[:, k:k + 1] for t in full)) for k in keep]
     torch.testing.assert_close(masked["scm"], sum(per_channel))
     assert masked["epm"] < terms["epm"]
+
+
+def test_mean_embedding_penalty_formula_and_extremes():
+    torch.manual_seed(1)
+    one_direction = torch.randn(2, 8, 1, 1, 1).expand(2, 8, 3, 4, 5) * torch.rand(2, 1, 3, 4, 5).add(0.5)
+    assert mean_embedding_penalty(one_direction).item() == pytest.approx(1.0, abs=1e-6)
+    opposite = torch.randn(1, 8, 1, 1, 1).expand(1, 8, 2, 4, 4).clone()
+    opposite[:, :, 1] *= -3.0
+    assert mean_embedding_penalty(opposite).item() == pytest.approx(0.0, abs=1e-6)
+    embedding = torch.randn(3, 8, 2, 6, 6)
+    unit = embedding / embedding.norm(dim=1, keepdim=True)
+    expected = np.mean([float((unit[b].mean(dim=(1, 2, 3)) ** 2).sum()) for b in range(3)])
+    assert mean_embedding_penalty(embedding).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_pea_loss_collapse_term_is_weighted_penalty_and_part_of_total():
+    torch.manual_seed(2)
+    targets = _targets([_three_objects()])
+    embedding = torch.randn(1, 8, 4, 32, 32, requires_grad=True)
+    pyramid = tuple(torch.randn(1, 8, 4, 32 // s, 32 // s) for s in (16, 8, 4, 2))
+    output = ModelOutput(embedding, pyramid)
+    plain = pea_loss(output, targets, offsets=PEA_OFFSETS, use_ccm=False)
+    terms = pea_loss(output, targets, offsets=PEA_OFFSETS, use_ccm=False, mean_embedding=0.5)
+    assert "collapse" not in plain
+    assert terms["collapse"].item() == pytest.approx(0.5 * mean_embedding_penalty(embedding).item(), rel=1e-6)
+    assert terms["total"].item() == pytest.approx(plain["total"].item() + terms["collapse"].item(), rel=1e-6)
+    terms["collapse"].backward()
+    assert embedding.grad is not None and embedding.grad.abs().sum() > 0
 
 
 def test_pea_loss_rejects_missing_or_attached_view_and_missing_pyramid():

@@ -12,25 +12,15 @@ import torch
 
 from corrseg3d.checkpoint import save_checkpoint
 from corrseg3d.inference import predict_volume
-from corrseg3d.model import ModelOutput, ResidualUNet3D
+from corrseg3d.model import ResidualUNet3D
 from corrseg3d.offsets import PEA_OFFSETS
 from corrseg3d.targets import label_affinities
 from pipeline.predict import PredictError, PredictOptions, _unflip_affinities, main, predict
 from pipeline.store import create_volume, open_volume
 from pipeline.synth import generate
+from tiny_models import LocalConvModel
 
 CPU = torch.device("cpu")
-
-
-class LocalConvModel(ResidualUNet3D):
-    """A network whose output depends on a 3x3x3 neighbourhood only (context radius 1)."""
-
-    def __init__(self) -> None:
-        super().__init__(filters=(1, 1, 1, 1, 1), embedding_dim=8, pyramid_heads=False)
-        self.local = torch.nn.Conv3d(1, 8, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> ModelOutput:
-        return ModelOutput(self.local(x), ())
 
 
 @pytest.mark.parametrize("shape", [(9, 37, 50), (16, 64, 64), (5, 20, 97)])

@@ -209,3 +209,16 @@ def test_bad_input_is_refused_without_writing(data, tmp_path, capsys, case, mess
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not os.path.exists(os.path.join(store, "segmentation")) and not os.path.exists(os.path.join(store, ".corrseg3d"))
+
+
+def test_out_of_range_values_outside_the_sampled_chunks_stop_their_block(data, tmp_path, capsys):
+    """The up-front check reads only SAMPLE_CHUNKS chunks; a bad value elsewhere is caught in its block."""
+    labels, affs = data
+    small = affs[:, :8, :64, :64].astype(np.float32) / 255
+    small[4, 0, 5, 20] = 2.0  # chunk 1 of 128: not among the sampled ones
+    store = str(tmp_path / "late.zarr")
+    create_volume(f"{store}/affinities", small.shape, small.dtype, chunks=(12, 1, 16, 16),
+                  attrs={"offsets": OFFSETS})[...] = small
+    assert main([store, "--block-shape", "8,64,64", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "late.zarr/affinities (block 0) holds affinities in [0, 2]" in err and err.count("\n") == 1

@@ -1,18 +1,30 @@
 """pipeline.slurm against a real single-node SLURM cluster: chained array jobs equal the local run;
-scancel of a running task + resubmit finishes without recomputing any done block; dry run; status."""
+scancel of a running task + resubmit finishes without recomputing any done block; dry run; status
+with SLURM's pending reasons; a request no node can satisfy is refused with the fix; the README's
+workstation recipe, run as written, finishes. Request checks against parsed ``sinfo`` output run
+without a cluster."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import sys
 import time
+from dataclasses import asdict
 
+import pytest
 
-from conftest import assert_same_result, write_run_config
+from conftest import REPO, assert_same_result, write_run_config
 from pipeline.run import block_progress, done_blocks
-from pipeline.runconfig import load_run_config
+from pipeline.runconfig import SlurmConfig, load_run_config
 from pipeline.slurm import _array_spec, main, max_array_size, status
+from pipeline.slurmlimits import (SlurmRequestError, check_request, fitted_slurm_defaults, parse_memory_mb,
+                                  parse_minutes, parse_sinfo)
+
+#: Port of the README recipe's own cluster (the session cluster of conftest uses another one).
+RECIPE_PORT = "17937"
 
 
 def _wait_idle(timeout: float = 240) -> None:
@@ -98,3 +110,114 @@ def test_scancel_then_resubmit_recomputes_nothing_done(slurm_cluster, run_inputs
     assert_same_result(config, reference)
     assert main(["resubmit", config.run_dir]) == 0
     assert "nothing to resubmit" in capsys.readouterr().out
+
+
+def test_request_no_node_can_satisfy_is_refused_with_the_fix(slurm_cluster, run_inputs, tmp_path, capsys):
+    path = write_run_config(tmp_path, "big", run_inputs)
+    cpus = os.cpu_count()
+    cases = [(["--cpus", "64"], f"use --cpus {cpus} (slurm.cpus)"),
+             (["--mem", "100T"], "use --mem "),
+             (["--gpus", "1"], "--gpus 0 or a partition with GPUs"),
+             (["--partition", "nosuch"], "partition 'nosuch' does not exist on this cluster: use --partition")]
+    for extra, fix in cases:
+        assert main(["submit", path, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and fix in err and err.count("\n") == 1, err
+    assert sorted(os.listdir(tmp_path)) == ["big.yaml"]  # no store, no run state, nothing submitted
+    assert "PENDING" not in subprocess.run(["squeue", "-h", "-o", "%T"], capture_output=True, text=True).stdout
+
+
+def test_status_shows_the_reason_a_task_waits(slurm_cluster, run_inputs, tmp_path, capsys):
+    path = write_run_config(tmp_path, "later", run_inputs, slurm={"extra": ["--begin=now+1hour"]})
+    assert main(["submit", path]) == 0
+    config = load_run_config(path)
+    try:
+        deadline = time.monotonic() + 60
+        while (tasks := {row["phase"]: row for row in status(config.run_dir)}["predict"]["tasks"]) == {"queued": 2}:
+            assert time.monotonic() < deadline, "SLURM gave the pending tasks no reason"
+            time.sleep(0.5)  # the reason is set by the scheduler's next pass
+        assert tasks == {"queued (BeginTime)": 2}
+        assert main(["status", config.run_dir]) == 0
+        assert "2 queued (BeginTime)" in capsys.readouterr().out
+    finally:
+        with open(os.path.join(config.run_dir, "jobs.json")) as handle:
+            jobs = [entry["job"] for entry in json.load(handle)["submissions"][0].values()]
+        subprocess.run(["scancel", *jobs], check=True)
+
+
+def _readme_recipe() -> list[str]:
+    """The command lines of the README's workstation recipe (the block that starts a local cluster)."""
+    with open(os.path.join(REPO, "README.md")) as handle:
+        blocks = re.findall(r"```bash\n(.*?)```", handle.read(), re.S)
+    recipe = next(block for block in blocks if block.startswith("slurm/local_cluster.sh start"))
+    return [line.split("   #")[0].strip() for line in recipe.strip().splitlines()]
+
+
+def test_readme_workstation_recipe_finishes(tmp_path):
+    """Runs the README's lines as written in a scratch folder: its own cluster (another port, another
+    folder than /tmp/slurm), the synthetic volume, the generated default config, submit, status, stop."""
+    work, cluster = tmp_path / "work", tmp_path / "cluster"
+    work.mkdir()
+    os.symlink(os.path.join(REPO, "slurm"), work / "slurm")
+    env = {**os.environ, "CORRSEG3D_SLURMCTLD_PORT": RECIPE_PORT, "SLURM_CONF": str(cluster / "slurm.conf"),
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    lines = [line.replace("/tmp/slurm", str(cluster)) for line in _readme_recipe()]
+    start, *commands, watch, stop = lines
+    assert start.startswith("slurm/local_cluster.sh start") and stop.startswith("slurm/local_cluster.sh stop")
+    try:
+        script = "\n".join(["set -e", start, *commands])
+        result = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr
+        assert "submitted predict" in result.stdout
+        assert "slurm: cpus, mem and time shrunk" in (work / "run.yaml").read_text() or os.cpu_count() >= 4
+        deadline = time.monotonic() + 480
+        while True:
+            shown = subprocess.run(["bash", "-c", watch], cwd=work, env=env, capture_output=True, text=True)
+            assert shown.returncode == 0, shown.stderr
+            rows = re.findall(r"^(predict|fragments|stitch|relabel)\s+(\d+)\s+(\d+)\s+\d+\s+(\d+)", shown.stdout, re.M)
+            if len(rows) == 4 and all(done == total for _, done, _, total in rows):
+                break
+            assert all(failed == "0" for _, _, failed, _ in rows) and time.monotonic() < deadline, shown.stdout
+            time.sleep(2)
+    finally:
+        subprocess.run(["bash", "-c", stop], cwd=work, env=env, capture_output=True, timeout=120)
+
+
+NODES = parse_sinfo("n1|debug*|2|1843|(null)|infinite\n"
+                    "n2|gpu|8|64000|gpu:a100:4(S:0-1)|1-00:00:00\n")
+
+
+@pytest.mark.parametrize("values, fix", [
+    ({"cpus": 4}, "use --cpus 2 (slurm.cpus)"),
+    ({"mem": "16G"}, "use --mem 1843M (slurm.mem)"),
+    ({"gpus": 1}, "--gpus 0 or a partition with GPUs"),
+    ({"partition": "gpu", "gpus": 8}, "use --gpus 4 (slurm.gpus)"),
+    ({"partition": "gpu", "time": "2-00:00:00"}, "use --time 1-00:00:00 (slurm.time)"),
+    ({"partition": "big"}, "partition 'big' does not exist on this cluster: use --partition (slurm.partition) debug or gpu"),
+    ({"time": "4h"}, "is not a SLURM time"),
+    ({"mem": "lots"}, "is not a SLURM size"),
+])
+def test_requests_are_checked_against_the_nodes(values, fix):
+    request = SlurmConfig(**{**asdict(SlurmConfig(cpus=1, mem="1G")), **values})
+    with pytest.raises(SlurmRequestError) as error:
+        check_request(request, NODES)
+    assert fix in str(error.value)
+
+
+def test_fitting_requests_pass_and_defaults_shrink_to_the_default_partition(monkeypatch):
+    check_request(SlurmConfig(cpus=2, mem="1800M", time="10-00:00:00"), NODES)
+    check_request(SlurmConfig(partition="gpu", cpus=8, mem="60G", gpus=4, time="23:59:00"), NODES)
+    assert (parse_minutes("90"), parse_minutes("30:30"), parse_minutes("1-12"), parse_minutes("UNLIMITED")) == (
+        90, 31, 2160, None)
+    assert (parse_memory_mb("16G"), parse_memory_mb("2048"), parse_memory_mb("1T")) == (16384, 2048, 1048576)
+    monkeypatch.setattr("pipeline.slurmlimits.query_nodes", lambda: NODES)
+    fitted = fitted_slurm_defaults()
+    assert (fitted.cpus, fitted.mem, fitted.time) == (2, "1843M", "04:00:00")
+    check_request(fitted, NODES)
+
+    def unreachable():
+        raise SlurmRequestError("cannot read the cluster's nodes with sinfo")
+
+    monkeypatch.setattr("pipeline.slurmlimits.query_nodes", unreachable)
+    assert fitted_slurm_defaults() == SlurmConfig()

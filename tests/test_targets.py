@@ -67,6 +67,23 @@ def test_balance_weights_clips_fraction():
     assert weights.max() == pytest.approx(99.0, rel=1e-5)
 
 
+@pytest.mark.parametrize("cap", [1.0, 3.0, 50.0])
+def test_balance_weights_cap_clips_every_weight_and_keeps_the_rest(cap):
+    rng = np.random.default_rng(3)
+    affinities = (rng.random((4, 2, 8, 8)) < [[[[0.05]]], [[[0.3]]], [[[0.7]]], [[[0.97]]]]).astype(np.uint8)
+    valid = rng.random(affinities.shape) < 0.9
+    paper = balance_weights(affinities, valid)
+    capped = balance_weights(affinities, valid, cap=cap)
+    np.testing.assert_array_equal(capped, np.minimum(paper, cap))
+    assert paper.max() > cap or cap == 50.0
+    if cap == 1.0:
+        np.testing.assert_array_equal(capped, valid.astype(np.float32))  # unweighted MSE
+    levels = pyramid_targets(np.repeat(np.arange(4).repeat(8)[None, :, None], 32, axis=2)[:, :, :32], (2,), cap=cap)
+    assert levels[0][1].max() <= cap
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        balance_weights(affinities, valid, cap=0.0)
+
+
 def test_pyramid_targets_top_left_subsampling_coarse_to_fine():
     labels = _blob_labels((3, 32, 48), n=5)
     levels = pyramid_targets(labels)

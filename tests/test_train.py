@@ -65,6 +65,7 @@ def test_training_writes_logs_checkpoints_and_plot(volume, tmp_path):
     ({"model": {"head": "affinity", "pyramid_heads": False}, "loss": {"epm": False}}, {"affinity", "epm", "total"}),
     ({"loss": {"ccm": False, "epm": False}}, {"scm", "ccm", "epm", "total"}),
     ({"train": {"precision": "bf16"}}, {"scm", "ccm", "epm", "total"}),
+    ({"loss": {"ccm": False, "class_weight_cap": 1.0, "mean_embedding": 0.5}}, {"scm", "ccm", "epm", "collapse", "total"}),
 ])
 def test_ablation_rows_and_precisions_train(volume, tmp_path, overrides, terms):
     summary = train(_config(volume, iterations=2, validate=False, **overrides), tmp_path, progress=False)

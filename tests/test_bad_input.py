@@ -1,0 +1,239 @@
+"""The README's bad-input promise, one row per case and per command line.
+
+Each row runs a command in a fresh copy of a small workspace and expects exit status 2, exactly
+one ``error:`` line on stderr holding a given fragment, no traceback (stdout, stderr and any
+worker process: fd-level capture), and the workspace unchanged: no new dataset, no run-state
+folder, no file written or modified. Rows run in-process through each command's ``main(argv)``;
+a few run as subprocesses to check the real process output too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import types
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import yaml
+
+from corrseg3d import train as train_cli
+from pipeline import __main__ as pipeline_cli
+from pipeline import data, evaluate, export, predict, run, segment, slurm
+from pipeline.predict import PredictOptions
+from pipeline.segment import SegmentOptions
+from pipeline.store import create_volume, open_volume
+
+MAINS = {"data": data.main, "predict": predict.main, "segment": segment.main, "evaluate": evaluate.main,
+         "run": run.main, "slurm": slurm.main, "export": export.main, "train": train_cli.main,
+         "pipeline": pipeline_cli.main}
+MODULES = {"predict": "pipeline.predict", "segment": "pipeline.segment", "train": "corrseg3d.train",
+           "pipeline": "pipeline"}
+PREDICT = dict(block_shape=(8, 32, 32), halo=(4, 32, 32), precision="fp32", device="cpu")
+TRAIN = {
+    "model": {"filters": [4, 4, 4, 4, 4], "embedding_dim": 4},
+    "data": {"sources": [{"raw": "raw.zarr/raw", "labels": "raw.zarr/labels", "slices": [0, 10]}],
+             "patch": [4, 32, 32], "context": [0, 8, 8]},
+    "train": {"iterations": 1, "batch_size": 1, "num_workers": 0, "precision": "fp32"},
+    "validation": {"block": [4, 32, 32], "halo": [2, 16, 16],
+                   "volumes": [{"raw": "raw.zarr/raw", "labels": "raw.zarr/labels", "slices": [10, 16]}]},
+}
+
+
+def _run_config(**sections) -> dict:
+    values = {"input": {"raw": "raw.zarr/raw"}, "output": {"store": "out.zarr"},
+              "predict": {"checkpoint": "tiny.pt", "block": [8, 32, 32], "halo": [4, 32, 32], "precision": "fp32",
+                          "device": "cpu"},
+              "segment": {"block": [8, 32, 32]}, "evaluate": {"gt": "raw.zarr/labels"},
+              "slurm": {"mem": "1G", "cpus": 1, "time": "00:10:00"}}
+    for section, options in sections.items():
+        values[section] = {**values[section], **options}
+    return values
+
+
+@pytest.fixture(scope="module")
+def template(run_inputs, tmp_path_factory):
+    """The workspace every row copies (paths inside it are relative to it)."""
+    root = tmp_path_factory.mktemp("template")
+    shutil.copy(run_inputs / "tiny.pt", root / "tiny.pt")
+    (root / "not-a-checkpoint.pt").write_text("these are not weights\n")
+    for name in ("raw.zarr", "vol.zarr", "partial.zarr"):
+        shutil.copytree(run_inputs / "in.zarr", root / name)
+    options = PredictOptions(checkpoint=str(root / "tiny.pt"), **PREDICT)
+    predict.predict(str(root / "vol.zarr"), options=options, scheduler="synchronous", progress=False)
+    predict.predict(str(root / "partial.zarr"), options=options, scheduler="synchronous", progress=False,
+                    task_index=0, num_tasks=2)  # 6 of 12 blocks: what a killed prediction leaves
+    store = str(root / "vol.zarr")
+    segment.segment(store, SegmentOptions(block_shape=(8, 32, 32)), scheduler="synchronous", progress=False)
+    for phase in ("fragments", "stitch"):  # a segmentation whose relabel phase never ran
+        segment.segment(store, SegmentOptions(block_shape=(8, 32, 32)), output_name="halfseg",
+                        fragments_name="halffrag", phase=phase, scheduler="synchronous", progress=False)
+    affinities = open_volume(f"{store}/affinities")
+    for name, values in (("f255", affinities[:].astype(np.float32)),
+                         ("negative", -affinities[:].astype(np.float32) / 255)):
+        create_volume(str(root / f"{name}.zarr" / "affinities"), affinities.shape, np.float32,
+                      chunks=affinities.chunks, attrs={"offsets": affinities.attrs["offsets"]})[:] = values
+    (root / "pngs").mkdir()
+    iio.imwrite(root / "pngs" / "00.png", np.zeros((32, 32), np.uint8))
+    iio.imwrite(root / "pngs" / "01.png", np.full((32, 32), 9, np.uint8))
+    (root / "pngs" / "01.png").write_bytes((root / "pngs" / "01.png").read_bytes()[:60])  # truncated
+    (root / "train.yaml").write_text(yaml.safe_dump(TRAIN))
+    (root / "bad.yaml").write_text("model: {filters: [4, 4\n")
+    for name, values in (("run", _run_config()), ("majority", _run_config(segment={"majority": 0.3})),
+                         ("no-gt", _run_config(evaluate={"gt": "missing.zarr/labels"})),
+                         ("fp16", _run_config(predict={"precision": "fp16"}))):
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(values))
+    (root / "old-run").mkdir()
+    (root / "old-run" / "train.jsonl").write_text('{"kind": "train", "iteration": 50}\n')
+    shutil.copy(root / "tiny.pt", root / "old-run" / "last.pt")
+    return root
+
+
+def _snapshot(folder) -> dict[str, tuple[int, int] | None]:
+    """Every folder (None) and file ((size, mtime_ns)) below ``folder``."""
+    found: dict[str, tuple[int, int] | None] = {}
+    for here, folders, files in os.walk(folder):
+        for name in folders:
+            found[os.path.relpath(os.path.join(here, name), folder)] = None
+        for name in files:
+            stat = os.stat(os.path.join(here, name))
+            found[os.path.relpath(os.path.join(here, name), folder)] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+@pytest.fixture()
+def workspace(template, tmp_path, monkeypatch):
+    folder = tmp_path / "w"
+    shutil.copytree(template, folder)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def _no_sleep_module() -> types.SimpleNamespace:
+    return types.SimpleNamespace(sleep=lambda seconds: None)
+
+
+ROWS = [
+    # data
+    ("data", "synth out.zarr --shape 4,32", "argument --shape", {}),
+    ("data", "synth out.zarr/raw --shape 4,32,32", "names a dataset", {}),
+    ("data", "convert pngs out.zarr/raw", "cannot read slice", {}),
+    ("data", "convert nowhere out.zarr/raw", "does not exist", {}),
+    # predict: every option is checked before the output and its run state exist
+    ("predict", "raw.zarr --checkpoint tiny.pt --precision fp16 --device cpu", "fp16 needs a CUDA device", {}),
+    ("predict", "raw.zarr --checkpoint tiny.pt --device cuda", "is not available", {}),
+    ("predict", "raw.zarr --checkpoint tiny.pt --device gpu", "is not a device name", {}),
+    ("predict", "raw.zarr --checkpoint tiny.pt --task-index 5 --num-tasks 2", "--task-index 5 must be in 0..1", {}),
+    ("predict", "raw.zarr --checkpoint not-a-checkpoint.pt", "is not a corrseg3d checkpoint", {}),
+    ("predict", "raw.zarr --checkpoint missing.pt", "does not exist", {}),
+    ("predict", "raw.zarr --checkpoint tiny.pt --workers 0", "workers must be >= 1", {}),
+    ("predict", "raw.zarr --checkpoint tiny.pt --out plain/affinities", "not a zarr location", {}),
+    # segment
+    ("segment", "partial.zarr", "`python -m pipeline.predict` run has not completed", {}),
+    ("segment", "f255.zarr", "must lie in [0, 1]", {}),
+    ("segment", "negative.zarr", "must lie in [0, 1]", {}),
+    ("segment", "vol.zarr --output other --min-size -5", "--min-size (segment.min_size) -5 must be >= 0", {}),
+    ("segment", "vol.zarr --output other --majority 0.3", "must be in [0.5, 1)", {}),
+    ("segment", "vol.zarr --output other --merge-floor 2", "must be in [0, 1]", {}),
+    ("segment", "vol.zarr --output other --phase stitch", "finish --phase fragments first", {}),
+    ("segment", "vol.zarr --output other --task-index 0 --num-tasks 2", "need --phase", {}),
+    # evaluate
+    ("evaluate", "vol.zarr/halfseg vol.zarr/labels", "`python -m pipeline.segment` run has not completed", {}),
+    ("evaluate", "vol.zarr/segmentation missing.zarr/labels", "does not exist", {}),
+    ("evaluate", "vol.zarr/segmentation vol.zarr/labels --roi 0:99,:,:", "ROI range", {}),
+    ("evaluate", "precomputed://ftp:///tmp/x vol.zarr/labels", "scheme 'ftp' is not supported", {}),
+    ("evaluate", "precomputed://s3://corrseg3d-no-such-bucket/seg vol.zarr/labels", "your credentials",
+     {"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}),
+    # run: the whole config is checked before the first stage starts
+    ("run", "majority.yaml", "--majority (segment.majority) 0.3", {}),
+    ("run", "no-gt.yaml", "missing.zarr does not exist", {}),
+    ("run", "fp16.yaml", "fp16 needs a CUDA device", {}),
+    ("run", "run.yaml --set segment.min_sise=5", "did you mean 'segment.min_size'", {}),
+    ("run", "run.yaml --restart segment --phase fragments", "without --phase", {}),
+    ("run", "bad.yaml", "is not valid YAML", {}),
+    # slurm
+    ("slurm", "submit run.yaml", "sbatch not found", {"PATH": "{empty}"}),
+    ("slurm", "submit run.yaml --dry-run --cpus 0", "slurm.cpus (--cpus) must be >= 1", {}),
+    ("slurm", "submit run.yaml --dry-run --time 4h", "is not a SLURM time", {}),
+    ("slurm", "submit run.yaml --dry-run --mem lots", "is not a SLURM size", {}),
+    ("slurm", "submit majority.yaml --dry-run", "--majority (segment.majority) 0.3", {}),
+    ("slurm", "status nowhere", "neither a run folder nor a run YAML", {}),
+    # export
+    ("export", "vol.zarr/segmentation precomputed://ftp:///tmp/x", "scheme 'ftp' is not supported", {}),
+    ("export", "vol.zarr/segmentation precomputed://file://ng", "must be absolute", {}),
+    ("export", "vol.zarr/halfseg precomputed://file:///{workspace}/ng", "has not completed", {}),
+    ("export", "serve precomputed://ftp:///tmp/x", "scheme 'ftp' is not supported", {}),
+    # train: config, data, device, checkpoint and output folder, all before anything is written
+    ("train", "-c missing.yaml", "config missing.yaml does not exist", {}),
+    ("train", "-c bad.yaml", "is not valid YAML", {}),
+    ("train", "-c train.yaml train.iterations=-1", "train.iterations must be >= 1", {}),
+    ("train", "-c train.yaml model.filterz=[4]", "did you mean 'model.filters'", {}),
+    ("train", "-c train.yaml data.sources.0.slices=[0,99]", "reaches outside raw.zarr/raw", {}),
+    ("train", "-c train.yaml data.sources.0.slices=[0,14]", "overlaps validation.volumes.0.slices", {}),
+    ("train", "-c train.yaml validation.volumes.0.slices=[10,40]", "reaches outside", {}),
+    ("train", "-c train.yaml data.sources.0.raw=missing.zarr/raw train.num_workers=2", "does not exist", {}),
+    ("train", "-c train.yaml train.init_from=not-a-checkpoint.pt", "is not a corrseg3d checkpoint", {}),
+    ("train", "-c train.yaml train.device=cuda", "is not available", {}),
+    ("train", "-c train.yaml train.device=gpu", "is not a device name", {}),
+    ("train", "-c train.yaml train.precision=fp16", "fp16 needs a CUDA device", {}),
+    ("train", "-c train.yaml --out old-run", "pass --resume to continue that run, --overwrite", {}),
+    ("train", "-c train.yaml --out fresh --resume", "nothing to resume", {}),
+    # python -m pipeline STAGE
+    ("pipeline", "nosuch", "unknown stage 'nosuch'", {}),
+    ("pipeline", "segment partial.zarr", "has not completed", {}),
+]
+
+
+def _status(command: str, argv: list[str]) -> int:
+    """Exit status of ``main(argv)``; argparse's usage errors leave through ``SystemExit`` as in a process."""
+    try:
+        return MAINS[command](argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def _argv(text: str, folder) -> list[str]:
+    return [part.format(workspace=str(folder).lstrip("/")) for part in text.split()]
+
+
+@pytest.mark.parametrize("command, arguments, fragment, env", ROWS,
+                         ids=[f"{c}: {a}" for c, a, _, _ in ROWS])
+def test_bad_input_is_one_error_line_and_writes_nothing(workspace, monkeypatch, capfd, command, arguments,
+                                                        fragment, env):
+    for key, value in env.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            (workspace.parent / "empty").mkdir(exist_ok=True)
+            monkeypatch.setenv(key, value.format(empty=workspace.parent / "empty"))
+    monkeypatch.setattr("tenacity.nap.time", _no_sleep_module())  # cloud-files retries without waiting
+    before = _snapshot(workspace)
+    assert _status(command, _argv(arguments, workspace)) == 2
+    out, err = capfd.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+    assert "Traceback" not in out + err
+    assert _snapshot(workspace) == before  # nothing created, written or modified
+
+
+SUBPROCESS_ROWS = [
+    ("predict", "raw.zarr --checkpoint not-a-checkpoint.pt", "is not a corrseg3d checkpoint"),
+    ("segment", "f255.zarr", "must lie in [0, 1]"),
+    ("train", "-c train.yaml data.sources.0.raw=missing.zarr/raw train.num_workers=2", "does not exist"),
+    ("pipeline", "evaluate vol.zarr/halfseg vol.zarr/labels", "has not completed"),
+]
+
+
+@pytest.mark.parametrize("command, arguments, fragment", SUBPROCESS_ROWS,
+                         ids=[f"{c}: {a}" for c, a, _ in SUBPROCESS_ROWS])
+def test_processes_print_one_error_line(workspace, command, arguments, fragment):
+    before = _snapshot(workspace)
+    result = subprocess.run([sys.executable, "-m", MODULES[command], *_argv(arguments, workspace)],
+                            capture_output=True, text=True, cwd=workspace, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0] and "Traceback" not in result.stdout + result.stderr
+    assert _snapshot(workspace) == before

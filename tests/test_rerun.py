@@ -1,0 +1,98 @@
+"""A refused run never blocks its own fix: the corrected command succeeds without deleting anything.
+
+Every check runs before outputs or run state exist, so the corrected rerun starts cleanly; after
+a config change, ``pipeline.run --restart STAGE`` (or ``--overwrite``) replaces what the change
+invalidates and keeps the rest; training replaces a run only with ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import yaml
+
+from conftest import write_run_config
+from corrseg3d import train as train_cli
+from pipeline import predict, run, slurm
+from pipeline.run import block_progress
+from pipeline.runconfig import load_run_config
+
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
+
+
+def _mtimes(folder) -> dict[str, int]:
+    return {os.path.join(here, name): os.stat(os.path.join(here, name)).st_mtime_ns
+            for here, _, files in os.walk(folder) for name in files}
+
+
+def test_corrected_predict_after_a_refused_one(run_inputs, tmp_path, capsys):
+    store = tmp_path / "in.zarr"
+    shutil.copytree(run_inputs / "in.zarr", store)
+    args = [str(store), "--checkpoint", str(run_inputs / "tiny.pt"), "--block", "8,32,32", "--halo", "4,32,32",
+            "--device", "cpu", "--no-progress"]
+    for refused in (["--precision", "fp16"], ["--device", "cuda"], ["--task-index", "7", "--num-tasks", "2"]):
+        assert predict.main(args + refused) == 2
+    assert sorted(os.listdir(store)) == ["labels", "raw", "zarr.json"]
+    assert predict.main(args + ["--precision", "fp32"]) == 0
+    assert "12 block groups run" in capsys.readouterr().out
+
+
+def test_run_restarts_a_stage_after_a_config_change(run_inputs, tmp_path, capsys):
+    path = write_run_config(tmp_path, "rerun", run_inputs)
+    assert run.main([path, "--set", "predict.precision=fp16", "--no-progress"]) == 2
+    assert run.main([path, "--set", "segment.majority=0.2", "--no-progress"]) == 2
+    assert sorted(os.listdir(tmp_path)) == ["rerun.yaml"]  # refused before the first stage
+    assert run.main([path, "--no-progress"]) == 0
+    config = load_run_config(path)
+    predicted = _mtimes(os.path.join(config.store, ".corrseg3d", "predict"))
+    segmented = _mtimes(os.path.join(config.store, ".corrseg3d", "segment"))
+    capsys.readouterr()
+    assert run.main([path, "--set", "segment.min_size=300", "--no-progress"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert run.main([path, "--set", "segment.min_size=300", "--restart", "segment", "--no-progress"]) == 0
+    assert _mtimes(os.path.join(config.store, ".corrseg3d", "predict")) == predicted  # predict kept
+    after = _mtimes(os.path.join(config.store, ".corrseg3d", "segment"))
+    assert all(after.get(name) != stamp for name, stamp in segmented.items() if name.endswith(".done"))
+    with open(os.path.join(config.run_dir, "scores.json")) as handle:
+        scores = json.load(handle)
+    assert scores["report"]["n_segments"] > 0 and "min_size" not in scores["key"]
+    assert run.main([path, "--set", "segment.min_size=300", "--overwrite", "--no-progress"]) == 0
+    assert all(done == total for done, total in block_progress(load_run_config(
+        path, ["segment.min_size=300"])).values())
+
+
+def test_slurm_submit_after_a_refused_one(run_inputs, tmp_path, monkeypatch, capsys):
+    path = write_run_config(tmp_path, "submit", run_inputs)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with monkeypatch.context() as patch:
+        patch.setenv("PATH", str(empty))
+        assert slurm.main(["submit", path]) == 2
+    assert "sbatch not found" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["empty", "submit.yaml"]
+    assert slurm.main(["submit", path, "--dry-run"]) == 0
+    assert block_progress(load_run_config(path))["predict"] == (0, 12)
+
+
+def test_training_replaces_a_run_only_with_overwrite(run_inputs, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"filters": [4, 4, 4, 4, 4], "embedding_dim": 4},
+        "data": {"sources": [{"raw": str(run_inputs / "in.zarr" / "raw"), "labels": str(run_inputs / "in.zarr" / "labels")}],
+                 "patch": [4, 32, 32], "context": [0, 8, 8]},
+        "train": {"iterations": 1, "batch_size": 1, "num_workers": 0, "precision": "fp32"}}))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train.jsonl").write_text('{"kind": "train", "iteration": 5000}\n')
+    (out / "notes.txt").write_text("keep me\n")
+    argv = ["-c", str(config), "--out", str(out), "--no-progress"]
+    assert train_cli.main(argv) == 2
+    assert "--overwrite to replace it" in capsys.readouterr().err
+    assert (out / "train.jsonl").read_text() == '{"kind": "train", "iteration": 5000}\n'
+    assert train_cli.main(argv + ["--overwrite"]) == 0
+    records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert [record["iteration"] for record in records] == [1] and (out / "notes.txt").exists()
+    assert train_cli.main(argv + ["train.iterations=2", "--resume"]) == 0

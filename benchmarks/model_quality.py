@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/model_quality.py [--checkpoint PATH] [--shape 32,256,256] [--seed 1000] [--min-size 0]
+    python benchmarks/model_quality.py [--checkpoint PATH] [--shape 32,256,256] [--seed 1000] [--min-size 300]
                                        [--fib ../shared/data/fib25] [--isbi ../shared/data/isbi2012]
                                        [--isbi-slices 16-19] [--name NAME]
 
@@ -49,7 +49,7 @@ from pipeline.fib25 import write_fib25
 from pipeline.imagestack import write_isbi2012
 from pipeline.metrics import segmentation_scores
 from pipeline.predict import PredictOptions, predict
-from pipeline.segment import SegmentOptions, segment
+from pipeline.segment import DEFAULT_MIN_SIZE, SegmentOptions, segment
 from pipeline.store import create_volume, open_volume
 from pipeline.synth import generate, write_synthetic
 
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--name", default="shipped")
     parser.add_argument("--shape", default="32,256,256")
     parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--min-size", type=int, default=0)
+    parser.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE, help="pipeline.segment's (default %(default)s)")
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     parser.add_argument("--fib", default=str(shared / "fib25"))
     parser.add_argument("--isbi", default=str(shared / "isbi2012"))

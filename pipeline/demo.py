@@ -105,7 +105,7 @@ def run_demo(out: str, *, checkpoint: str | None = None, shape: Sequence[int] = 
     block = tuple(min(b, s) for b, s in zip((16, 128, 128), shape))  # several blocks: shows the stitching
     values = {"input": {"raw": "demo.zarr/raw"},
               "predict": {"checkpoint": weights, "block": list(block)},
-              "segment": {"min_size": 200, "block": list(block)},
+              "segment": {"block": list(block)},
               "evaluate": {"gt": "demo.zarr/labels"},
               "execution": {"scheduler": scheduler}}
     config_path = os.path.join(out, "run.yaml")

@@ -23,7 +23,7 @@ import yaml
 from corrseg3d.config import ConfigError, apply_overrides, build_dataclass, read_yaml_mapping, to_dict
 
 from .predict import DEFAULT_BLOCK, DEFAULT_HALO, DEFAULT_VOXEL_SIZE_TOLERANCE, PredictOptions
-from .segment import SegmentOptions
+from .segment import DEFAULT_MIN_SIZE, SegmentOptions
 
 __all__ = ["ConfigError", "InputConfig", "OutputConfig", "PredictConfig", "SegmentConfig", "EvaluateConfig",
            "ExecutionConfig", "SlurmConfig", "RunConfig", "load_run_config", "default_config_yaml", "to_dict"]
@@ -88,7 +88,7 @@ class SegmentConfig:
     randomize_seed: int | None = None
     threshold: float = 0.5
     majority: float = 0.5
-    min_size: int = 0
+    min_size: int = DEFAULT_MIN_SIZE
     merge_floor: float = 0.0
     consecutive: bool = False
     dtype: Literal["uint64", "uint32"] = "uint64"

@@ -42,7 +42,7 @@ def data():
 def blockwise(data, tmp_path_factory):
     labels, affs = data
     store = _write_store(tmp_path_factory.mktemp("seg") / "vol.zarr", labels, affs)
-    segment(store, SegmentOptions(block_shape=(16, 128, 128)), progress=False)
+    segment(store, SegmentOptions(block_shape=(16, 128, 128), min_size=0), progress=False)
     seg = open_volume(f"{store}/segmentation")[...]
     fragments = open_volume(f"{store}/fragments")[...]
     return store, seg, fragments, mutex_watershed(affs, OFFSETS)
@@ -89,7 +89,7 @@ def test_labels_only_in_a_halo_are_never_joined(blockwise):
 def test_single_block_equals_plain_mutex_watershed(data, blockwise, tmp_path):
     labels, affs = data
     store = _write_store(tmp_path / "one.zarr", labels[:16, :128], affs[:, :16, :128])
-    segment(store, SegmentOptions(block_shape=(16, 128, 256)), progress=False)
+    segment(store, SegmentOptions(block_shape=(16, 128, 256), min_size=0), progress=False)
     seg = open_volume(f"{store}/segmentation")[...]
     plain = mutex_watershed(affs[:, :16, :128], OFFSETS)
     pairs = np.unique(np.stack([seg.ravel(), plain.ravel()]), axis=1)
@@ -128,7 +128,7 @@ def test_size_merging_removes_small_segments_with_a_qualifying_neighbour(data, b
 def test_task_split_phases_equal_one_run(data, blockwise, tmp_path):
     labels, affs = data
     store = _write_store(tmp_path / "tasks.zarr", labels, affs)
-    options = SegmentOptions(block_shape=(16, 128, 128))
+    options = SegmentOptions(block_shape=(16, 128, 128), min_size=0)
     for early in ("stitch", "relabel"):
         with pytest.raises(SegmentError, match="first"):
             segment(store, options, phase=early, progress=False)

@@ -171,7 +171,7 @@ def test_unknown_voxel_size_is_one_error_line_and_writes_nothing(tmp_path, monke
     assert main([str(store), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ")
-    assert "has no voxel size" in err and "--voxel-size Z,Y,X" in err and "30x6x6 nm" in err
+    assert "has no voxel size" in err and "--voxel-size Z,Y,X" in err and "30x10x10 nm" in err
     assert sorted(os.listdir(store)) == ["raw", "zarr.json"]
     _use_model(monkeypatch, LocalConvModel().eval())
     args = [str(store), "--no-progress", "--block", "8,32,32", "--halo", "5,28,28", "--precision", "fp32"]
@@ -247,7 +247,9 @@ def test_checkpoint_without_voxel_size_predicts_on_the_input_grid_with_a_warning
     assert checkpoint_main(["set-voxel-size", str(tmp_path / "old.pt"), "30", "6", "6"]) == 0
     assert all(torch.equal(after["model_state"][k], v) for k, v in before["model_state"].items())
     assert load_model(tmp_path / "old.pt")[2]["voxel_size"] == MODEL_VOXEL_SIZE
-    assert load_model(default_checkpoint())[2]["voxel_size"] == MODEL_VOXEL_SIZE  # the shipped weights
+    shipped = load_model(default_checkpoint())[2]  # trained on FIB-SEM, synthetic volumes and ISBI slices
+    assert shipped["voxel_size"] == (30.0, 10.0, 10.0)
+    assert shipped["trained_voxel_sizes"] == ((30.0, 10.0, 10.0), MODEL_VOXEL_SIZE, (50.0, 4.0, 4.0))
 
 
 def test_precomputed_input_is_resampled_by_its_info_resolution(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 #: File name of the default checkpoint inside this folder.
-DEFAULT_CHECKPOINT = "pea-synthetic.pt"
+DEFAULT_CHECKPOINT = "pea-em.pt"
 
 
 def default_checkpoint() -> str:

@@ -2,7 +2,7 @@
 
 ``submit run.yaml`` claims and creates every output once (so array tasks never race creating
 them), writes the resolved config and one batch script per phase (from
-``slurm/templates/phase.sbatch``) into the run folder and submits, chained with
+``pipeline/templates/phase.sbatch``, shipped as package data) into the run folder and submits, chained with
 ``--dependency=afterok``: one array job each for ``predict``, ``fragments``, ``stitch`` and
 ``relabel``, then an ``evaluate`` job when ground truth is configured. Array task ``I`` runs
 ``python -m pipeline.run RUN/run.yaml --phase P --task-index I --num-tasks N``; with more blocks
@@ -47,7 +47,7 @@ from .slurmlimits import check_request, check_request_format, query_nodes
 
 __all__ = ["SlurmError", "max_array_size", "check_submission", "submit", "resubmit", "status", "format_status", "main"]
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "templates" / "phase.sbatch"
+TEMPLATE = Path(__file__).with_name("templates") / "phase.sbatch"  # package data: works from a wheel
 DEFAULT_MAX_ARRAY = 1001
 EXIT_MARK = "corrseg3d-task-exit"
 

@@ -51,7 +51,7 @@ from pipeline.metrics import segmentation_scores
 from pipeline.predict import PredictOptions, predict
 from pipeline.segment import DEFAULT_MIN_SIZE, SegmentOptions, segment
 from pipeline.store import create_volume, open_volume
-from pipeline.synth import generate, write_synthetic
+from pipeline.synth import DEFAULT_VOXEL_SIZE, generate, write_synthetic
 
 RESULTS = Path(__file__).parent / "results" / "model_quality.json"
 SWEEP_RESULTS = Path(__file__).parent / "results" / "segment_defaults.json"
@@ -100,9 +100,9 @@ def heldout_fib(checkpoint: str, source: str, min_size: int, work: Path) -> dict
     scores = {}
     for name, slices in FIB_HELDOUT.items():
         raw, labels = (open_volume(f"{thinned}/{name}/{dataset}") for dataset in ("raw", "labels"))
-        store = write_store(str(work / f"{name}.zarr"), raw[slice(*slices)], labels[slice(*slices)], raw.voxel_size)
-        scores[name] = {"slices": list(slices), "shape": list(open_volume(f"{store}/raw").shape),
-                        **score_store(store, checkpoint, min_size)}
+        image = raw[slice(*slices)]
+        store = write_store(str(work / f"{name}.zarr"), image, labels[slice(*slices)], raw.voxel_size)
+        scores[name] = {"slices": list(slices), "shape": list(image.shape), **score_store(store, checkpoint, min_size)}
     return scores
 
 
@@ -114,7 +114,7 @@ def segment_sweep(checkpoint: str, fib_source: str, work: Path) -> dict:
     stores = {"gala-test": write_store(str(work / "valid-gala-test.zarr"), raw[:], labels[:], raw.voxel_size),
               "synthetic-seed0-z48-64": write_store(str(work / "valid-synthetic.zarr"),
                                                     *generate((64, 512, 512), seed=0, roi=(slice(48, 64), slice(None), slice(None))),
-                                                    (30.0, 6.0, 6.0))}
+                                                    DEFAULT_VOXEL_SIZE)}
     rows = []
     for name, store in stores.items():
         predict(store, options=PredictOptions(checkpoint=checkpoint), progress=False)

@@ -144,6 +144,14 @@ def _check_sources(config: Config, dataset: TrainingPatches, valid_volumes: Sequ
                    allowed=config.data.allow_validation_overlap)
 
 
+def _source_voxel_size(config: Config, dataset: TrainingPatches, index: int) -> tuple[float, ...] | None:
+    """Source ``index``'s voxel size: its ``voxel_size`` setting, else its raw volume's stated one (None)."""
+    spec, raw = config.data.sources[index], dataset.sources[index].raw
+    if spec.voxel_size is not None:
+        return tuple(spec.voxel_size)
+    return tuple(raw.voxel_size) if raw.voxel_size_stated else None
+
+
 def training_voxel_size(config: Config, dataset: TrainingPatches) -> tuple[float, float, float]:
     """The (z, y, x) voxel size in nm the model is trained at, recorded in its checkpoints.
 
@@ -159,29 +167,22 @@ def training_voxel_size(config: Config, dataset: TrainingPatches) -> tuple[float
         return config.data.voxel_size
     weights = [spec.weight for spec in config.data.sources]
     index = weights.index(max(weights))
-    spec, raw = config.data.sources[index], dataset.sources[index].raw
-    if spec.voxel_size is not None:
-        return spec.voxel_size
-    if not raw.voxel_size_stated:
-        raise ConfigError(f"data.sources.{index}: {spec.raw} has no voxel size (the highest-weight source sets the "
-                          f"model's): set data.sources.{index}.voxel_size or data.voxel_size to [z, y, x] in nm")
-    return tuple(raw.voxel_size)  # type: ignore[return-value]
+    size = _source_voxel_size(config, dataset, index)
+    if size is None:
+        raise ConfigError(f"data.sources.{index}: {config.data.sources[index].raw} has no voxel size (the highest-weight "
+                          f"source sets the model's): set data.sources.{index}.voxel_size or data.voxel_size to [z, y, x] in nm")
+    return size  # type: ignore[return-value]
 
 
 def source_voxel_sizes(config: Config, dataset: TrainingPatches) -> list[tuple[float, ...]]:
-    """The voxel sizes (z, y, x, nm) of all training sources that state one, highest weight first.
+    """The voxel sizes (z, y, x, nm) of the training sources that state one, highest weight first.
 
-    Recorded as the checkpoint's ``trained_voxel_sizes``: prediction does not resample an input
-    near any of them (:func:`pipeline.predict.predict`).
+    Recorded (repeats dropped) as the checkpoint's ``trained_voxel_sizes``: prediction does not
+    resample an input near any of them (:func:`pipeline.predict.predict`).
     """
     order = sorted(range(len(config.data.sources)), key=lambda i: -config.data.sources[i].weight)
-    sizes = []
-    for index in order:
-        spec, raw = config.data.sources[index], dataset.sources[index].raw
-        size = spec.voxel_size or (tuple(raw.voxel_size) if raw.voxel_size_stated else None)
-        if size is not None and tuple(size) not in sizes:
-            sizes.append(tuple(size))
-    return sizes
+    sizes = (_source_voxel_size(config, dataset, index) for index in order)
+    return [size for size in sizes if size is not None]
 
 
 class RunLog:

@@ -12,8 +12,9 @@ Stored affinities: (C, z, y, x), channel k links p and p + offsets[k] (offsets n
 Voxel size: the network runs at the voxel size it was trained at (the checkpoint's
 ``voxel_size``). The input's voxel size is ``--voxel-size`` or the one its store states (OME-Zarr
 scale, ``voxel_size``/``resolution`` attribute, precomputed ``resolution``); a volume that states
-none is refused (``--voxel-size`` fixes it). Where the two differ by more than
-``--voxel-size-tolerance`` (relative, per axis) every block is resampled to the model's grid, the
+none is refused (``--voxel-size`` fixes it). An input within ``--voxel-size-tolerance`` (relative,
+per axis) of any voxel size the model was trained on (``trained_voxel_sizes``) runs on its own
+grid; otherwise every block is resampled to the model's ``voxel_size`` grid, the
 network runs there and the affinities are resampled back (:mod:`corrseg3d.resample`: linear
 interpolation, one global model grid, so blockwise still equals a whole-volume pass); the output
 stays on the input's grid, ``--halo`` counts model voxels, and ``offsets`` are the model's offsets
@@ -461,8 +462,8 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--voxel-size", type=parse_numbers(float, 3, "30,6,6"),
                         help="the input's voxel size z,y,x in nm (default: the one its store states)")
     parser.add_argument("--voxel-size-tolerance", type=float, default=DEFAULT_VOXEL_SIZE_TOLERANCE,
-                        help="resample when input and model voxel sizes differ by more than this, relative, along "
-                             "any axis (default %(default)s)")
+                        help="resample when the input's voxel size differs by more than this, relative, along some "
+                             "axis from every voxel size the model was trained at (default %(default)s)")
     parser.add_argument("--no-resample", action="store_true",
                         help="run the network on the input grid even where the voxel sizes differ")
     parser.add_argument("--dtype", default="uint8", choices=OUTPUT_DTYPES)

@@ -171,17 +171,14 @@ def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_nam
                                 randomize_seed=options.randomize_seed, threshold=options.threshold, **common)
         summary["fragments"] = run(partial(compute_fragments, params), mine, records=records["fragments"],
                                    desc="fragments")
-    if phase in (None, "stitch"):
-        _require_done(folders["fragments"], grid.n_blocks, "fragments")
+    if phase in (None, "stitch"):  # a lone stitch phase checked its fragments above; in a full run they just ran
         params = StitchParams(majority=options.majority, min_size=options.min_size, merge_floor=options.merge_floor,
                               consecutive=options.consecutive, **common)
         summary["faces"] = run(partial(stitch_faces, params), mine, records=records["faces"], desc="stitch faces")
         if not os.path.exists(lookup_done) and len(records["faces"].done(range(grid.n_blocks))) == grid.n_blocks:
             summary["segments"] = build_lookup(params)
             write_json_atomic(lookup_done, summary["segments"])
-    if phase in (None, "relabel"):
-        if not os.path.exists(lookup_done):
-            raise SegmentError(f"no lookup table in {workdir}: finish --phase stitch first")
+    if phase in (None, "relabel"):  # the lookup exists: checked above for a lone relabel, built above otherwise
         params = RelabelParams(fragments=locations["fragments"], segmentation=locations["segmentation"], **common)
         summary["relabel"] = run(partial(relabel_block, params), mine, records=records["relabel"], desc="relabel")
         if len(records["relabel"].done(range(grid.n_blocks))) == grid.n_blocks:

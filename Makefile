@@ -26,6 +26,7 @@ demo: install
 	$(PY) -m pipeline.demo --out demo
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 bench: install

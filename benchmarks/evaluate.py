@@ -54,7 +54,7 @@ def _perturb(gt: np.ndarray, seed: int) -> np.ndarray:
 
 
 def make_data(path: str, shape: tuple[int, ...], chunks: tuple[int, ...], seed: int = 0) -> None:
-    from pipeline.store import create_volume
+    from emcore.store import create_volume
     from pipeline.synth import generate
 
     _, gt = generate(shape, seed=seed)
@@ -78,14 +78,14 @@ def _peak_rss_gib() -> float:
 def worker(impl: str, path: str) -> dict:
     """Run one implementation; returns scores, seconds and memory."""
     if impl.startswith("ours"):
-        from pipeline.evaluate import evaluate
+        from pipeline.evaluate import EvaluateOptions, evaluate
 
         def run():
-            report = evaluate(f"{path}/segmentation", f"{path}/labels", scheduler=impl.split("-")[1],
-                              top_k=0 if impl.endswith("noboxes") else 10)
+            report = evaluate(f"{path}/segmentation", f"{path}/labels",
+                              EvaluateOptions(top_k=0 if impl.endswith("noboxes") else 10), scheduler=impl.split("-")[1])
             return report["scores"]["voi_split"], report["scores"]["voi_merge"], report["scores"]["arand"]
     else:
-        from pipeline.store import open_volume
+        from emcore.store import open_volume
 
         seg = open_volume(f"{path}/segmentation")[:]
         gt = open_volume(f"{path}/labels")[:]

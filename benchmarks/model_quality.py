@@ -44,13 +44,13 @@ from corrseg3d.inference import predict_volume, resolve_precision
 from corrseg3d.separability import affinity_separability
 from corrseg3d.train import segment as segment_slices
 from corrseg3d.weights import default_checkpoint
-from pipeline.evaluate import evaluate
+from emcore.metrics import segmentation_scores
+from emcore.store import create_volume, open_volume
+from pipeline.evaluate import EvaluateOptions, evaluate
 from pipeline.fib25 import write_fib25
 from pipeline.imagestack import write_isbi2012
-from pipeline.metrics import segmentation_scores
 from pipeline.predict import PredictOptions, predict
 from pipeline.segment import DEFAULT_MIN_SIZE, SegmentOptions, segment
-from pipeline.store import create_volume, open_volume
 from pipeline.synth import DEFAULT_VOXEL_SIZE, generate, write_synthetic
 
 RESULTS = Path(__file__).parent / "results" / "model_quality.json"
@@ -73,7 +73,7 @@ def write_store(store: str, raw: np.ndarray, labels: np.ndarray, voxel_size: tup
 def segment_scores(store: str, options: SegmentOptions) -> dict:
     """Segment ``store/affinities`` with ``options`` (replacing an earlier result) and score it."""
     segment(store, options, overwrite=True, progress=False)
-    report = evaluate(f"{store}/segmentation", f"{store}/labels", top_k=0)
+    report = evaluate(f"{store}/segmentation", f"{store}/labels", EvaluateOptions(top_k=0))
     return {k: report["scores"][k] for k in KEYS}
 
 

@@ -1,24 +1,37 @@
-"""Prediction throughput: ``pipeline.predict`` vs. the reference-style sliding window, same run.
+"""Prediction throughput: ``pipeline.predict``, the network's own speed on the same blocks, and the
+reference-style sliding window, all in one run.
 
 Usage::
 
-    python benchmarks/predict.py [--shape 24,384,384] [--checkpoint PATH] [--seed 7]
+    python benchmarks/predict.py [--shape 64,512,512] [--blocks "32,256,256;32,512,512"] [--halo 8,48,48]
+                                 [--threads 2] [--reference-shape Z,Y,X] [--checkpoint PATH] [--seed 7]
 
-Both variants run on the same synthetic volume with the same weights, each in its own process
-(so ``ru_maxrss`` is that variant's peak RSS):
+Every variant runs on the same synthetic volume with the same weights, each in its own process
+(so ``ru_maxrss`` is that variant's peak RSS) with the same number of torch threads:
 
-* ``pipeline``: ``pipeline.predict`` from zarr to zarr with its defaults (output blocks = storage
-  chunks, halo, ``channels_last_3d``, autocast where the CPU has native bf16), plus, for the
-  record, the same with ``--precision fp32``.
-* ``reference``: the PEA repository's inference as specified in pea-method.md section 5 --
-  reflect pad (4, 48, 48), 18x160x160 windows at stride (10, 80, 80) clamped to the end,
-  Gaussian blending ``1e-6 + exp(-d^2 / (2 * 0.2^2))`` over normalised window coordinates, fp32,
-  ReLU of the cosine with the nearest-neighbour border fill; written to zarr the same way.
+* ``pipeline B``: ``pipeline.predict`` from zarr to zarr with output block ``B`` (all other
+  options at their defaults: halo, two workers so reading and writing overlap the network,
+  ``auto`` precision), end to end including zarr reads, the correlation head and uint8 writes.
+* ``forward B``: the ceiling -- only the network's forward pass
+  (:func:`corrseg3d.inference.inference_model`, channels_last, no gradient) on exactly the padded
+  context patches ``pipeline B`` evaluates, with the patches prepared in memory beforehand and
+  only the forward calls timed. Its rate counts *output* voxels, like the pipeline's, so
+  ``pipeline / forward`` is the share of the network's speed the pipeline keeps.
+* ``reference``: the PEA repository's inference (docs/method.md §10) -- reflect pad (4, 48, 48),
+  18x160x160 windows at stride (10, 80, 80) clamped to the end, Gaussian blending
+  ``1e-6 + exp(-d^2 / (2 * 0.2^2))`` over normalised window coordinates, fp32, ReLU of the cosine
+  with the nearest-neighbour border fill; written to zarr the same way. ``--reference-shape``
+  runs it on a corner crop of the volume instead (it is the slowest variant). Every window costs
+  the same, so its whole-volume time is the crop's time per window times the whole volume's
+  window count (:func:`reference_windows`); that projected rate is the one the ratios use, and
+  the measured crop rate is reported beside it.
+* ``pipeline-gpu``: ``pipeline.predict --device cuda --batch-size 2`` with the largest block,
+  only where torch sees a GPU.
 
-Reported: output voxels/s, peak RSS, and agreement with the ground-truth affinities of the
-volume's labels (fraction of valid affinities on the correct side of 0.5, and mean absolute
-error), plus the agreement between the two predictions. Results go to
-``benchmarks/results/predict.json``.
+Reported: output Mvoxel/s, the ratios to the reference and to the forward ceiling of the same
+block, peak RSS, and agreement with the ground-truth affinities of the volume's labels (fraction
+of valid affinities on the correct side of 0.5, and mean absolute error). Results go to
+``benchmarks/results/predict.json`` (or ``predict_NAME.json``).
 """
 
 from __future__ import annotations
@@ -35,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results" / "predict.json"
+RESULTS = Path(__file__).parent / "results"
 WINDOW, STRIDE, PAD, SIGMA = (18, 160, 160), (10, 80, 80), (4, 48, 48), 0.2
 
 
@@ -50,17 +63,23 @@ def _gaussian_weight() -> np.ndarray:
     return (1e-6 + np.exp(-(zz ** 2 + yy ** 2 + xx ** 2) / (2 * SIGMA ** 2))).astype(np.float32)
 
 
-def run_reference(raw_location: str, out_location: str, checkpoint: str) -> None:
-    """The reference sliding window over the whole volume in memory (fp32, no channels_last)."""
+def reference_windows(shape: tuple[int, ...]) -> int:
+    """Number of sliding windows the reference evaluates for a volume of ``shape``."""
+    return int(np.prod([len(_window_starts(n + 2 * p, w, s)) for n, p, w, s in zip(shape, PAD, WINDOW, STRIDE)]))
+
+
+def run_reference(raw_location: str, out_location: str, checkpoint: str, crop: tuple[int, ...]) -> None:
+    """The reference sliding window over the ``crop`` corner of the volume in memory (fp32, no channels_last)."""
     import torch
 
     from corrseg3d.checkpoint import load_model
     from corrseg3d.inference import predict_patch
-    from pipeline.store import create_volume, open_volume
+    from emcore.store import create_volume, open_volume
 
     model, offsets, _ = load_model(checkpoint)
     raw = open_volume(raw_location)
-    image = np.pad(raw[:].astype(np.float32) / 255, [(p, p) for p in PAD], mode="reflect")
+    image = np.pad(raw[tuple(slice(0, n) for n in crop)].astype(np.float32) / 255, [(p, p) for p in PAD],
+                   mode="reflect")
     total = np.zeros((len(offsets),) + image.shape, np.float32)
     norm = np.zeros(image.shape, np.float32)
     weight = _gaussian_weight()
@@ -70,25 +89,62 @@ def run_reference(raw_location: str, out_location: str, checkpoint: str) -> None
         affinities = predict_patch(model, image[box], offsets, device=torch.device("cpu"))
         total[(slice(None),) + box] += affinities * weight
         norm[box] += weight
-    crop = tuple(slice(p, n - p) for p, n in zip(PAD, image.shape))
-    result = total[(slice(None),) + crop] / norm[crop]
+    inner = tuple(slice(p, n - p) for p, n in zip(PAD, image.shape))
+    result = total[(slice(None),) + inner] / norm[inner]
     out = create_volume(out_location, result.shape, "uint8", chunks=(len(offsets), 32, 256, 256),
                         voxel_size=raw.voxel_size, attrs={"offsets": [list(o) for o in offsets]})
     out[:] = np.rint(np.clip(result, 0, 1) * 255).astype(np.uint8)
 
 
-def _child(args: argparse.Namespace) -> None:
-    start = time.perf_counter()
-    if args.variant == "reference":
-        run_reference(args.raw, args.out, args.checkpoint)
-    else:
-        from pipeline.predict import main
+def run_forward(raw_location: str, checkpoint: str, block: tuple[int, ...], halo: tuple[int, ...]) -> float:
+    """Seconds of the network's forward passes alone over the context patches of ``block`` (the ceiling)."""
+    import torch
 
-        extra = ["--precision", "fp32"] if args.variant == "pipeline-fp32" else []
-        code = main([args.raw, "--out", args.out, "--checkpoint", args.checkpoint, "--no-progress"] + extra)
-        if code:
-            sys.exit(code)
-    seconds = time.perf_counter() - start
+    from corrseg3d.checkpoint import load_model
+    from corrseg3d.inference import inference_model, pad_context
+    from corrseg3d.model import ResidualUNet3D
+    from emcore.blocks import BlockGrid
+    from emcore.conventions import raw_to_float
+    from emcore.store import open_volume
+
+    model, _, _ = load_model(checkpoint)
+    model = inference_model(model).to(memory_format=torch.channels_last_3d)
+    image = raw_to_float(open_volume(raw_location)[:])
+    grid = BlockGrid(image.shape, block)
+    seconds = 0.0
+    for index in range(grid.n_blocks):
+        patch = pad_context(image, grid.block(index).begin, grid.block(index).end, halo)
+        pad = [(0, 0)] + [(0, -n % ResidualUNet3D.xy_multiple) for n in patch.shape[1:]]
+        batch = torch.from_numpy(np.pad(patch, pad, mode="reflect"))[None, None].contiguous(
+            memory_format=torch.channels_last_3d)
+        with torch.no_grad():
+            start = time.perf_counter()
+            model(batch)
+            seconds += time.perf_counter() - start
+    return seconds
+
+
+def _child(args: argparse.Namespace) -> None:
+    """One variant in this process; prints its seconds (forward: the forward passes only) and peak RSS."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.variant == "forward":
+        seconds = run_forward(args.raw, args.checkpoint, tuple(int(v) for v in args.block.split(",")),
+                              tuple(int(v) for v in args.halo.split(",")))
+    else:
+        start = time.perf_counter()
+        if args.variant == "reference":
+            run_reference(args.raw, args.out, args.checkpoint, tuple(int(v) for v in args.crop.split(",")))
+        else:
+            from pipeline.predict import main
+
+            extra = ["--device", "cuda", "--batch-size", "2"] if args.variant == "pipeline-gpu" else []
+            code = main([args.raw, "--out", args.out, "--checkpoint", args.checkpoint, "--no-progress", "--block",
+                         args.block, "--halo", args.halo, "--threads", str(args.threads)] + extra)
+            if code:
+                sys.exit(code)
+        seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     print(json.dumps({"seconds": seconds, "peak_rss_gib": peak}))
 
@@ -102,56 +158,85 @@ def _agreement(prediction: np.ndarray, labels: np.ndarray, offsets) -> dict[str,
             "mae": float(np.abs(predicted - truth)[valid].mean())}
 
 
+def _run_child(variant: str, store: str, checkpoint: str, threads: int, *, block: str = "", halo: str = "",
+               crop: str = "") -> dict:
+    out = f"{store}/{variant}-{block.replace(',', 'x')}" if block else f"{store}/{variant}"
+    command = [sys.executable, __file__, "--child", "--variant", variant, "--raw", store + "/raw", "--out", out,
+               "--checkpoint", checkpoint, "--threads", str(threads), "--block", block, "--halo", halo, "--crop", crop]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode:
+        raise SystemExit(f"{variant} {block} failed:\n{completed.stderr}")
+    return {"variant": variant, "block": block or None, "out": out, **json.loads(completed.stdout.strip().splitlines()[-1])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="24,384,384")
+    parser.add_argument("--shape", default="64,512,512")
+    parser.add_argument("--blocks", default="32,256,256;32,512,512", help="output blocks to compare, ;-separated")
+    parser.add_argument("--halo", default="8,48,48")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every variant")
+    parser.add_argument("--reference-shape", help="run the reference on this corner crop (default: the whole volume)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--checkpoint", default=None, help="default: the shipped weights")
+    parser.add_argument("--name", default=None, help="results file predict_NAME.json (default predict.json)")
+    for hidden in ("--variant", "--raw", "--out", "--block", "--crop"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
-    parser.add_argument("--raw", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args)
         return
+    import torch
+
     from corrseg3d.weights import default_checkpoint
-    from pipeline.store import open_volume
+    from emcore.store import open_volume
     from pipeline.synth import write_synthetic
 
     checkpoint = args.checkpoint or default_checkpoint()
     shape = tuple(int(v) for v in args.shape.split(","))
+    crop = args.reference_shape or args.shape
     work = Path(tempfile.mkdtemp(prefix="bench-predict-"))
     store = str(work / "vol.zarr")
     write_synthetic(store, shape, seed=args.seed)
     labels = open_volume(store + "/labels")[:]
+    blocks = args.blocks.split(";")
     rows = []
-    for variant in ("pipeline", "pipeline-fp32", "reference"):
-        out = f"{store}/{variant}"
-        completed = subprocess.run([sys.executable, __file__, "--child", "--variant", variant, "--raw", store + "/raw",
-                                    "--out", out, "--checkpoint", checkpoint], capture_output=True, text=True)
-        if completed.returncode:
-            raise SystemExit(f"{variant} failed:\n{completed.stderr}")
-        measured = json.loads(completed.stdout.strip().splitlines()[-1])
-        volume = open_volume(out)
-        prediction = volume[:]
-        rows.append({"variant": variant, **measured, "voxels_per_second": int(np.prod(shape)) / measured["seconds"],
-                     **_agreement(prediction, labels, volume.attrs["offsets"])})
-    reference = open_volume(f"{store}/reference")[:].astype(np.int16)
-    pipeline = open_volume(f"{store}/pipeline")[:].astype(np.int16)
-    between = {"max_abs_diff_255": int(np.abs(reference - pipeline).max()),
-               "within_1_255": float((np.abs(reference - pipeline) <= 1).mean())}
-    base = next(r for r in rows if r["variant"] == "reference")["voxels_per_second"]
-    print(f"volume {shape}, checkpoint {checkpoint}")
-    print(f"{'variant':<15}{'s':>9}{'Mvox/s':>9}{'vs ref':>8}{'peak GiB':>10}{'acc':>8}{'MAE':>8}")
+    for block in blocks:
+        rows.append(_run_child("pipeline", store, checkpoint, args.threads, block=block, halo=args.halo))
+        rows.append(_run_child("forward", store, checkpoint, args.threads, block=block, halo=args.halo))
+    if torch.cuda.is_available():
+        rows.append(_run_child("pipeline-gpu", store, checkpoint, args.threads, block=blocks[-1], halo=args.halo))
+    rows.append(_run_child("reference", store, checkpoint, args.threads, crop=crop))
     for row in rows:
-        print(f"{row['variant']:<15}{row['seconds']:>9.1f}{row['voxels_per_second'] / 1e6:>9.3f}"
-              f"{row['voxels_per_second'] / base:>8.2f}{row['peak_rss_gib']:>10.2f}{row['accuracy']:>8.4f}{row['mae']:>8.4f}")
-    print(f"pipeline vs reference: max |diff| {between['max_abs_diff_255']}/255, "
-          f"{between['within_1_255']:.4f} of values within 1/255")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"shape": shape, "checkpoint": checkpoint, "rows": rows,
-                                   "pipeline_vs_reference": between}, indent=2))
+        extent = tuple(int(v) for v in crop.split(",")) if row["variant"] == "reference" else shape
+        row["voxels_per_second"] = int(np.prod(extent)) / row["seconds"]
+        if row["variant"] == "reference":
+            row["measured_on"] = list(extent)
+            row["measured_voxels_per_second"] = row["voxels_per_second"]
+            row["windows"] = [reference_windows(extent), reference_windows(shape)]
+            row["voxels_per_second"] = int(np.prod(shape)) / (row["seconds"] / row["windows"][0] * row["windows"][1])
+        if row["variant"] != "forward":
+            volume = open_volume(row["out"])
+            row.update(_agreement(volume[:], labels[tuple(slice(0, n) for n in extent)], volume.attrs["offsets"]))
+    reference = next(r for r in rows if r["variant"] == "reference")["voxels_per_second"]
+    ceiling = {r["block"]: r["voxels_per_second"] for r in rows if r["variant"] == "forward"}
+    for row in rows:
+        row["vs_reference"] = row["voxels_per_second"] / reference
+        row["vs_forward"] = row["voxels_per_second"] / ceiling[row["block"]] if row["block"] in ceiling else None
+    print(f"volume {shape}, halo {args.halo}, {args.threads} threads, checkpoint {checkpoint}")
+    measured = next(r for r in rows if r["variant"] == "reference")
+    print(f"reference measured on {crop}: {measured['measured_voxels_per_second'] / 1e6:.4f} Mvox/s "
+          f"({measured['windows'][0]} windows); projected to {args.shape} ({measured['windows'][1]} windows) below")
+    print(f"{'variant':<14}{'block':>12}{'s':>9}{'Mvox/s':>9}{'vs ref':>8}{'vs fwd':>8}{'peak GiB':>10}{'acc':>8}{'MAE':>8}")
+    for row in rows:
+        ratio = f"{row['vs_forward']:>8.2f}" if row["vs_forward"] is not None else f"{'':>8}"
+        quality = f"{row['accuracy']:>8.4f}{row['mae']:>8.4f}" if "accuracy" in row else ""
+        print(f"{row['variant']:<14}{row['block'] or '':>12}{row['seconds']:>9.1f}{row['voxels_per_second'] / 1e6:>9.3f}"
+              f"{row['vs_reference']:>8.2f}{ratio}{row['peak_rss_gib']:>10.2f}{quality}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / (f"predict_{args.name}.json" if args.name else "predict.json")
+    path.write_text(json.dumps({"shape": shape, "halo": args.halo, "threads": args.threads, "reference_shape": crop,
+                                "checkpoint": checkpoint, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Contenders: ``pipeline`` (``pipeline.segment``, min_size 0), ``pipeline_min_size`` (with size
 merging), ``whole_mws`` (bioimage-cpp's mutex watershed on the whole volume, float weights),
-``whole_mws_uint8`` (this project's uint8 kernel, :mod:`pipeline.mws_uint8`, on the whole volume:
+``whole_mws_uint8`` (this project's uint8 kernel, :mod:`emcore.mws_uint8`, on the whole volume:
 the same partition as ``whole_mws`` on the same quantised weights) and ``elf_blockwise``.
 
 Same synthetic noisy affinities (pipeline.synth labels + pipeline.noisy_affinities, generated once
@@ -10,7 +10,7 @@ under /tmp), each contender in its own subprocess so peak RSS (ru_maxrss, inputs
 included) belongs to it alone. Times cover the segmentation call only (not data generation, not
 scoring). Contenders whose known memory need exceeds the budget are skipped above
 ``--max-whole-voxels`` (whole-volume bic needs ~160 B/voxel; elf blockwise peaked at 22 GB on
-100x1024x1024, dependencies.md sections 1-2); the uint8 kernel needs ~60-90 B/voxel and runs up to
+100x1024x1024, docs/conventions.md §2); the uint8 kernel needs ~60-90 B/voxel and runs up to
 ``--max-uint8-voxels``. Each row records the 1-minute load average before
 it ran; compare ratios within one run only.
 
@@ -32,9 +32,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from corrseg3d.offsets import PEA_OFFSETS  # noqa: E402
-from pipeline.metrics import segmentation_scores  # noqa: E402
-from pipeline.store import create_volume, open_volume  # noqa: E402
+from emcore.conventions import PEA_OFFSETS  # noqa: E402
+from emcore.metrics import segmentation_scores  # noqa: E402
+from emcore.store import create_volume, open_volume  # noqa: E402
 
 CONTENDERS = ("pipeline", "pipeline_min_size", "whole_mws", "whole_mws_uint8", "elf_blockwise")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "segment_{shape}{tag}.json")
@@ -61,7 +61,7 @@ def run_child(name: str, store: str, block: tuple[int, ...], halo: tuple[int, ..
     affinities = open_volume(f"{store}/affinities")
     load = os.getloadavg()[0]
     if name.startswith("pipeline"):
-        options = SegmentOptions(block_shape=block, halo=halo, min_size=min_size if name == "pipeline_min_size" else 0)
+        options = SegmentOptions(block=block, halo=halo, min_size=min_size if name == "pipeline_min_size" else 0)
         start = time.perf_counter()
         segment(store, options, output_name=name, fragments_name=f"{name}_fragments", overwrite=True,
                 num_workers=workers, progress=False)
@@ -78,7 +78,7 @@ def run_child(name: str, store: str, block: tuple[int, ...], halo: tuple[int, ..
             np.subtract(np.float32(1), weights[3:], out=weights[3:])
             seg = mutex_watershed(weights, affinities.attrs["offsets"], 3, strides=[1, 4, 4], randomized_strides=False)
         elif name == "whole_mws_uint8":
-            from pipeline.mws_uint8 import mutex_watershed_uint8
+            from emcore.mws_uint8 import mutex_watershed_uint8
 
             seg = mutex_watershed_uint8(affs, affinities.attrs["offsets"], (1, 4, 4))
         else:
@@ -123,7 +123,7 @@ def main() -> None:
     make_data(store, shape, args.seed)
     # numba compiles the uint8 MWS kernel on its first call after an install or an edit (~10 s) and
     # caches it on disk; compile once here so that no contender's time includes it.
-    from pipeline.mws_uint8 import mutex_watershed_uint8
+    from emcore.mws_uint8 import mutex_watershed_uint8
 
     mutex_watershed_uint8(np.zeros((12, 4, 32, 32), np.uint8), PEA_OFFSETS, (1, 4, 4))
     rows = []

@@ -40,7 +40,7 @@ def run_one(shape: str, seed: int) -> dict:
 _STATS = """
 import json, sys
 import numpy as np
-from pipeline.store import open_volume
+from emcore.store import open_volume
 labels = open_volume(sys.argv[1] + "/labels")[:]
 print(json.dumps({"labels": int(len(np.unique(labels)) - 1), "background_fraction": round(float(np.mean(labels == 0)), 4)}))
 """

@@ -1,6 +1,6 @@
 """Training iterations per second on the CPU: fp32 vs bf16 autocast + channels_last_3d.
 
-Reference model (pea-method.md section 1, 1.48 M parameters), one full PEA step (forward of the
+Reference model (docs/method.md §1, 1.48 M parameters), one full PEA step (forward of the
 patch, no-grad forward of the CCM view, SCM + CCM + EPM losses, backward, Adam), patch
 18x160x160 (``--patch``), batch 1, synthetic targets from :mod:`pipeline.synth` through the real sampler.
 Writes ``benchmarks/results/train_speed.json``. The machine's CPU is shared, so the numbers
@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from corrseg3d.config import Config, SourceConfig
-from corrseg3d.sampler import TrainingPatches, collate
 from corrseg3d.inference import cpu_has_native_bf16
-from corrseg3d.train import build_optimizer, train_step
 from corrseg3d.model import build_model
-from pipeline.store import create_volume
+from corrseg3d.sampler import TrainingPatches, collate
+from corrseg3d.train import build_optimizer, train_step
+from emcore.store import create_volume
 from pipeline.synth import generate
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.json"

@@ -3,21 +3,21 @@
 Conventions: arrays are (z, y, x); the image is float32 in [0, 1]; labels are integer instance
 ids of *any* dtype (uint64 included) with 0 = background. Geometric ops move image and labels
 identically; labels are resampled by nearest neighbour through integer index arithmetic, never
-by an image interpolator, so ids are never blended and every dtype works (pea-method.md
-section 8.19: the reference used OpenCV, which rejects uint32/uint64 labels). Pixels pulled in
+by an image interpolator, so ids are never blended and every dtype works (the
+reference used OpenCV, which rejects uint32/uint64 labels; docs/method.md §8). Pixels pulled in
 from outside the patch become image 0 / label 0; the sampler reads extra context around the
 patch and crops it off afterwards, so these never reach a training patch.
 
-Probabilities (pea-method.md section 8.8): the reference applies the whole chain with
+Probabilities (docs/method.md §8): the reference applies the whole chain with
 probability 0.5 and then each op with probability 0.5 -- the per-op probabilities passed to its
 constructors are never read -- so each op fires in 25% of samples. Here both levels are
 explicit in :class:`corrseg3d.config.AugmentConfig` (``chain`` and one probability per op).
 
-Elastic strength (section 8.10): the displacement is ``alpha * gaussian_filter(U(-1, 1), sigma)``
+Elastic strength (docs/method.md §8): the displacement is ``alpha * gaussian_filter(U(-1, 1), sigma)``
 per axis, one 2D field for all slices. With the reference ``alpha=16, sigma=4`` its standard
 deviation is only about 0.65 px (max about 3 px): a very mild warp, kept for fidelity.
 
-Missing-section and misalignment augmentations are not in the reference (section 4.4) but real
+Missing-section and misalignment augmentations are not in the reference (docs/method.md §8) but real
 serial-section EM needs them; they default to probability 0.
 """
 
@@ -47,7 +47,7 @@ FlipRule = tuple[bool, bool, bool, bool]
 
 def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
             config: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the primary augmentation chain (section 4.4 order, then EM defects).
+    """Apply the primary augmentation chain (flip, rotate, elastic, intensity; then EM defects).
 
     With probability ``config.chain`` the ops flip/transpose, xy rotation, elastic warp and
     intensity each run with their own probability; missing sections and misalignment are drawn

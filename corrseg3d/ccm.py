@@ -1,9 +1,9 @@
-"""The second view of the Cross-Correlation Module (CCM, pea-method.md section 2.3).
+"""The second view of the Cross-Correlation Module (CCM, docs/method.md §4).
 
 :func:`make_view` builds the transformed input ``I'`` from a training patch ``I`` on the CPU in
 numpy (it runs in the data sampler, next to the other augmentations), in the reference order:
 
-1. intensity jitter (probability 0.5 per patch), always slice by slice (pea §8.9): with
+1. intensity jitter (probability 0.5 per patch), always slice by slice, as in the reference: with
    ``u1, u2, u3 ~ U[0, 1)`` drawn per slice,
    ``x <- clip(x (1 + 0.1 (u1 - 0.5)) + 0.1 (u2 - 0.5), 0, 1) ** (2 ** (2 u3 - 1))``;
 2. cutout: ``N ~ U{0..60}`` cuboids set to 0, all with one size drawn per patch, depth
@@ -96,7 +96,7 @@ def invert_flips(batch: torch.Tensor, rules: Sequence[FlipRule]) -> torch.Tensor
 
 
 def _jitter_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Per-slice contrast, brightness and gamma jitter (pea §2.3 step 2)."""
+    """Per-slice contrast, brightness and gamma jitter (step 1 of the module docstring)."""
     u1, u2, u3 = rng.random((3, image.shape[0], 1, 1))
     jittered = np.clip(image * (1 + (u1 - 0.5) * 0.1) + (u2 - 0.5) * 0.1, 0, 1)
     return jittered ** (2.0 ** (2 * u3 - 1))

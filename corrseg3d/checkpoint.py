@@ -56,10 +56,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from emcore.conventions import validate_offsets
+
 from . import __version__
 from .cli import ArgumentParser, entry_point
 from .model import ResidualUNet3D, build_model, model_config
-from .offsets import validate_offsets
 
 __all__ = ["FORMAT", "CheckpointError", "code_version", "state_sha256", "save_checkpoint", "read_checkpoint",
            "load_model", "set_voxel_size", "main"]

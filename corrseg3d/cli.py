@@ -7,7 +7,9 @@ its arguments with :class:`ArgumentParser`. Bad input then always ends the same 
 
 User-facing errors are :class:`ValueError` (every library error class of the project derives
 from it: store, config, run state, checkpoint, ... errors) and :class:`OSError` (a file that
-cannot be read or written). Anything else is a bug and keeps its traceback.
+cannot be read or written). Anything else is a bug and keeps its traceback. Warnings raised
+while the command runs (deprecated options, resampling notes) are printed the same way, one
+``warning: <message>`` line each.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import warnings
 from typing import Callable, NoReturn, Sequence
 
 __all__ = ["USER_ERRORS", "EXIT_USAGE", "ArgumentParser", "error_line", "entry_point"]
@@ -40,6 +43,10 @@ def error_line(error: BaseException) -> str:
     return f"error: {text}"
 
 
+def _warning_line(message: Warning | str, *_: object) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def entry_point(main: Main) -> Callable[[Sequence[str] | None], int]:
     """Decorate a command line's ``main(argv)`` so user errors become one ``error:`` line and exit 2.
 
@@ -57,7 +64,9 @@ def entry_point(main: Main) -> Callable[[Sequence[str] | None], int]:
     @functools.wraps(main)
     def run(argv: Sequence[str] | None = None) -> int:
         try:
-            return int(main(argv) or 0)
+            with warnings.catch_warnings():
+                warnings.showwarning = _warning_line
+                return int(main(argv) or 0)
         except USER_ERRORS as error:
             print(error_line(error), file=sys.stderr)
             return EXIT_USAGE

@@ -3,7 +3,7 @@
 A configuration file is a YAML mapping with the sections of :class:`Config` (``model``,
 ``data``, ``augment``, ``loss``, ``optim``, ``train``, ``validation``); every section and key is
 optional and falls back to the defaults below, which are the paper's AC3/AC4 settings
-(pea-method.md section 0, 4). Validation is strict:
+(docs/method.md §8-9). Validation is strict:
 
 * an unknown key raises :class:`ConfigError` naming the key, its dotted path and the closest
   valid key (``difflib.get_close_matches``);
@@ -29,7 +29,7 @@ from typing import Any, Literal, Sequence, Union
 
 import yaml
 
-from .offsets import PEA_OFFSETS, validate_offsets
+from emcore.conventions import PEA_OFFSETS, validate_offsets
 
 __all__ = [
     "ConfigError",
@@ -75,7 +75,7 @@ class ModelConfig:
 class SourceConfig:
     """One training volume pair, sampled with probability proportional to ``weight``.
 
-    ``raw``/``labels`` are :func:`pipeline.store.open_volume` locations (``vol.zarr/raw``).
+    ``raw``/``labels`` are :func:`emcore.store.open_volume` locations (``vol.zarr/raw``).
     ``labels_2d`` marks labels that are only consistent within a slice (label attribute
     ``labels_2d``; null = read it from the labels' attributes): only in-plane affinity channels
     are supervised for such a source (``channel_mask``).
@@ -98,7 +98,7 @@ class DataConfig:
 
     ``context`` (z, y, x) is read on each side of the patch before augmentation and cropped off
     after it, so rotations and elastic warps never pull empty corners into the patch
-    (pea-method.md section 4.3 uses 50 px in xy).
+    (the paper uses 50 px in xy: an 18x260x260 crop for an 18x160x160 patch).
 
     ``voxel_size`` (z, y, x, nm) is the voxel size the model is trained at, recorded in its
     checkpoints (``pipeline.predict`` resamples inputs of other voxel sizes to it); null = the
@@ -119,8 +119,8 @@ class AugmentConfig:
 
     ``chain`` is the probability that the primary augmentation chain runs at all; each op then
     runs independently with its own probability. The paper's effective per-op probability is
-    ``0.5 * 0.5 = 0.25`` (pea-method.md section 8.8): ``chain: 0.5`` and each op ``0.5``.
-    ``ccm_*`` switch the transforms of the cross-correlation view (section 2.3).
+    ``0.5 * 0.5 = 0.25`` (docs/method.md §8): ``chain: 0.5`` and each op ``0.5``.
+    ``ccm_*`` switch the transforms of the cross-correlation view (docs/method.md §4).
     """
 
     chain: float = 0.5
@@ -166,7 +166,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam settings; the paper's are unusual on purpose (eps 0.01, amsgrad; section 8.12)."""
+    """Adam settings; the paper's are unusual on purpose (eps 0.01, amsgrad; docs/method.md §9)."""
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)

@@ -2,14 +2,14 @@
 
 For an embedding ``E`` of shape (B, D, z, y, x) let ``ê = E / max(||E||_2, 1e-12)`` be its
 L2-normalisation over the channel axis (``torch.nn.functional.normalize``). For every offset
-``o`` (non-positive, see :mod:`corrseg3d.offsets`) and voxel ``p`` whose partner ``p + o`` lies
+``o`` (non-positive, see :mod:`emcore.conventions`) and voxel ``p`` whose partner ``p + o`` lies
 inside the patch::
 
     self:   a_o(p) = <ê(p), ê(p + o)>          (cosine in [-1, 1])
     cross:  c_o(p) = <ê(p), ê'(p + o)>         (ê' = second view, one direction only)
 
-and 0 where ``p + o`` is outside (pea-method.md section 2.1). Training regresses the *raw*
-cosine onto the {0, 1} targets (no ``(1 + cos) / 2`` mapping, pea §8.1), so different objects
+and 0 where ``p + o`` is outside (docs/method.md §3-4). Training regresses the *raw*
+cosine onto the {0, 1} targets (no ``(1 + cos) / 2`` mapping), so different objects
 are pushed to be orthogonal; :func:`embedding_to_affinities` maps to [0, 1] with a ReLU, the
 official inference path. Offsets are parameters; nothing here assumes the PEA set except that
 the first three are the nearest neighbours (validated).
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .offsets import validate_offsets
+from emcore.conventions import validate_offsets
 
 _NORMALIZE_EPS = 1e-12
 
@@ -105,7 +105,7 @@ def self_correlation(embedding: torch.Tensor, offsets: Sequence[Sequence[int]]) 
 def cross_correlation(embedding: torch.Tensor, other: torch.Tensor, offsets: Sequence[Sequence[int]]) -> torch.Tensor:
     """Cross-correlation affinities ``<ê(p), ê'(p + o)>`` between two views (the CCM output).
 
-    One-directional as in the reference (pea §8.3): the centre voxel comes from ``embedding``
+    One-directional as in the reference (docs/method.md §4): the centre voxel comes from ``embedding``
     (the original view), the offset partner from ``other`` (the inverse-transformed second view);
     the symmetric term ``<ê'(p), ê(p + o)>`` is not computed. Gradients flow into whichever input
     requires them; the stop-gradient on ``other`` is the caller's job (see
@@ -149,12 +149,12 @@ def valid_mask(shape: Sequence[int], offsets: Sequence[Sequence[int]], *, device
 
 
 def embedding_to_affinities(embedding: torch.Tensor, offsets: Sequence[Sequence[int]], *, fill_nearest_border: bool = True) -> torch.Tensor:
-    """Inference affinities ``max(0, <ê(p), ê(p + o)>)`` in [0, 1] (pea §2.1 step 5).
+    """Inference affinities ``max(0, <ê(p), ê(p + o)>)`` in [0, 1] (docs/method.md §3).
 
     The ReLU of the raw cosine is the official inference mapping matching the raw-cosine training
-    loss (pea §8.1), so orthogonal (different-object) embeddings give affinity 0.
+    loss, so orthogonal (different-object) embeddings give affinity 0.
 
-    Border handling (pea §8.15): with ``fill_nearest_border`` the undefined first slice / row /
+    Border handling (docs/method.md §10): with ``fill_nearest_border`` the undefined first slice / row /
     column of the three nearest-neighbour channels (0: z, 1: y, 2: x) is copied from index 1
     along that axis, as the reference does. Long-range channels (3 and up) keep their zero band
     of width ``|o|``: it is a property of the patch, and the blockwise inference crops a halo of
@@ -174,14 +174,12 @@ def embedding_to_affinities(embedding: torch.Tensor, offsets: Sequence[Sequence[
     -------
     (B, C, z, y, x) float32 affinities in [0, 1].
     """
-    affinities = torch.relu(self_correlation(embedding, offsets))
+    affinities = torch.relu_(self_correlation(embedding, offsets))  # in place: no second (B, C, z, y, x) array
     if not fill_nearest_border:
         return affinities
-    channels = list(affinities.unbind(dim=1))
     for axis in range(3):
-        dim = 1 + axis  # spatial dimension of a (B, z, y, x) channel
-        size = channels[axis].shape[dim]
-        if size > 1:
-            channel = channels[axis]
-            channels[axis] = torch.cat([channel.narrow(dim, 1, 1), channel.narrow(dim, 1, size - 1)], dim=dim)
-    return torch.stack(channels, dim=1)
+        dim = 2 + axis  # spatial dimension of the (B, C, z, y, x) array
+        if affinities.shape[dim] > 1:
+            channel = affinities[:, axis:axis + 1]
+            channel.narrow(dim, 0, 1).copy_(channel.narrow(dim, 1, 1))
+    return affinities

@@ -17,12 +17,15 @@ Conventions
 from __future__ import annotations
 
 import contextlib
-import itertools
+import copy
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
+
+from emcore.blocks import BlockGrid
 
 from .correlation import embedding_to_affinities
 from .model import ResidualUNet3D, model_config
@@ -77,7 +80,7 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a precision name on ``device`` (None = fp32, no autocast).
 
-    ``auto``: bf16 on a CPU with native bf16 (about 2x faster there, dependencies.md section 5;
+    ``auto``: bf16 on a CPU with native bf16 (about 2x faster there, docs/conventions.md §4;
     emulated bf16 on other CPUs is slower than fp32), bf16 on a GPU that supports it, else fp16
     on a GPU and fp32 on a CPU. fp16 is refused on the CPU.
     """
@@ -99,11 +102,55 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def fold_batch_norm(conv: nn.Conv3d, norm: nn.BatchNorm3d) -> nn.Conv3d:
+    """One conv equal to ``norm(conv(x))`` with the norm's running statistics (eval mode).
+
+    ``BN(c) = (c - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``, so the fused conv has
+    weights ``w * s`` (per output channel) and bias ``(b - mean) * s + beta`` (``b = 0`` without a
+    bias). Equal up to float rounding.
+    """
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    fused = nn.Conv3d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1, 1))
+        fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
+    return fused
+
+
+def inference_model(model: ResidualUNet3D) -> ResidualUNet3D:
+    """An eval-mode copy of ``model`` for prediction: same affinities, less work and memory.
+
+    * every BatchNorm that directly follows a conv is folded into it (:func:`fold_batch_norm`;
+      the norms after a residual sum stay);
+    * the pyramid heads, which only training uses, are dropped;
+    * ELUs work in place (their input is never read again).
+
+    The output equals ``model``'s up to float rounding (about 1e-6 relative in float32).
+    """
+    fused = copy.deepcopy(model).eval()
+    for sequence in [m for m in fused.modules() if isinstance(m, nn.Sequential)]:
+        layers = list(sequence)
+        for i in range(len(layers) - 1):
+            if isinstance(layers[i], nn.Conv3d) and isinstance(layers[i + 1], nn.BatchNorm3d):
+                sequence[i], sequence[i + 1] = fold_batch_norm(layers[i], layers[i + 1]), nn.Identity()
+    fused.pyramid = nn.ModuleList()
+    for module in fused.modules():
+        if isinstance(module, nn.ELU):
+            module.inplace = True
+    return fused
+
+
 def model_affinities(model: ResidualUNet3D, batch: torch.Tensor, offsets: Sequence[Sequence[int]]) -> torch.Tensor:
-    """(B, C, z, y, x) float32 affinities in [0, 1] from either head of ``model``."""
-    output = model(batch).output.float()
+    """(B, C, z, y, x) float32 affinities in [0, 1] from either head of ``model``.
+
+    The embedding goes to the correlation head in the dtype the network produced it (bf16 under
+    autocast); the head upcasts it once, while normalising, so no separate float32 copy is made.
+    """
+    output = model(batch).output
     if model_config(model)["head"] == "affinity":
-        return output
+        return output.float()
     return embedding_to_affinities(output, offsets)
 
 
@@ -147,7 +194,11 @@ def predict_patch(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Se
     multiple = ResidualUNet3D.xy_multiple
     pad = [(0, 0), (0, 0)] + [(0, -n % multiple) for n in images.shape[2:]]
     padded = np.pad(images, pad, mode="reflect") if any(p[1] for p in pad) else images
-    batch = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[:, None].to(device)
+    batch = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[:, None]
+    if device.type == "cuda":  # page-locked host memory: the copy to the GPU runs asynchronously
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    else:
+        batch = batch.to(device)
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last_3d)
     was_training = model.training
@@ -169,12 +220,14 @@ def predict_volume(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[S
 
     Each block of ``block`` voxels (clipped at the upper border) is predicted from the block plus
     ``halo`` context (reflect-padded at the volume border) and its centre kept. A block at least
-    as large as the image gives the single whole-volume pass.
+    as large as the image gives the single whole-volume pass. The network runs as
+    :func:`inference_model` of ``model``, like ``pipeline.predict``.
     """
+    model = inference_model(model)
     out = np.empty((len(offsets),) + image.shape, np.float32)
-    starts = [range(0, n, b) for n, b in zip(image.shape, block)]
-    for begin in itertools.product(*starts):
-        end = [min(b + s, n) for b, s, n in zip(begin, block, image.shape)]
+    grid = BlockGrid(image.shape, tuple(block))
+    for index in range(grid.n_blocks):
+        begin, end = grid.block(index).begin, grid.block(index).end
         context = pad_context(image, begin, end, halo)
         affinities = predict_patch(model, context, offsets, device=device, autocast_dtype=autocast_dtype,
                                    channels_last=channels_last)

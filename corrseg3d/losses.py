@@ -1,6 +1,6 @@
-"""PEA training losses: weighted MSE on SCM, CCM and EPM affinities (pea-method.md section 3).
+"""PEA training losses: weighted MSE on SCM, CCM and EPM affinities (docs/method.md §7).
 
-Total loss (pea §3.5, every weight 1)::
+Total loss (every weight 1, as in the paper)::
 
     L = sum_k L_k(self) + sum_k L_k(cross) + sum_levels sum_{k<3} L_{level,k}(self)
 
@@ -24,13 +24,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from emcore.conventions import NEAREST_OFFSETS, validate_offsets
+
 from .correlation import cross_correlation, normalize_embedding, self_correlation
 from .model import ModelOutput
-from .offsets import NEAREST_OFFSETS, validate_offsets
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Weighted MSE, averaged per channel over batch and valid voxels, summed over channels (pea §3.4).
+    """Weighted MSE, averaged per channel over batch and valid voxels, summed over channels.
 
     ``L = sum_k (1 / |Omega_k|) sum_{(b, p) in Omega_k} w_k(b, p) (pred_k(b, p) - target_k(b, p))^2``
 
@@ -118,7 +119,7 @@ def pea_loss(
     view_output
         (B, D, z, y, x) embedding of the second (CCM) view, already mapped back to the original
         geometry with :func:`corrseg3d.ccm.invert_flip` and **detached** by the caller: the
-        stop-gradient (pea §8.2) is an explicit step of training, so a tensor that still
+        stop-gradient (docs/method.md §4) is an explicit step of training, so a tensor that still
         requires grad is rejected. Needed when ``use_ccm``.
     use_scm, use_ccm, use_epm
         Switch the self-, cross-correlation and pyramid terms (the reference always uses all

@@ -1,4 +1,4 @@
-"""The residual 3D U-Net trunk of PEA (the "superhuman" / PNI network, pea-method.md section 1).
+"""The residual 3D U-Net trunk of PEA (the "superhuman" / PNI network, docs/method.md §1).
 
 Topology for ``filters = (f0, f1, f2, f3, f4)`` (reference: 28, 36, 48, 64, 80), z is never
 pooled, every pooling / upsampling is (1, 2, 2) in (z, y, x)::
@@ -93,7 +93,9 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.project(x)
-        return self.merge(r + self.residual(r))
+        residual = self.residual(r)
+        residual += r  # in place: one full-size map less at the peak (the conv's output is not kept for backward)
+        return self.merge(residual)
 
 
 class _DecoderLevel(nn.Module):
@@ -109,7 +111,9 @@ class _DecoderLevel(nn.Module):
         self.block = _ResidualBlock(out_channels, out_channels, norm=norm, bn_momentum=bn_momentum)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.block(self.merge(self.up(x) + skip))
+        up = self.up(x)
+        up += skip  # in place, as above
+        return self.block(self.merge(up))
 
 
 class ResidualUNet3D(nn.Module):

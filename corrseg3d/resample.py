@@ -39,9 +39,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from emcore.conventions import Offset, validate_offsets
+
 from .inference import pad_context
 from .model import ResidualUNet3D
-from .offsets import Offset, validate_offsets
 
 __all__ = ["needs_resampling", "voxel_ratio", "input_grid_offsets", "Resampling"]
 
@@ -63,7 +64,7 @@ def input_grid_offsets(offsets: Sequence[Sequence[int]], ratio: Sequence[float])
 
     Each non-zero component becomes ``-max(1, round(|o| * ratio))`` (halves round up); the first
     three (nearest-neighbour) offsets are kept, so the result satisfies
-    :func:`corrseg3d.offsets.validate_offsets`.
+    :func:`emcore.conventions.validate_offsets`.
     """
     offsets = validate_offsets(offsets)
     scaled = [tuple(-max(1, math.floor(-c * r + 0.5)) if c else 0 for c, r in zip(o, ratio)) for o in offsets[3:]]

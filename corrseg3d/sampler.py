@@ -1,10 +1,10 @@
 """Training patches: random crops from zarr volumes -> augmentation -> targets -> CCM view.
 
 This module belongs to the training *application*: it opens volumes through
-:func:`pipeline.store.open_volume` (the one import of ``pipeline`` allowed in ``corrseg3d``,
+:func:`emcore.store.open_volume` (the one import of ``pipeline`` allowed in ``corrseg3d``,
 besides :mod:`corrseg3d.train`; lead's decision). The model library never imports it.
 
-Per sample (pea-method.md section 4.3):
+Per sample (docs/method.md §8):
 
 1. choose a source with probability proportional to its ``weight``;
 2. crop ``patch + 2 * context`` uniformly inside the source's slice range ``[start, stop)``
@@ -13,13 +13,13 @@ Per sample (pea-method.md section 4.3):
 4. widen label borders and build targets *per patch after augmentation*:
    :func:`~corrseg3d.targets.widen_borders`, :func:`~corrseg3d.targets.label_affinities`,
    :func:`~corrseg3d.targets.balance_weights`, :func:`~corrseg3d.targets.pyramid_targets`;
-5. the CCM view :func:`corrseg3d.ccm.make_view` (section 2.3), unless no loss needs it.
+5. the CCM view :func:`corrseg3d.ccm.make_view` (docs/method.md §4), unless no loss needs it.
 
 Sources whose labels are only consistent within a slice (``labels_2d``, e.g. the ISBI 2012
 slices) supervise only the in-plane channels: ``channel_mask`` is False for offsets with a z
 component (:func:`corrseg3d.losses.pea_loss` applies it, also to the pyramid z channel).
 
-Randomness (pea-method.md section 8.13: the reference shared one numpy stream between its
+Randomness (docs/method.md §8: the reference shared one numpy stream between its
 DataLoader workers): every sample draws from its own generator seeded with
 ``(seed, sample_index)``, where ``sample_index = iteration * batch_size + position``. The data
 of an iteration therefore depends neither on the number of workers nor on how the run was
@@ -35,15 +35,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.store import Volume, open_volume
+from emcore.conventions import raw_to_float, validate_offsets
+from emcore.store import Volume, open_volume
 
 from .augment import augment
 from .ccm import make_view
 from .config import AugmentConfig, SourceConfig
-from .offsets import validate_offsets
 from .targets import balance_weights, label_affinities, pyramid_targets, widen_borders
 
-__all__ = ["sample_rng", "volume_is_2d", "slice_range", "to_float_image", "z_channel_mask", "TrainingPatches", "collate", "make_loader"]
+__all__ = ["sample_rng", "volume_is_2d", "slice_range", "z_channel_mask", "TrainingPatches", "collate", "make_loader"]
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -62,11 +62,6 @@ def slice_range(slices: Sequence[int | None], depth: int) -> tuple[int, int]:
     if stop <= start:
         raise ValueError(f"empty slice range {list(slices)} for a volume of {depth} slices")
     return start, stop
-
-
-def to_float_image(raw: np.ndarray) -> np.ndarray:
-    """Network input scale: uint8 -> float32 / 255; float data is taken as already in [0, 1]."""
-    return raw.astype(np.float32) / np.float32(255) if raw.dtype == np.uint8 else raw.astype(np.float32)
 
 
 def z_channel_mask(offsets: Sequence[Sequence[int]], labels_2d: bool) -> np.ndarray:
@@ -166,7 +161,7 @@ class TrainingPatches(Dataset):
         upper = (source.stop, *source.raw.spatial_shape[1:])
         corner = [int(rng.integers(lo, hi - s + 1)) for lo, hi, s in zip(lower, upper, size)]
         box = tuple(slice(c, c + s) for c, s in zip(corner, size))
-        return to_float_image(source.raw[box]), source.labels[box]
+        return raw_to_float(source.raw[box]), source.labels[box]
 
     def _targets(self, image: np.ndarray, labels: np.ndarray, labels_2d: bool,
                  rng: np.random.Generator) -> dict[str, Any]:

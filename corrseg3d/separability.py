@@ -12,7 +12,7 @@ affinity as a classifier of those two classes (the Mann-Whitney statistic)::
 over all (positive, negative) pairs: 1 = every same-object pair above every boundary pair,
 0.5 = chance. It does not depend on a threshold, so it compares a cosine head (affinities
 ``max(0, cos)``) with a sigmoid head fairly. Affinities are quantised to the 256 levels that
-``pipeline.predict`` stores (:func:`pipeline.mws.affinities_as_uint8`: floats are clipped to
+``pipeline.predict`` stores (:func:`emcore.conventions.affinities_as_uint8`: floats are clipped to
 [0, 1] and rounded to ``round(255 a)``), which makes the statistic exact from two 256-bin
 histograms.
 """
@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.mws import affinities_as_uint8
+from emcore.conventions import affinities_as_uint8
 
 from .targets import label_affinities
 
@@ -46,7 +46,7 @@ def affinity_separability(affinities: np.ndarray, labels: np.ndarray,
     ----------
     affinities
         (C, z, y, x) predicted affinities, uint8 (0..255) or float in [0, 1]; channel ``c``
-        belongs to ``offsets[c]`` (convention of :mod:`corrseg3d.offsets`).
+        belongs to ``offsets[c]`` (convention of :mod:`emcore.conventions`).
     labels
         (z, y, x) GT instance labels, 0 = ignored.
     offsets

@@ -1,12 +1,12 @@
 """Training targets from instance labels: affinities, class-balance weights, pyramid targets.
 
-Pipeline per training patch (pea-method.md section 3): :func:`widen_borders` (once per
+Pipeline per training patch (docs/method.md §5-6): :func:`widen_borders` (once per
 volume), :func:`label_affinities`, :func:`balance_weights`, and :func:`pyramid_targets` for the
 EPM heads. For offset ``o`` and voxel ``p`` with ``p + o`` inside the array::
 
     A(p, o) = 1  iff  seg(p) == seg(p + o)  and  seg(p) > 0  and  seg(p + o) > 0
 
-and ``A(p, o) = 0`` where ``p + o`` falls outside (pea-method.md section 3.2). Background
+and ``A(p, o) = 0`` where ``p + o`` falls outside. Background
 (label 0) therefore has affinity 0 to everything.
 """
 
@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .offsets import NEAREST_OFFSETS, validate_offsets
+from emcore.conventions import NEAREST_OFFSETS, validate_offsets
 
 
 def label_affinities(labels: np.ndarray, offsets: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +27,7 @@ def label_affinities(labels: np.ndarray, offsets: Sequence[Sequence[int]]) -> tu
     labels
         (z, y, x) integer instance labels, 0 = background.
     offsets
-        Non-positive (dz, dy, dx) offsets, see :mod:`corrseg3d.offsets`.
+        Non-positive (dz, dy, dx) offsets, see :mod:`emcore.conventions`.
 
     Returns
     -------
@@ -49,7 +49,7 @@ def label_affinities(labels: np.ndarray, offsets: Sequence[Sequence[int]]) -> tu
 
 
 def widen_borders(labels: np.ndarray) -> np.ndarray:
-    """Turn every contact between two different objects into a background band (pea §3.1).
+    """Turn every contact between two different objects into a background band (docs/method.md §6).
 
     Slice by slice (3x3 in-plane window, z is never looked at), a voxel keeps its label only if
     every *non-zero* label in its window equals its own; otherwise it becomes 0. Contacts with
@@ -86,7 +86,7 @@ def widen_borders(labels: np.ndarray) -> np.ndarray:
 
 
 def balance_weights(affinities: np.ndarray, valid: np.ndarray, *, cap: float | None = None) -> np.ndarray:
-    """Per-channel class-balancing weights (pea §3.3), with ``f`` over valid positions only.
+    """Per-channel class-balancing weights (docs/method.md §6), with ``f`` over valid positions only.
 
     For each channel let ``f`` be the fraction of positive targets among the *valid* positions,
     clipped to [0.05, 0.99]. If ``f > 0.5`` positives get 1 and negatives ``f / (1 - f)`` (at
@@ -97,7 +97,7 @@ def balance_weights(affinities: np.ndarray, valid: np.ndarray, *, cap: float | N
     the positives (same object 27 px apart), so the paper's weights make their pull up to 19x
     the push of the negatives.
 
-    Decision (pea §8.5): the reference counts the zero-filled out-of-patch band as negatives,
+    Decision: the reference counts the zero-filled out-of-patch band as negatives,
     which for the 27-px channels inflates the negative fraction (about 17 % of a 160-px patch);
     here ``f`` is computed over the valid region only, as the loss only sees that region.
 
@@ -135,11 +135,11 @@ def balance_weights(affinities: np.ndarray, valid: np.ndarray, *, cap: float | N
 
 def pyramid_targets(labels: np.ndarray, factors: Sequence[int] = (2, 4, 8, 16), *,
                     cap: float | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Nearest-neighbour affinity targets for the EPM pyramid heads (pea §2.4).
+    """Nearest-neighbour affinity targets for the EPM pyramid heads (docs/method.md §5).
 
     For each xy factor ``s`` the labels are subsampled by taking the top-left voxel of every
     s x s block, ``labels[:, ::s, ::s]`` (the reference's OpenCV ``INTER_NEAREST``; no majority
-    vote, pea §8.7), z is kept. Targets use the three nearest offsets on that coarse grid with
+    vote), z is kept. Targets use the three nearest offsets on that coarse grid with
     :func:`label_affinities` and :func:`balance_weights`.
 
     Parameters

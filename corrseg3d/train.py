@@ -1,13 +1,13 @@
 """Train a PEA model: ``python -m corrseg3d.train -c configs/NAME.yaml [key=value ...] [--resume] [--out DIR]``.
 
 This is the training *application*. Unlike the model library it imports ``pipeline``:
-:mod:`pipeline.store` (through :mod:`corrseg3d.sampler`) to read volumes, and
-:mod:`pipeline.mws` and :mod:`pipeline.metrics` because validation runs the real
+:mod:`emcore.store` (through :mod:`corrseg3d.sampler`) to read volumes, and
+:mod:`emcore.mws` and :mod:`emcore.metrics` because validation runs the real
 post-processing (lead's decision; no other ``corrseg3d`` module may do so).
 
-One iteration (pea-method.md sections 2.3, 3.5, 4.1): forward the batch, forward the CCM view
-(train mode, so BatchNorm running statistics also see the masked, jittered view, section 8.11;
-under ``no_grad`` because its embedding is detached anyway, section 8.2), map the view's
+One iteration (docs/method.md §4, §7, §9): forward the batch, forward the CCM view
+(train mode, so BatchNorm running statistics also see the masked, jittered view, as in the reference;
+under ``no_grad`` because its embedding is detached anyway), map the view's
 embedding back with :func:`corrseg3d.ccm.invert_flips`, :func:`corrseg3d.losses.pea_loss`,
 backward, Adam step. The network runs under autocast (``train.precision``) and in
 ``channels_last_3d`` memory format; losses are computed in float32.
@@ -26,7 +26,7 @@ Validation (every ``validation.every`` iterations and at the end): affinities fr
 :func:`corrseg3d.correlation.embedding_to_affinities` (or the affinity head's output) over the
 whole validation volume through the project's one inference path,
 :func:`corrseg3d.inference.predict_volume` (blocks of ``validation.block`` with ``validation.halo``
-context, as ``pipeline.predict`` does); then :func:`pipeline.mws.mutex_watershed` and :func:`pipeline.metrics.segmentation_scores`
+context, as ``pipeline.predict`` does); then :func:`emcore.mws.mutex_watershed` and :func:`emcore.metrics.segmentation_scores`
 against the un-widened labels (GT 0 ignored). Volumes with ``labels_2d`` are segmented and
 scored slice by slice.
 
@@ -56,9 +56,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from pipeline.metrics import segmentation_scores
-from pipeline.mws import mutex_watershed
-from pipeline.store import open_volume
+from emcore.conventions import raw_to_float
+from emcore.metrics import segmentation_scores
+from emcore.mws import mutex_watershed
+from emcore.store import open_volume
 
 from .ccm import invert_flips
 from .checkpoint import read_checkpoint, save_checkpoint
@@ -68,7 +69,7 @@ from .inference import autocast, predict_volume, resolve_device, resolve_precisi
 from .losses import pea_loss
 from .model import ResidualUNet3D, build_model
 from .preflight import check_disjoint, check_out, check_slices, discard_run
-from .sampler import TrainingPatches, make_loader, to_float_image, volume_is_2d
+from .sampler import TrainingPatches, make_loader, volume_is_2d
 
 __all__ = ["RESUMABLE_CHANGES", "segment", "validate", "load_validation_volumes", "training_voxel_size",
            "source_voxel_sizes", "RunLog",
@@ -129,7 +130,7 @@ def load_validation_volumes(config: ValidationConfig) -> list[dict[str, Any]]:
                               f"{labels.spatial_shape} differ in shape: give labels of the raw volume")
         _, _, start, stop = check_slices(f"validation.volumes.{index}.slices", spec.raw, spec.slices,
                                          raw.spatial_shape[0])
-        volumes.append(dict(name=f"{spec.raw}[{start}:{stop}]", image=to_float_image(raw[start:stop]),
+        volumes.append(dict(name=f"{spec.raw}[{start}:{stop}]", image=raw_to_float(raw[start:stop]),
                             labels=labels[start:stop], labels_2d=volume_is_2d(labels, spec.labels_2d),
                             slices=(f"validation.volumes.{index}.slices", spec.raw, start, stop)))
     return volumes

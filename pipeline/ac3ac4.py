@@ -16,7 +16,7 @@ Accepted ``--source`` forms:
 Written (voxel size 30 x 6 x 6 nm, z, y, x): ``OUT.zarr/ac4/train/{raw,labels}`` = AC4 slices 0-79,
 ``OUT.zarr/ac4/valid/...`` = AC4 80-99, ``OUT.zarr/ac3/test/...`` = AC3 ``[-100:]``, the *last* 100
 slices. The reference code selects ``AC3_inputs.h5['main'][-100:]``; the processed AC3 holds all 256
-slices, so its test block is AC3 slices 156-255 (pea-method.md section 9, Q1). Taking the same
+slices, so its test block is AC3 slices 156-255 (docs/method.md §12). Taking the same
 slices is what makes a score comparable with the paper's table.
 
 Every input file is hashed (SHA-256) and compared with :data:`KNOWN_SHA256`; the hash is stored in
@@ -44,9 +44,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from emcore.store import create_volume, remove_volume, split_location
+
 from .data import DataError, refuse_existing
 from .imagestack import SLAB_CHUNKS, open_stack
-from .store import create_volume, remove_volume, split_location
 
 __all__ = ["AC3AC4_URL", "KNOWN_SHA256", "SPLITS", "VOXEL_SIZE", "download", "ingest", "register", "sha256_of"]
 

@@ -51,7 +51,7 @@ def parse_numbers(kind: Callable[[str], float], count: int, example: str) -> Cal
 
 def refuse_existing(locations: Sequence[str]) -> None:
     """Raise :class:`DataError` if any zarr dataset location already exists."""
-    from .store import split_location
+    from emcore.store import split_location
 
     for location in locations:
         root, inner = split_location(location)

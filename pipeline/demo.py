@@ -20,13 +20,13 @@ import numpy as np
 import yaml
 
 from corrseg3d.cli import ArgumentParser, entry_point
+from emcore.metrics import SCORE_KEYS
+from emcore.store import open_volume
 
 from .data import parse_numbers
-from .metrics import SCORE_KEYS
 from .preview import label_colours
 from .run import run
 from .runconfig import load_run_config
-from .store import open_volume
 from .synth import write_synthetic
 
 __all__ = ["DemoError", "run_demo", "write_overview", "neuroglancer_state", "main"]

@@ -2,8 +2,8 @@
 
 Both volumes are read blockwise (Dask over the storage chunks); each block yields a sparse
 contingency table and per-id bounding boxes, summed exactly across blocks
-(:mod:`pipeline.contingency`), and the scores follow from the summed table
-(:mod:`pipeline.metrics`): VOI split/merge (bits), adapted Rand error and its split/merge
+(:mod:`emcore.contingency`), and the scores follow from the summed table
+(:mod:`emcore.metrics`): VOI split/merge (bits), adapted Rand error and its split/merge
 parts, CREMI score, plus the GT objects split most and the segments that merge most.
 
 Conventions (the PEA reference's): voxels with GT label 0 are ignored, segment 0 is an ordinary
@@ -25,19 +25,22 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from corrseg3d.cli import ArgumentParser, entry_point
+from emcore.blocks import SCHEDULERS, write_json_atomic
+from emcore.contingency import BlockCounts, EvaluationError, count_volumes
+from emcore.metrics import SCORE_KEYS, merge_contributions, scores_from_table, split_contributions
+from emcore.store import open_volume
 
-from .blocks import SCHEDULERS, write_json_atomic
-from .contingency import BlockCounts, EvaluationError, count_volumes
-from .metrics import SCORE_KEYS, merge_contributions, scores_from_table, split_contributions
+from .data import parse_numbers
+from .options import add_options, deprecated_flag, option, options_from_args
 from .runstate import require_finished
-from .store import open_volume
 
-__all__ = ["evaluate", "evaluate_counts", "format_report", "parse_labels", "parse_roi", "main"]
+__all__ = ["EvaluateOptions", "evaluate", "evaluate_counts", "format_report", "parse_labels", "parse_roi", "main"]
 
 
 def parse_labels(text: str) -> tuple[int, ...]:
@@ -95,11 +98,35 @@ def _offenders(ids: np.ndarray, sizes: np.ndarray, terms: np.ndarray, partners: 
             for r, k in enumerate(order)]
 
 
+def show_labels(labels: Sequence[int]) -> str:
+    """The inverse of :func:`parse_labels`: ``(0, 7)`` -> ``"0,7"``, ``()`` -> ``"none"``."""
+    return ",".join(str(v) for v in labels) or "none"
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """Which voxels are scored and how many worst offenders are listed.
+
+    One declaration for the Python API, the ``evaluate`` section of a run YAML (same keys, plus
+    ``gt``) and the command line (``--NAME``; :mod:`pipeline.options`).
+    """
+
+    gt_dataset: str = option("labels", "dataset when GT names a store")
+    ignore_gt: tuple[int, ...] = option((0,), "GT labels not evaluated, comma-separated, or none", metavar="LABELS",
+                                        parse=parse_labels, show=show_labels)
+    ignore_seg: tuple[int, ...] = option((), "segment labels not evaluated, comma-separated, or none",
+                                         metavar="LABELS", parse=parse_labels, show=show_labels)
+    mask: str | None = option(None, "volume whose nonzero voxels are evaluated", metavar="LOCATION")
+    mask_dataset: str = option("mask", "dataset when --mask names a store")
+    roi: str | None = option(None, "evaluate only this box (voxels)", metavar="z0:z1,y0:y1,x0:x1")
+    top_k: int = option(10, "worst offenders listed")
+
+
 def evaluate_counts(counts: BlockCounts, *, top_k: int = 10) -> dict[str, Any]:
     """Scores and worst offenders from summed block counts (with bounding boxes unless ``top_k == 0``).
 
     ``worst_splits`` are GT objects ranked by their VOI-split contribution
-    (:func:`pipeline.metrics.split_contributions`), ``worst_merges`` segments ranked by their
+    (:func:`emcore.metrics.split_contributions`), ``worst_merges`` segments ranked by their
     VOI-merge contribution (only those with a positive contribution); each entry has the id,
     evaluated size, contribution, number of overlapping ids on the other side, the first
     :data:`MAX_PARTNERS` of those ids by overlap (``partners``) and the bounding box (``bbox_hi``
@@ -126,17 +153,11 @@ def evaluate_counts(counts: BlockCounts, *, top_k: int = 10) -> dict[str, Any]:
 def evaluate(
     seg: str,
     gt: str,
+    options: EvaluateOptions = EvaluateOptions(),
     *,
     seg_dataset: str = "segmentation",
-    gt_dataset: str = "labels",
-    ignore_gt: Sequence[int] = (0,),
-    ignore_seg: Sequence[int] = (),
-    mask: str | None = None,
-    mask_dataset: str = "mask",
-    roi: str | None = None,
-    block_shape: Sequence[int] | None = None,
+    block: Sequence[int] | None = None,
     scheduler: str = "threads",
-    top_k: int = 10,
     allow_incomplete: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the segmentation at location ``seg`` against the GT at location ``gt``.
@@ -145,21 +166,18 @@ def evaluate(
     ----------
     seg, gt
         Locations (``a.zarr/segmentation``, ``precomputed://...``, or a store root plus
-        ``seg_dataset``/``gt_dataset``). Note the order: segmentation first.
-    ignore_gt, ignore_seg
-        Labels whose voxels are not evaluated (default GT 0 only).
-    mask, mask_dataset
-        Optional location of a boolean/integer volume; voxels where it is 0 are not evaluated.
-    roi
-        ``"z0:z1,y0:y1,x0:x1"`` restricting the evaluation; bounding boxes stay in full-volume
-        voxel coordinates.
-    block_shape
+        ``seg_dataset``/``options.gt_dataset``). Note the order: segmentation first.
+    options
+        ``ignore_gt``, ``ignore_seg``: labels whose voxels are not evaluated (default GT 0 only);
+        ``mask``, ``mask_dataset``: optional location of a boolean/integer volume, voxels where it
+        is 0 are not evaluated; ``roi``: ``"z0:z1,y0:y1,x0:x1"`` restricting the evaluation
+        (bounding boxes stay in full-volume voxel coordinates); ``top_k``: number of worst split
+        GT objects and worst merging segments to report.
+    block
         Block grid (default: aligned to the storage chunks of both volumes,
-        :func:`pipeline.contingency.default_block_shape`).
+        :func:`emcore.contingency.default_block_shape`).
     scheduler
         ``threads``, ``processes``, ``synchronous`` or ``tcp://HOST:PORT``.
-    top_k
-        Number of worst split GT objects and worst merging segments to report.
     allow_incomplete
         Score a segmentation whose ``pipeline.segment`` run has not finished (experts); by
         default it is refused (:func:`pipeline.runstate.require_finished`).
@@ -168,23 +186,24 @@ def evaluate(
     -------
     dict
         JSON-serialisable report: inputs, conventions, ``scores`` (keys
-        :data:`pipeline.metrics.SCORE_KEYS`), voxel and object counts, ``worst_splits``,
+        :data:`emcore.metrics.SCORE_KEYS`), voxel and object counts, ``worst_splits``,
         ``worst_merges``, ``seconds``.
 
     Raises
     ------
     ValueError
-        :class:`pipeline.store.StoreError` (missing or non-zarr input) or
-        :class:`pipeline.contingency.EvaluationError` (shape mismatch, float or negative
+        :class:`emcore.store.StoreError` (missing or non-zarr input) or
+        :class:`emcore.contingency.EvaluationError` (shape mismatch, float or negative
         labels, bad ROI, nothing to evaluate), :class:`pipeline.runstate.RunStateError`
         (an unfinished segmentation).
     """
     start = time.perf_counter()
+    ignore_gt, ignore_seg, roi, top_k = options.ignore_gt, options.ignore_seg, options.roi, options.top_k
     if top_k < 0:
         raise EvaluationError(f"top-k must be >= 0, got {top_k}")
     seg_volume = open_volume(seg, seg_dataset)
-    gt_volume = open_volume(gt, gt_dataset)
-    mask_volume = open_volume(mask, mask_dataset) if mask is not None else None
+    gt_volume = open_volume(gt, options.gt_dataset)
+    mask_volume = open_volume(options.mask, options.mask_dataset) if options.mask is not None else None
     for volume in (seg_volume, gt_volume, mask_volume):
         if volume is not None:
             require_finished(volume.location, allow_incomplete=allow_incomplete)
@@ -193,7 +212,7 @@ def evaluate(
                               f"GT {gt_volume.location} is {gt_volume.shape}; evaluate volumes of the same extent")
     region = parse_roi(roi, gt_volume.shape) if roi else tuple(slice(0, n) for n in gt_volume.shape)
     counts = count_volumes(seg_volume, gt_volume, ignore_gt=ignore_gt, ignore_seg=ignore_seg,
-                           mask=mask_volume, roi=region, block_shape=block_shape, scheduler=scheduler,
+                           mask=mask_volume, roi=region, block_shape=block, scheduler=scheduler,
                            with_boxes=top_k > 0)
     report = {
         "segmentation": seg_volume.location,
@@ -239,13 +258,6 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise EvaluationError(f"cannot read block shape {text!r}: use Z,Y,X integers") from None
-
-
 def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -253,18 +265,12 @@ def _parser() -> ArgumentParser:
     p.add_argument("gt", metavar="GT", help="ground-truth location (a.zarr/labels or a.zarr)")
     p.add_argument("--seg-dataset", default="segmentation",
                    help="dataset when SEG names a store (default: %(default)s)")
-    p.add_argument("--gt-dataset", default="labels", help="dataset when GT names a store (default: %(default)s)")
-    p.add_argument("--ignore-gt", default="0", metavar="LABELS",
-                   help="GT labels not evaluated, comma-separated, or none (default: %(default)s)")
-    p.add_argument("--ignore-seg", default="none", metavar="LABELS",
-                   help="segment labels not evaluated, or none (default: %(default)s)")
-    p.add_argument("--mask", metavar="LOCATION", help="volume whose nonzero voxels are evaluated")
-    p.add_argument("--mask-dataset", default="mask", help="dataset when --mask names a store (default: %(default)s)")
-    p.add_argument("--roi", metavar="z0:z1,y0:y1,x0:x1", help="evaluate only this box (voxels)")
-    p.add_argument("--block-shape", metavar="Z,Y,X", help="block grid (default: the storage chunks)")
+    add_options(p, EvaluateOptions)
+    p.add_argument("--block", type=parse_numbers(int, 3, "32,512,512"), metavar="Z,Y,X",
+                   help="block grid (default: the storage chunks)")
+    deprecated_flag(p, "--block-shape", "--block", type=parse_numbers(int, 3, "32,512,512"))
     p.add_argument("--scheduler", default="threads",
                    help=f"{', '.join(SCHEDULERS)} or tcp://HOST:PORT (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=10, help="worst offenders listed (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="experts: score a segmentation whose pipeline.segment run has not finished")
@@ -285,11 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .view import start_server
 
         start_server(args.bind, args.port)
-    report = evaluate(args.seg, args.gt, seg_dataset=args.seg_dataset, gt_dataset=args.gt_dataset,
-                      ignore_gt=parse_labels(args.ignore_gt), ignore_seg=parse_labels(args.ignore_seg),
-                      mask=args.mask, mask_dataset=args.mask_dataset, roi=args.roi,
-                      block_shape=_parse_shape(args.block_shape) if args.block_shape else None,
-                      scheduler=args.scheduler, top_k=args.top_k, allow_incomplete=args.allow_incomplete)
+    report = evaluate(args.seg, args.gt, options_from_args(EvaluateOptions, args), seg_dataset=args.seg_dataset,
+                      block=args.block, scheduler=args.scheduler, allow_incomplete=args.allow_incomplete)
     print(format_report(report))
     if args.json:
         write_json_atomic(args.json, report)

@@ -30,12 +30,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from corrseg3d.cli import ArgumentParser, entry_point
+from emcore.blocks import BlockGrid
+from emcore.precomputed import check_location
+from emcore.store import PRECOMPUTED_PREFIX, Volume, create_volume, open_volume, remove_volume
 
-from .blocks import BlockGrid
 from .data import parse_numbers
-from .precomputed import check_location
 from .runstate import require_finished
-from .store import PRECOMPUTED_PREFIX, Volume, create_volume, open_volume, remove_volume
 
 __all__ = ["ExportError", "export_precomputed", "main", "make_server", "viewer_link", "viewer_state"]
 

@@ -18,8 +18,9 @@ from typing import Sequence
 import numpy as np
 import zarr
 
+from emcore.store import create_volume, removed_on_error, split_location
+
 from .data import DataError, refuse_existing
-from .store import create_volume, removed_on_error, split_location
 
 __all__ = ["FIB25_VOXEL_SIZE", "find_fib_volumes", "write_fib25", "register"]
 

@@ -13,9 +13,9 @@ to the fragments array (chunk-aligned) and a small table file ``tables/<b>.npz``
 * ``face_aff_<axis>``: NN affinity of channel ``axis`` on the first inner plane (the links that
   cross the lower face), for the region adjacency across block faces.
 
-Methods: ``mws`` (mutex watershed, :mod:`pipeline.mws`), ``waterz`` (mean-affinity agglomeration
+Methods: ``mws`` (mutex watershed, :mod:`emcore.mws`), ``waterz`` (mean-affinity agglomeration
 of the NN channels at ``threshold``) and ``multicut`` (elf multicut on per-slice watershed
-supervoxels, pea-method.md section 6.1). Affinities: (C, z, y, x), 1 = same object.
+supervoxels, the paper's "LMC", docs/method.md §11). Affinities: (C, z, y, x), 1 = same object.
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ import numpy as np
 from numcodecs import Zstd
 from scipy import ndimage
 
-from .blocks import Block, BlockGrid, save_npz_atomic
-from .mws import affinities_as_float, check_affinity_values, mutex_watershed
-from .store import open_volume
+from emcore.blocks import Block, BlockGrid, save_npz_atomic
+from emcore.conventions import FRAGMENT_ID_SHIFT, LOCAL_ID_MASK, affinities_as_float, fragment_ids
+from emcore.mws import check_affinity_values, mutex_watershed
+from emcore.store import open_volume
 
 __all__ = ["FragmentParams", "METHODS", "compute_fragments", "segment_labels", "sample_mutex_edges", "load_slab",
            "pair_statistics", "table_path"]
 
 METHODS = ("mws", "waterz", "multicut")
 SIDES = {-1: "lo", 1: "hi"}
-ID_SHIFT = np.uint64(32)
 _CODEC = Zstd(level=1)
 
 
@@ -53,7 +53,7 @@ class FragmentParams:
     offsets: tuple[tuple[int, int, int], ...]
     method: str = "mws"
     strides: tuple[int, int, int] = (1, 4, 4)
-    randomize_seed: int | None = None
+    randomize_strides: int | None = None
     threshold: float = 0.5
 
     @property
@@ -78,7 +78,7 @@ def compute_fragments(params: FragmentParams, index: int) -> None:
     nn_affs = affinities_as_float(stored[:3])
     inner = tuple(slice(b - o, e - o) for b, e, o in zip(block.begin, block.end, begin))
     local = labels[inner]
-    ids = np.where(local > 0, (np.uint64(index) << ID_SHIFT) | local, np.uint64(0))
+    ids = fragment_ids(index, local)
     open_volume(params.fragments, mode="r+")[block.slices] = ids
     n_labels = int(labels.max(initial=0))
     tables = {"n_labels": np.int64(n_labels),
@@ -95,9 +95,9 @@ def segment_labels(affs: np.ndarray, params: FragmentParams, *, origin: tuple[in
     sits at global ``origin``.
     """
     if params.method == "mws":
-        if params.randomize_seed is None:
+        if params.randomize_strides is None:
             return mutex_watershed(affs, params.offsets, strides=params.strides)
-        sampled = sample_mutex_edges(affs, params.strides, params.randomize_seed, origin)
+        sampled = sample_mutex_edges(affs, params.strides, params.randomize_strides, origin)
         return mutex_watershed(sampled, params.offsets, strides=(1, 1, 1))
     if params.method == "waterz":
         import waterz
@@ -139,9 +139,8 @@ def _consecutive(seg: np.ndarray) -> np.ndarray:
 
 
 def _multicut(nn_affs: np.ndarray) -> np.ndarray:
-    """Plain multicut on per-slice distance-transform watershed supervoxels (pea-method 6.1)."""
-    from elf.segmentation.features import (compute_affinity_features, compute_boundary_mean_and_length,
-                                           compute_rag)
+    """Plain multicut on per-slice distance-transform watershed supervoxels (docs/method.md §11)."""
+    from elf.segmentation.features import compute_affinity_features, compute_boundary_mean_and_length, compute_rag
     from elf.segmentation.multicut import multicut_kernighan_lin, transform_probabilities_to_costs
     from elf.segmentation.watershed import distance_transform_watershed
 
@@ -170,8 +169,8 @@ def pair_statistics(u: np.ndarray, v: np.ndarray, weights: np.ndarray) -> dict[s
     if len(lo) == 0:
         return {"edges": np.zeros((0, 2), np.uint64), "edge_sum": np.zeros(0), "edge_count": np.zeros(0, np.int64)}
     if hi.max() < 1 << 32:  # local labels: one 64-bit key per pair sorts ~3x faster than rows
-        keys, inverse = np.unique((lo << ID_SHIFT) | hi, return_inverse=True)
-        unique = np.stack([keys >> ID_SHIFT, keys & np.uint64(0xFFFFFFFF)], axis=1)
+        keys, inverse = np.unique((lo << FRAGMENT_ID_SHIFT) | hi, return_inverse=True)
+        unique = np.stack([keys >> FRAGMENT_ID_SHIFT, keys & LOCAL_ID_MASK], axis=1)
     else:
         unique, inverse = np.unique(np.stack([lo, hi], axis=1), axis=0, return_inverse=True)
     inverse = inverse.ravel()

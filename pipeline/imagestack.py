@@ -15,8 +15,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from emcore.store import create_volume, removed_on_error, split_location
+
 from .data import DataError, parse_numbers, refuse_existing
-from .store import create_volume, removed_on_error, split_location
 
 __all__ = ["open_stack", "convert", "write_isbi2012", "ISBI_VOXEL_SIZE", "register"]
 

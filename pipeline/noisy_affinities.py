@@ -1,4 +1,4 @@
-"""Synthetic noisy affinities from instance labels, for tests and benchmarks (dependencies.md section 0).
+"""Synthetic noisy affinities from instance labels, for tests and benchmarks (docs/conventions.md §5).
 
 Per channel ``c`` with offset ``o`` (affinity at p links p and p + o, 1 = same object)::
 
@@ -24,11 +24,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from corrseg3d.cli import ArgumentParser, entry_point
-from corrseg3d.offsets import PEA_OFFSETS, validate_offsets
 from corrseg3d.targets import label_affinities
-
-from .mws import affinities_as_uint8
-from .store import create_volume, open_volume, removed_on_error
+from emcore.conventions import PEA_OFFSETS, affinities_as_uint8, validate_offsets
+from emcore.store import create_volume, open_volume, removed_on_error
 
 __all__ = ["noisy_affinities", "main"]
 

@@ -24,8 +24,8 @@ unknown) and ``model_offsets`` record what was done. A checkpoint without a voxe
 before it was recorded) predicts on the input grid with a warning; ``--no-resample`` does so on
 purpose.
 
-Resume: per-block done records in ``vol.zarr/.corrseg3d/predict/<output>/done`` are written after
-a block's data is written; reruns skip done blocks, and a rerun with another model, offsets or
+Resume: per-block done records in ``vol.zarr/.corrseg3d/predict/<output>/done`` are written by
+:func:`emcore.blocks.run_blocks` after a block's (or a ``--batch-size`` group's) data is written; reruns skip done blocks, and a rerun with another model, offsets or
 settings is refused unless ``--overwrite``.
 
 Reproducibility: for a fixed torch thread count the output is deterministic, so a resumed run is
@@ -42,17 +42,26 @@ import threading
 import warnings
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
 from corrseg3d.cli import ArgumentParser, entry_point
+from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks
+from emcore.conventions import affinities_as_uint8, raw_to_float
+from emcore.store import (
+    PRECOMPUTED_PREFIX,
+    StoreError,
+    Volume,
+    check_write_alignment,
+    create_volume,
+    open_volume,
+    split_location,
+)
 
-from .blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks
-from .data import parse_numbers
-from .mws import affinities_as_uint8
+from .options import add_options, option, options_from_args
 from .runstate import claim_outputs, mark_complete, workdir_for
-from .store import PRECOMPUTED_PREFIX, StoreError, Volume, check_write_alignment, create_volume, open_volume, split_location
+from .stage import PhaseProgress
 
 if TYPE_CHECKING:
     from corrseg3d.resample import Resampling
@@ -60,7 +69,9 @@ if TYPE_CHECKING:
 __all__ = ["PredictError", "PredictOptions", "PredictPlan", "plan_predict", "predict", "main", "DEFAULT_BLOCK",
            "DEFAULT_HALO", "DEFAULT_VOXEL_SIZE_TOLERANCE"]
 
-#: Default output block (= storage chunk) and context halo, (z, y, x).
+#: Default output block (= storage chunk) and context halo, (z, y, x). The block bounds peak memory
+#: (about 0.8 KiB per evaluated voxel: 5.5 GiB per process here, 13.4 GiB at 32x512x512, which is
+#: 25 % faster; ``benchmarks/predict.py``), so two processes fit a 16 GB node.
 DEFAULT_BLOCK = (32, 256, 256)
 DEFAULT_HALO = (8, 48, 48)
 #: Largest factor between input and model voxel size along an axis that predict accepts.
@@ -78,11 +89,14 @@ class PredictError(ValueError):
 class PredictOptions:
     """Settings that define the predicted affinities (stored in the run's ``config.json``).
 
+    One declaration for the Python API, the ``predict`` section of a run YAML (same keys) and the
+    command line (``--NAME``; :mod:`pipeline.options`).
+
     Parameters
     ----------
     checkpoint
         Path of a corrseg3d checkpoint; None = the shipped default weights.
-    block_shape, halo
+    block, halo
         Output block (= storage chunk) and context on each side, (z, y, x). The halo must be at
         least the largest offset along each axis so every stored affinity sees its partner voxel.
     dtype
@@ -106,18 +120,26 @@ class PredictOptions:
         False = run on the input grid whatever the voxel sizes (``--no-resample``).
     """
 
-    checkpoint: str | None = None
-    block_shape: tuple[int, int, int] = DEFAULT_BLOCK
-    halo: tuple[int, int, int] = DEFAULT_HALO
-    dtype: str = "uint8"
-    precision: str = "auto"
-    tta: bool = False
-    batch_size: int = 1
-    device: str = "auto"
-    threads: int = 0
-    voxel_size: tuple[float, float, float] | None = None
-    voxel_size_tolerance: float = DEFAULT_VOXEL_SIZE_TOLERANCE
-    resample: bool = True
+    checkpoint: str | None = option(None, "corrseg3d checkpoint (default: the shipped weights)", metavar="PATH")
+    block: tuple[int, int, int] = option(DEFAULT_BLOCK, "output block = storage chunk, z,y,x; peak RSS about 5.5 GiB "
+                                         "per process at the default, 13.4 GiB at 32,512,512", example="32,256,256")
+    halo: tuple[int, int, int] = option(DEFAULT_HALO, "context per side, z,y,x, in model voxels (= input voxels "
+                                        "unless resampled)", example="8,48,48")
+    dtype: Literal["uint8", "float16"] = option("uint8", "stored affinities: uint8 round(255 a) or float16")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", "autocast precision (auto: bf16 on CPUs with native bf16 and on GPUs)")
+    tta: bool = option(False, "average the 8 z/y/x flips (8x slower)")
+    batch_size: int = option(1, "blocks per network call (GPU)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    threads: int = option(0, "torch CPU threads per worker (0 = torch default)")
+    voxel_size: tuple[float, float, float] | None = option(
+        None, "the input's voxel size z,y,x in nm (default: the one its store states)", example="30,6,6")
+    voxel_size_tolerance: float = option(
+        DEFAULT_VOXEL_SIZE_TOLERANCE, "resample when the input's voxel size differs by more than this, relative, "
+        "along some axis from every voxel size the model was trained at")
+    resample: bool = option(
+        True, "resample an input of another voxel size to the model's grid; --no-resample runs the network on "
+        "the input grid whatever the voxel sizes")
 
 
 @dataclass(frozen=True)
@@ -126,7 +148,6 @@ class _Job:
 
     raw_location: str
     out_location: str
-    workdir: str
     options: PredictOptions
     resampling: Resampling | None
 
@@ -137,19 +158,19 @@ class _Predictor:
     def __init__(self, job: _Job) -> None:
         import torch
 
-        from corrseg3d.inference import resolve_device, resolve_precision
+        from corrseg3d.inference import inference_model, resolve_device, resolve_precision
 
         self.options = job.options
         self.resampling = job.resampling
         self.raw = open_volume(job.raw_location)
         self.out = open_volume(job.out_location, mode="r+")
-        self.grid = BlockGrid(self.raw.spatial_shape, job.options.block_shape)
-        self.records = DoneRecords(os.path.join(job.workdir, "done"))
-        self.model, self.offsets, _, _ = _load_model(job.options.checkpoint)
+        self.grid = BlockGrid(self.raw.spatial_shape, job.options.block)
+        model, self.offsets, _, _ = _load_model(job.options.checkpoint)
+        self.model = inference_model(model)
         self.device = resolve_device(job.options.device)
         self.autocast_dtype = resolve_precision(job.options.precision, self.device)
         self.channels_last = self.device.type == "cpu"
-        self.model.to(self.device).eval()
+        self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last_3d)
         self.lock = threading.Lock()
@@ -160,7 +181,7 @@ class _Predictor:
         block = self.grid.block(index)
 
         def read(box: tuple[slice, ...]) -> np.ndarray:
-            return self.raw[box].astype(np.float32) / np.float32(255)
+            return raw_to_float(self.raw[box])
 
         if self.resampling is not None:
             return self.resampling.model_patch(self.raw.array, block.begin, block.end, read=read)
@@ -209,7 +230,6 @@ class _Predictor:
                 affinities = self.infer(np.stack([images[i] for i in indices]))
             for index, prediction in zip(indices, affinities):
                 self.write(index, prediction)
-                self.records.mark_done(index)
         return group
 
 
@@ -218,7 +238,7 @@ _PREDICTORS_LOCK = threading.Lock()
 
 
 def _predict_group(job: _Job, group: Sequence[int]) -> Sequence[int]:
-    """Predict, write and mark done the blocks of ``group`` (one model per process, cached)."""
+    """Predict and write the blocks of ``group`` (one model per process, cached); :func:`run_blocks` marks them done."""
     with _PREDICTORS_LOCK:
         if job not in _PREDICTORS:
             _PREDICTORS[job] = _Predictor(job)
@@ -271,7 +291,7 @@ def _check_input(raw: Volume) -> None:
 
 def _check_options(options: PredictOptions, offsets: Sequence[Sequence[int]]) -> None:
     from corrseg3d.inference import resolve_device, resolve_precision
-    from corrseg3d.offsets import max_offset
+    from emcore.conventions import max_offset
 
     if options.dtype not in OUTPUT_DTYPES:
         raise PredictError(f"--dtype {options.dtype} is not supported: use uint8 or float16")
@@ -381,7 +401,7 @@ def plan_predict(raw_location: str, *, out_location: str | None = None, options:
         out_location = f"{root}/affinities"
     if not split_location(out_location)[1]:
         raise PredictError(f"--out {out_location} names no dataset: write to OUT.zarr/NAME, e.g. OUT.zarr/affinities")
-    grid = BlockGrid(raw.spatial_shape, options.block_shape)
+    grid = BlockGrid(raw.spatial_shape, options.block)
     blocks = task_blocks(grid.n_blocks, task_index, num_tasks)
     config = {
         "input": {"location": os.path.abspath(raw.location) if "://" not in raw.location else raw.location,
@@ -406,26 +426,19 @@ def predict(raw_location: str, *, out_location: str | None = None, options: Pred
     Every check (:func:`plan_predict`) runs before the output or its run state is created; the
     run state is marked complete once every block of the volume is done.
     """
-    from corrseg3d.checkpoint import code_version
-
     plan = plan_predict(raw_location, out_location=out_location, options=options, task_index=task_index,
                         num_tasks=num_tasks, scheduler=scheduler, num_workers=num_workers, dataset=dataset)
     options, grid, workdir = plan.options, plan.grid, plan.workdir
-    claim_outputs(workdir, plan.config, {"affinities": plan.out_location}, overwrite=overwrite)
-    out = _open_or_create_output(plan, code_version())
-    check_write_alignment(out, options.block_shape)
+    out = _claim_output(plan, overwrite=overwrite)
     if plan.attributes["model_voxel_size"] is None:
         warnings.warn(f"checkpoint {options.checkpoint} records no training voxel size: predicting on the input grid "
                       "without resampling; record it with `python -m corrseg3d.checkpoint set-voxel-size PATH Z Y X`",
                       stacklevel=2)
     records = DoneRecords(os.path.join(workdir, "done"))
-    todo = [i for i in plan.blocks if not records.is_done(i)]
-    groups = [tuple(todo[i:i + options.batch_size]) for i in range(0, len(todo), options.batch_size)]
-    job = _Job(plan.raw.location, out.location, workdir, options, plan.resampling)
-    summary = run_blocks(partial(_predict_group, job), groups, scheduler=scheduler, num_workers=num_workers or 2,
-                         voxels=lambda group: sum(grid.block(i).size for i in group), desc="predict",
-                         progress=progress)
-    summary["skipped"] = len(plan.blocks) - len(todo)
+    job = _Job(plan.raw.location, out.location, options, plan.resampling)
+    summary = run_blocks(partial(_predict_group, job), plan.blocks, records=records, batch_size=options.batch_size,
+                         scheduler=scheduler, num_workers=num_workers or 2, voxels=lambda i: grid.block(i).size,
+                         desc="predict", progress=progress)
     summary["output"] = plan.out_location
     summary["voxel_size"] = plan.attributes
     if len(records.done(range(grid.n_blocks))) == grid.n_blocks:
@@ -433,10 +446,55 @@ def predict(raw_location: str, *, out_location: str | None = None, options: Pred
     return summary
 
 
+def _claim_output(plan: PredictPlan, *, overwrite: bool) -> Volume:
+    """Claim the output for this run's configuration (:func:`pipeline.runstate.claim_outputs`), then
+    open or create it; returns it open for writing."""
+    from corrseg3d.checkpoint import code_version
+
+    claim_outputs(plan.workdir, plan.config, {"affinities": plan.out_location}, overwrite=overwrite)
+    out = _open_or_create_output(plan, code_version())
+    check_write_alignment(out, plan.options.block)
+    return out
+
+
+@dataclass(frozen=True)
+class PredictStage:
+    """Prediction as a :class:`pipeline.stage.Stage` (one phase, ``predict``), for ``pipeline.run``
+    and ``pipeline.slurm``; the arguments are those of :func:`predict`."""
+
+    raw_location: str
+    out_location: str
+    options: PredictOptions = PredictOptions()
+    dataset: str = "raw"
+    phases: ClassVar[tuple[str, ...]] = ("predict",)
+
+    def prepare(self) -> dict[str, int]:
+        """Check, claim and create the output without predicting a block; the number of blocks."""
+        plan = plan_predict(self.raw_location, out_location=self.out_location, options=self.options,
+                            scheduler="synchronous", dataset=self.dataset)
+        _claim_output(plan, overwrite=False)
+        return {"predict": plan.grid.n_blocks}
+
+    def run_phase(self, phase: str, **kwargs: Any) -> dict[str, Any]:
+        """:func:`predict` (``kwargs``: its task split, scheduler, workers, progress, overwrite)."""
+        kwargs.pop("allow_incomplete", None)  # prediction reads raw data, which has no unfinished state
+        return predict(self.raw_location, out_location=self.out_location, options=self.options,
+                       dataset=self.dataset, **kwargs)
+
+    def progress(self) -> dict[str, PhaseProgress] | None:
+        """Done blocks of the ``predict`` phase; None before the output was first claimed."""
+        workdir = workdir_for(self.out_location, "predict")
+        if not os.path.exists(os.path.join(workdir, "config.json")):
+            return None
+        total = BlockGrid(open_volume(self.raw_location, self.dataset).spatial_shape, self.options.block).n_blocks
+        done = tuple(DoneRecords(os.path.join(workdir, "done")).done(range(total)))
+        return {"predict": PhaseProgress(done, total, len(done) == total)}
+
+
 def _open_or_create_output(plan: PredictPlan, version: str) -> Volume:
     raw, options = plan.raw, plan.options
     shape = (len(plan.offsets),) + raw.spatial_shape
-    chunks = (len(plan.offsets),) + tuple(min(b, s) for b, s in zip(options.block_shape, raw.spatial_shape))
+    chunks = (len(plan.offsets),) + tuple(min(b, s) for b, s in zip(options.block, raw.spatial_shape))
     attrs = {**plan.attributes, "model_sha256": plan.metadata["model_sha256"], "config": plan.config,
              "code_version": version, "dtype_scale": 255 if options.dtype == "uint8" else 1}
     voxel_size = plan.attributes["input_voxel_size"] or raw.voxel_size
@@ -454,27 +512,10 @@ def _parser() -> ArgumentParser:
     parser.add_argument("input", help="vol.zarr (with --dataset), vol.zarr/NAME or precomputed://URL")
     parser.add_argument("--dataset", default="raw", help="dataset inside the store (default raw)")
     parser.add_argument("--out", help="output location (default: affinities next to a zarr input; required for precomputed)")
-    parser.add_argument("--checkpoint", help="corrseg3d checkpoint (default: the shipped weights)")
-    parser.add_argument("--block", type=parse_numbers(int, 3, "32,256,256"), default=DEFAULT_BLOCK,
-                        help="output block = storage chunk, z,y,x (default %(default)s)")
-    parser.add_argument("--halo", type=parse_numbers(int, 3, "8,48,48"), default=DEFAULT_HALO,
-                        help="context per side, z,y,x, in model voxels (= input voxels unless resampled; default %(default)s)")
-    parser.add_argument("--voxel-size", type=parse_numbers(float, 3, "30,6,6"),
-                        help="the input's voxel size z,y,x in nm (default: the one its store states)")
-    parser.add_argument("--voxel-size-tolerance", type=float, default=DEFAULT_VOXEL_SIZE_TOLERANCE,
-                        help="resample when the input's voxel size differs by more than this, relative, along some "
-                             "axis from every voxel size the model was trained at (default %(default)s)")
-    parser.add_argument("--no-resample", action="store_true",
-                        help="run the network on the input grid even where the voxel sizes differ")
-    parser.add_argument("--dtype", default="uint8", choices=OUTPUT_DTYPES)
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=1, help="blocks per network call (GPU)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per worker (0 = torch default)")
-    parser.add_argument("--tta", action="store_true", help="average the 8 z/y/x flips (8x slower)")
+    add_options(parser, PredictOptions)
     parser.add_argument("--scheduler", default="threads",
                         help="threads (default), processes, synchronous or a dask.distributed tcp:// address")
-    parser.add_argument("--workers", type=int, help="concurrent block groups (default 2: reading overlaps compute)")
+    parser.add_argument("--workers", type=int, help="concurrent blocks or --batch-size groups (default 2: reading overlaps compute)")
     parser.add_argument("--task-index", type=int, help="this SLURM array task's index (with --num-tasks)")
     parser.add_argument("--num-tasks", type=int, help="number of array tasks sharing the blocks")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing output and its records")
@@ -485,21 +526,15 @@ def _parser() -> ArgumentParser:
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    options = PredictOptions(
-        checkpoint=args.checkpoint, block_shape=tuple(args.block), halo=tuple(args.halo), dtype=args.dtype,
-        precision=args.precision, tta=args.tta, batch_size=args.batch_size, device=args.device, threads=args.threads,
-        voxel_size=tuple(args.voxel_size) if args.voxel_size else None, voxel_size_tolerance=args.voxel_size_tolerance,
-        resample=not args.no_resample)
-    with warnings.catch_warnings():  # warnings as one line each, like errors
-        warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
-        summary = predict(args.input, out_location=args.out, options=options, task_index=args.task_index,
-                          num_tasks=args.num_tasks, scheduler=args.scheduler, num_workers=args.workers,
-                          overwrite=args.overwrite, progress=not args.no_progress, dataset=args.dataset)
+    options = options_from_args(PredictOptions, args)
+    summary = predict(args.input, out_location=args.out, options=options, task_index=args.task_index,
+                      num_tasks=args.num_tasks, scheduler=args.scheduler, num_workers=args.workers,
+                      overwrite=args.overwrite, progress=not args.no_progress, dataset=args.dataset)
     voxel = summary["voxel_size"]
     if voxel["resampled"]:
         sizes = [" x ".join(f"{v:g}" for v in voxel[k]) for k in ("input_voxel_size", "model_voxel_size")]
         print(f"predict: resampled {sizes[0]} nm input to the model's {sizes[1]} nm and back")
-    print(f"predict: wrote {summary['output']} ({summary['blocks']} block groups run, {summary['skipped']} blocks "
+    print(f"predict: wrote {summary['output']} ({summary['blocks']} blocks run, {summary['skipped']} blocks "
           f"already done, {summary['voxels_per_second'] / 1e6:.2f} Mvoxel/s)")
     return 0
 

@@ -11,8 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
+from emcore.store import open_volume, split_location
+
 from .data import DataError
-from .store import open_volume, split_location
 
 __all__ = ["label_colours", "write_preview", "register"]
 

@@ -19,8 +19,8 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from .blocks import BlockGrid
-from .store import SCALE0, open_volume, split_location
+from emcore.blocks import BlockGrid
+from emcore.store import SCALE0, open_volume, split_location
 
 __all__ = ["METHODS", "PyramidError", "build_pyramid", "default_method", "downsample_xy"]
 

@@ -13,9 +13,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from .blocks import BlockGrid
-from .stitch import LOCAL_MASK, lookup_path
-from .store import open_volume
+from emcore.blocks import BlockGrid
+from emcore.conventions import fragment_local
+from emcore.store import open_volume
+
+from .stitch import lookup_path
 
 __all__ = ["RelabelParams", "relabel_block"]
 
@@ -44,5 +46,5 @@ def relabel_block(params: RelabelParams, index: int) -> None:
     node_offsets, values = _lookup(path, os.stat(path).st_mtime_ns)
     block = BlockGrid(params.shape, params.block_shape).block(index)
     table = np.concatenate([[np.uint64(0)], values[node_offsets[index]:node_offsets[index + 1]]])
-    local = open_volume(params.fragments)[block.slices] & LOCAL_MASK
+    local = fragment_local(open_volume(params.fragments)[block.slices])
     open_volume(params.segmentation, mode="r+")[block.slices] = table[local.astype(np.intp)]

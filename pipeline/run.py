@@ -39,29 +39,25 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from corrseg3d.cli import ArgumentParser, entry_point
+from emcore.blocks import check_scheduler, write_json_atomic
+from emcore.contingency import EvaluationError
+from emcore.store import open_volume
 
-from .blocks import BlockGrid, DoneRecords, check_scheduler, write_json_atomic
-from .contingency import EvaluationError
 from .evaluate import evaluate, format_report, parse_roi
-from .predict import plan_predict, predict
+from .predict import PredictStage, plan_predict
 from .runconfig import RunConfig, default_config_yaml, load_run_config, to_dict
-from .runstate import workdir_for
-from .segment import check_options, segment
+from .segment import SegmentStage, check_options
 from .slurmlimits import fitted_slurm_defaults
-from .store import open_volume
+from .stage import PhaseProgress, Stage
 
-__all__ = ["PHASES", "BLOCK_PHASES", "STAGES", "RunError", "check_run", "run", "run_phase", "prepare",
-           "block_progress", "done_blocks", "lookup_finished", "scores_finished", "dask_cluster", "main"]
+__all__ = ["PHASES", "BLOCK_PHASES", "STAGES", "RunError", "check_run", "run", "run_phase", "stages", "prepare",
+           "phase_progress", "block_progress", "done_blocks", "scores_finished", "dask_cluster", "main"]
 
 #: Blockwise phases (SLURM array jobs) and all phases in execution order.
-BLOCK_PHASES = ("predict", "fragments", "stitch", "relabel")
+BLOCK_PHASES = PredictStage.phases + SegmentStage.phases
 PHASES = BLOCK_PHASES + ("evaluate",)
 #: Stages in order (``--restart``) and the first phase of each, where a restart discards its results.
 STAGES = {"predict": "predict", "segment": "fragments", "evaluate": "evaluate"}
-#: A task split that owns no block (task_blocks(n, i, N) = i, i+N, ... < n): claims outputs only.
-_NO_BLOCKS = {"task_index": 2**31 - 1, "num_tasks": 2**31}
-#: Done-record folder of each segment phase inside the segment work folder.
-_SEGMENT_RECORDS = {"fragments": "fragments", "stitch": "faces", "relabel": "relabel"}
 
 
 class RunError(ValueError):
@@ -91,9 +87,9 @@ def check_run(config: RunConfig, *, scheduler: str | None = None) -> None:
     scheduler = scheduler or config.execution.scheduler
     check_scheduler(scheduler, config.execution.workers)
     plan = plan_predict(config.input.raw, out_location=config.location("affinities"),
-                        options=config.predict.options(), scheduler=scheduler,
+                        options=config.predict, scheduler=scheduler,
                         num_workers=config.execution.workers, dataset=config.input.dataset)
-    check_options(config.segment.options())
+    check_options(config.segment)
     if config.evaluate.gt is not None:
         _check_ground_truth(config, plan.raw.spatial_shape)
 
@@ -103,7 +99,7 @@ def _check_ground_truth(config: RunConfig, shape: tuple[int, int, int]) -> None:
     options = config.evaluate
     volumes = {"evaluate.gt": open_volume(options.gt, options.gt_dataset)}
     if options.mask is not None:
-        volumes["evaluate.mask"] = open_volume(options.mask, "mask")
+        volumes["evaluate.mask"] = open_volume(options.mask, options.mask_dataset)
     for key, volume in volumes.items():
         if volume.shape != tuple(shape):
             raise EvaluationError(f"{key} {volume.location} has shape {volume.shape} but the segmentation of "
@@ -127,17 +123,11 @@ def run_phase(config: RunConfig, phase: str, *, task_index: int | None = None, n
     phases claim their outputs before the prediction has finished (:func:`prepare`).
     """
     scheduler = scheduler or config.execution.scheduler
-    split = {"task_index": task_index, "num_tasks": num_tasks}
-    workers = config.execution.workers
-    if phase == "predict":
-        return predict(config.input.raw, out_location=config.location("affinities"),
-                       options=config.predict.options(), scheduler=scheduler, num_workers=workers,
-                       progress=progress, dataset=config.input.dataset, overwrite=overwrite, **split)
-    if phase in _SEGMENT_RECORDS:
-        return segment(config.store, config.segment.options(), input_name=config.output.affinities,
-                       output_name=config.output.segmentation, fragments_name=config.output.fragments, phase=phase,
-                       scheduler=scheduler, num_workers=workers, progress=progress, overwrite=overwrite,
-                       allow_incomplete=allow_incomplete, **split)
+    if phase in BLOCK_PHASES:
+        return _stage_of(config, phase).run_phase(phase, task_index=task_index, num_tasks=num_tasks,
+                                                  scheduler=scheduler, num_workers=config.execution.workers,
+                                                  progress=progress, overwrite=overwrite,
+                                                  allow_incomplete=allow_incomplete)
     if phase == "evaluate":
         return _evaluate(config, scheduler, rescore=overwrite)
     raise RunError(f"unknown phase {phase!r}: use one of {', '.join(PHASES)}")
@@ -155,10 +145,7 @@ def _evaluate(config: RunConfig, scheduler: str, *, rescore: bool = False) -> di
     if scores_finished(config) and not rescore:
         with open(path) as handle:
             return {**json.load(handle)["report"], "reused": True}
-    options = config.evaluate
-    report = evaluate(config.location("segmentation"), options.gt, gt_dataset=options.gt_dataset,
-                      ignore_gt=options.ignore_gt, ignore_seg=options.ignore_seg, mask=options.mask,
-                      roi=options.roi, scheduler=scheduler)
+    report = evaluate(config.location("segmentation"), config.evaluate.gt, config.evaluate, scheduler=scheduler)
     os.makedirs(config.run_dir, exist_ok=True)
     write_json_atomic(path, {"key": _evaluate_key(config), "report": report})
     return report
@@ -181,40 +168,41 @@ def run(config: RunConfig, *, scheduler: str | None = None, progress: bool = Tru
             for phase in phases}
 
 
+def stages(config: RunConfig) -> tuple[Stage, ...]:
+    """The run's blockwise stages in order (:mod:`pipeline.stage`)."""
+    return (PredictStage(config.input.raw, config.location("affinities"), config.predict, config.input.dataset),
+            SegmentStage(config.store, config.segment, input_name=config.output.affinities,
+                         output_name=config.output.segmentation, fragments_name=config.output.fragments))
+
+
+def _stage_of(config: RunConfig, phase: str) -> Stage:
+    return next(stage for stage in stages(config) if phase in stage.phases)
+
+
 def prepare(config: RunConfig) -> dict[str, int]:
     """Claim and create every output once, running no block; return the block count of each phase.
 
     Array tasks then only open existing outputs, so they never race creating them, and a changed
     config is refused here, before anything is submitted.
     """
-    run_phase(config, "predict", scheduler="synchronous", progress=False, **_NO_BLOCKS)
-    summary = run_phase(config, "fragments", scheduler="synchronous", progress=False, allow_incomplete=True,
-                        **_NO_BLOCKS)
-    raw = open_volume(config.input.raw, config.input.dataset)
-    n_predict = BlockGrid(raw.spatial_shape, config.predict.block).n_blocks
-    return {"predict": n_predict, "fragments": summary["blocks"], "stitch": summary["blocks"],
-            "relabel": summary["blocks"]}
+    counts: dict[str, int] = {}
+    for stage in stages(config):
+        counts.update(stage.prepare())
+    return counts
 
 
-def _records_folder(config: RunConfig, phase: str) -> str:
-    if phase == "predict":
-        return os.path.join(workdir_for(config.location("affinities"), "predict"), "done")
-    return os.path.join(_segment_dir(config), "done", _SEGMENT_RECORDS[phase])
+def phase_progress(config: RunConfig) -> dict[str, PhaseProgress | None]:
+    """Progress of each blockwise phase, None for a phase whose stage never started."""
+    result: dict[str, PhaseProgress | None] = dict.fromkeys(BLOCK_PHASES)
+    for stage in stages(config):
+        result.update(stage.progress() or {})
+    return result
 
 
-def _segment_dir(config: RunConfig) -> str:
-    return workdir_for(config.location("segmentation"), "segment")
-
-
-def done_blocks(config: RunConfig, phase: str, total: int) -> list[int]:
+def done_blocks(config: RunConfig, phase: str) -> list[int]:
     """Indices of the blocks of blockwise ``phase`` that are marked done."""
-    folder = _records_folder(config, phase)
-    return DoneRecords(folder).done(range(total)) if os.path.isdir(folder) else []
-
-
-def lookup_finished(config: RunConfig) -> bool:
-    """Whether the stitch phase built its global lookup table (after all faces were done)."""
-    return os.path.exists(os.path.join(_segment_dir(config), "lookup.done"))
+    progress = phase_progress(config)[phase]
+    return list(progress.done) if progress is not None else []
 
 
 def scores_finished(config: RunConfig) -> bool:
@@ -228,18 +216,8 @@ def scores_finished(config: RunConfig) -> bool:
 
 def block_progress(config: RunConfig) -> dict[str, tuple[int, int] | None]:
     """``(done, total)`` blocks of each blockwise phase, None for a phase whose stage never started."""
-    result: dict[str, tuple[int, int] | None] = dict.fromkeys(BLOCK_PHASES)
-    if os.path.exists(os.path.join(os.path.dirname(_records_folder(config, "predict")), "config.json")):
-        raw = open_volume(config.input.raw, config.input.dataset)
-        total = BlockGrid(raw.spatial_shape, config.predict.block).n_blocks
-        result["predict"] = (len(done_blocks(config, "predict", total)), total)
-    if os.path.exists(os.path.join(_segment_dir(config), "config.json")):
-        with open(os.path.join(_segment_dir(config), "config.json")) as handle:
-            stored = json.load(handle)
-        total = BlockGrid(tuple(stored["input"]["shape"][1:]), tuple(stored["options"]["block_shape"])).n_blocks
-        for phase in _SEGMENT_RECORDS:
-            result[phase] = (len(done_blocks(config, phase, total)), total)
-    return result
+    return {phase: None if progress is None else (len(progress.done), progress.total)
+            for phase, progress in phase_progress(config).items()}
 
 
 @contextlib.contextmanager

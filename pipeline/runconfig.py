@@ -1,7 +1,9 @@
 """Typed configuration of a whole run (``python -m pipeline.run run.yaml``): one YAML file.
 
 Sections: ``input``, ``output``, ``predict``, ``segment``, ``evaluate``, ``execution`` and
-``slurm``; every key is optional and falls back to the defaults below (``python -m pipeline.run
+``slurm``; ``predict`` and ``segment`` are the stages' own options classes
+(:class:`pipeline.predict.PredictOptions`, :class:`pipeline.segment.SegmentOptions`: the same
+names as their command-line options). Every key is optional and falls back to the defaults below (``python -m pipeline.run
 --print-default-config`` prints them, commented). Validation reuses the training config's schema
 checker (:mod:`corrseg3d.config`): an unknown key is an error naming its dotted path and the
 closest valid key, a wrong type names the expected type.
@@ -12,6 +14,7 @@ the same whatever the working directory (SLURM tasks start in the submit directo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import textwrap
 from dataclasses import dataclass, field, replace
@@ -22,10 +25,12 @@ import yaml
 
 from corrseg3d.config import ConfigError, apply_overrides, build_dataclass, read_yaml_mapping, to_dict
 
-from .predict import DEFAULT_BLOCK, DEFAULT_HALO, DEFAULT_VOXEL_SIZE_TOLERANCE, PredictOptions
-from .segment import DEFAULT_MIN_SIZE, SegmentOptions
+from .evaluate import EvaluateOptions
+from .options import rename_deprecated_keys
+from .predict import PredictOptions
+from .segment import SegmentOptions
 
-__all__ = ["ConfigError", "InputConfig", "OutputConfig", "PredictConfig", "SegmentConfig", "EvaluateConfig",
+__all__ = ["ConfigError", "InputConfig", "OutputConfig", "EvaluateConfig",
            "ExecutionConfig", "SlurmConfig", "RunConfig", "load_run_config", "default_config_yaml", "to_dict"]
 
 
@@ -52,65 +57,16 @@ class OutputConfig:
     run_dir: str | None = None
 
 
-@dataclass
-class PredictConfig:
-    """Options of :class:`pipeline.predict.PredictOptions` (``checkpoint: null`` = shipped weights,
-    ``voxel_size: null`` = the voxel size the raw volume states, z, y, x in nm)."""
-
-    checkpoint: str | None = None
-    block: tuple[int, int, int] = DEFAULT_BLOCK
-    halo: tuple[int, int, int] = DEFAULT_HALO
-    dtype: Literal["uint8", "float16"] = "uint8"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
-    tta: bool = False
-    batch_size: int = 1
-    threads: int = 0
-    voxel_size: tuple[float, float, float] | None = None
-    voxel_size_tolerance: float = DEFAULT_VOXEL_SIZE_TOLERANCE
-    resample: bool = True
-
-    def options(self) -> PredictOptions:
-        return PredictOptions(checkpoint=self.checkpoint, block_shape=self.block, halo=self.halo, dtype=self.dtype,
-                              precision=self.precision, tta=self.tta, batch_size=self.batch_size, device=self.device,
-                              threads=self.threads, voxel_size=self.voxel_size,
-                              voxel_size_tolerance=self.voxel_size_tolerance, resample=self.resample)
+#: Old spellings of run-config keys, accepted with a warning for one release: section -> {old: new}.
+DEPRECATED_KEYS = {"segment": {"randomize_seed": "randomize_strides"}}
 
 
-@dataclass
-class SegmentConfig:
-    """Options of :class:`pipeline.segment.SegmentOptions` (``block``/``halo`` null = the stage's defaults)."""
-
-    method: Literal["mws", "waterz", "multicut"] = "mws"
-    block: tuple[int, int, int] | None = None
-    halo: tuple[int, int, int] | None = None
-    strides: tuple[int, int, int] = (1, 4, 4)
-    randomize_seed: int | None = None
-    threshold: float = 0.5
-    majority: float = 0.5
-    min_size: int = DEFAULT_MIN_SIZE
-    merge_floor: float = 0.0
-    consecutive: bool = False
-    dtype: Literal["uint64", "uint32"] = "uint64"
-
-    def options(self) -> SegmentOptions:
-        return SegmentOptions(method=self.method, block_shape=self.block, halo=self.halo, strides=self.strides,
-                              randomize_seed=self.randomize_seed, threshold=self.threshold, majority=self.majority,
-                              min_size=self.min_size, merge_floor=self.merge_floor, consecutive=self.consecutive,
-                              dtype=self.dtype)
-
-
-@dataclass
-class EvaluateConfig:
-    """Scoring against ground truth; skipped when ``gt`` is null. Voxels with a label in
-    ``ignore_gt`` (GT) or ``ignore_seg`` (segmentation), or 0 in ``mask``, are not evaluated."""
+@dataclass(frozen=True)
+class EvaluateConfig(EvaluateOptions):
+    """Scoring against ground truth ``gt`` (a volume location; scoring is skipped when null) with the
+    options of :class:`pipeline.evaluate.EvaluateOptions`."""
 
     gt: str | None = None
-    gt_dataset: str = "labels"
-    ignore_gt: list[int] = field(default_factory=lambda: [0])
-    ignore_seg: list[int] = field(default_factory=list)
-    mask: str | None = None
-    roi: str | None = None
 
 
 @dataclass
@@ -149,8 +105,8 @@ class RunConfig:
 
     input: InputConfig = field(default_factory=InputConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    predict: PredictConfig = field(default_factory=PredictConfig)
-    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    predict: PredictOptions = field(default_factory=PredictOptions)
+    segment: SegmentOptions = field(default_factory=SegmentOptions)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
@@ -158,7 +114,7 @@ class RunConfig:
     @property
     def store(self) -> str:
         """The output store (``vol.zarr``)."""
-        from .store import split_location
+        from emcore.store import split_location
 
         return self.output.store or split_location(self.input.raw)[0]
 
@@ -199,14 +155,28 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfi
     """
     path = Path(path)
     values = read_yaml_mapping(path, "write one with `python -m pipeline.run --print-default-config > run.yaml`")
-    config = build_dataclass(RunConfig, apply_overrides(values, overrides))
+    values = apply_overrides(values, overrides)
+    for section, renames in DEPRECATED_KEYS.items():
+        if isinstance(values.get(section), dict):
+            try:
+                values[section] = rename_deprecated_keys(values[section], renames, section)
+            except ValueError as error:
+                raise ConfigError(f"{path}: {error}") from None
+    config = build_dataclass(RunConfig, values)
     if not config.input.raw:
         raise ConfigError(f"{path}: input.raw is required (e.g. input: {{raw: vol.zarr/raw}})")
     return _resolve_paths(config, path.resolve().parent)
 
 
 def _comment(cls: type) -> list[str]:
-    return [f"# {line}" for line in textwrap.wrap(" ".join((cls.__doc__ or "").split()), 98)]
+    """A section's comment: the first paragraph of its class docstring, then each option's help text."""
+    first = " ".join((cls.__doc__ or "").split("\n\n")[0].split())
+    lines = [f"# {line}" for line in textwrap.wrap(first, 98)]
+    for item in dataclasses.fields(cls):
+        if "help" in item.metadata:
+            lines += [f"#{'   ' if i else ' - '}{line}" for i, line in
+                      enumerate(textwrap.wrap(f"{item.name}: {item.metadata['help']}", 95))]
+    return lines
 
 
 def default_config_yaml(*, slurm: SlurmConfig | None = None) -> str:

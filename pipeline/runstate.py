@@ -16,8 +16,8 @@ import os
 import shutil
 from typing import Any, Mapping
 
-from .blocks import write_json_atomic
-from .store import remove_volume, split_location
+from emcore.blocks import write_json_atomic
+from emcore.store import remove_volume, split_location
 
 __all__ = ["RunStateError", "COMPLETE", "workdir_for", "dataset_path", "claim_outputs", "mark_complete",
            "unfinished_stage", "require_finished"]

@@ -26,21 +26,23 @@ import os
 import sys
 from dataclasses import asdict, dataclass, replace
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
 from corrseg3d.cli import ArgumentParser, entry_point
-from corrseg3d.offsets import max_offset, validate_offsets
+from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks, write_json_atomic
+from emcore.conventions import max_offset, validate_offsets
+from emcore.mws import check_affinity_values
+from emcore.store import StoreError, Volume, check_write_alignment, create_volume, open_volume
 
-from .blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks, write_json_atomic
 from .data import parse_numbers
 from .fragments import METHODS, FragmentParams, compute_fragments
-from .mws import check_affinity_values
+from .options import add_options, deprecated_flag, option, options_from_args
 from .relabel import RelabelParams, relabel_block
 from .runstate import claim_outputs, dataset_path, mark_complete, require_finished, unfinished_stage, workdir_for
+from .stage import PhaseProgress
 from .stitch import StitchParams, build_lookup, stitch_faces
-from .store import StoreError, Volume, check_write_alignment, create_volume, open_volume
 
 __all__ = ["DEFAULT_MIN_SIZE", "SegmentError", "SegmentOptions", "PHASES", "check_options", "segment", "main"]
 
@@ -65,19 +67,28 @@ class SegmentError(ValueError):
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    """Parameters that define a segmentation result (all of them are in ``config.json``)."""
+    """Parameters that define a segmentation result (all of them are in ``config.json``).
 
-    method: str = "mws"
-    block_shape: tuple[int, int, int] | None = None
-    halo: tuple[int, int, int] | None = None
-    strides: tuple[int, int, int] = (1, 4, 4)
-    randomize_seed: int | None = None
-    threshold: float = 0.5
-    majority: float = 0.5
-    min_size: int = DEFAULT_MIN_SIZE
-    merge_floor: float = 0.0
-    consecutive: bool = False
-    dtype: str = "uint64"
+    One declaration for the Python API, the ``segment`` section of a run YAML (same keys) and the
+    command line (``--NAME``; :mod:`pipeline.options`).
+    """
+
+    method: Literal["mws", "waterz", "multicut"] = option("mws", "segmentation method")
+    block: tuple[int, int, int] | None = option(
+        None, "z,y,x block (default: the smallest multiple of the affinity chunk covering 32,512,512; whole "
+        "volume for waterz/multicut)", example="32,512,512")
+    halo: tuple[int, int, int] | None = option(
+        None, "z,y,x halo (default: max offset rounded up to a power of two, e.g. 4,32,32)", example="4,32,32")
+    strides: tuple[int, int, int] = option((1, 4, 4), "mutex edge strides", example="1,4,4")
+    randomize_strides: int | None = option(
+        None, "sample mutex edges at random (probability 1/prod(strides)), deterministic for SEED", metavar="SEED")
+    threshold: float = option(0.5, "waterz merge threshold")
+    majority: float = option(0.5, "face join rule: overlap > MAJORITY of both labels' halo voxels")
+    min_size: int = option(DEFAULT_MIN_SIZE, "merge segments smaller than this many voxels (0: off)")
+    merge_floor: float = option(0.0, "a small segment merges only if its best neighbour's mean NN affinity "
+                                "exceeds this")
+    consecutive: bool = option(False, "relabel segments 1..K")
+    dtype: Literal["uint64", "uint32"] = option("uint64", "output dtype (uint32 needs --consecutive)")
 
 
 def check_options(options: SegmentOptions) -> None:
@@ -109,10 +120,10 @@ def check_options(options: SegmentOptions) -> None:
         if not 0.0 <= value <= 1.0:
             raise SegmentError(f"{flag} (segment.{key}) {value} must be in [0, 1]: it is compared with "
                                "affinities (1 = same object)")
-    if options.randomize_seed is not None and options.randomize_seed < 0:
-        raise SegmentError(f"--randomize-strides (segment.randomize_seed) {options.randomize_seed} must be >= 0")
+    if options.randomize_strides is not None and options.randomize_strides < 0:
+        raise SegmentError(f"--randomize-strides (segment.randomize_strides) {options.randomize_strides} must be >= 0")
     for flag, key, values, least in (("--strides", "strides", options.strides, 1),
-                                     ("--block-shape", "block", options.block_shape, 1),
+                                     ("--block", "block", options.block, 1),
                                      ("--halo", "halo", options.halo, 0)):
         if values is not None and (len(values) != 3 or any(int(v) < least for v in values)):
             raise SegmentError(f"{flag} (segment.{key}) {tuple(values)} must be three (z, y, x) sizes >= {least}")
@@ -136,30 +147,16 @@ def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_nam
         raise SegmentError("--task-index/--num-tasks need --phase: run the phases one after the other as separate jobs")
     task_blocks(0, task_index, num_tasks)
     check_scheduler(scheduler, num_workers)
-    check_options(options)
-    affinities = open_volume(f"{store}/{input_name}")
-    require_finished(affinities.location, allow_incomplete=allow_incomplete)
-    offsets = _check_input(affinities)
-    options = _resolve(options, affinities, offsets)
-    workdir = workdir_for(f"{store}/{output_name}", "segment")
-    grid = BlockGrid(affinities.spatial_shape, options.block_shape)
+    plan = _plan(store, options, input_name=input_name, output_name=output_name, fragments_name=fragments_name,
+                 allow_incomplete=allow_incomplete)
+    affinities, offsets, options, workdir, grid = plan.affinities, plan.offsets, plan.options, plan.workdir, plan.grid
+    locations, folders, lookup_done = plan.locations, plan.folders, plan.lookup_done
     mine = task_blocks(grid.n_blocks, task_index, num_tasks)
-    folders = {name: os.path.join(workdir, "done", name) for name in ("fragments", "faces", "relabel")}
-    lookup_done = os.path.join(workdir, "lookup.done")
     if phase == "stitch":
         _require_done(folders["fragments"], grid.n_blocks, "fragments")
     if phase == "relabel" and not os.path.exists(lookup_done):
         raise SegmentError(f"no lookup table in {workdir}: finish --phase stitch first")
-    locations = {"fragments": f"{store}/{fragments_name}", "segmentation": f"{store}/{output_name}"}
-    config = {"options": asdict(options), "input": _identity(affinities, offsets), "outputs": locations}
-    if mine and unfinished_stage(affinities.location) is not None:
-        # --allow-incomplete: blocks segmented from unfinished affinities are never resumed on finished ones
-        config["input"]["unfinished"] = True
-    claim_outputs(workdir, config, {"segmentation": locations["segmentation"], "fragments": locations["fragments"]},
-                  overwrite=overwrite)
-    fragments, segmentation = _outputs(affinities, options, locations)
-    for volume in (fragments, segmentation):
-        check_write_alignment(volume, options.block_shape)
+    _claim(plan, overwrite=overwrite, unfinished_input=bool(mine) and unfinished_stage(affinities.location) is not None)
     run = partial(run_blocks, scheduler=scheduler, num_workers=num_workers, progress=progress,
                   voxels=lambda i: grid.block(i).size)
     records = {name: DoneRecords(folder) for name, folder in folders.items()}
@@ -168,14 +165,14 @@ def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_nam
     if phase in (None, "fragments"):
         params = FragmentParams(affinities=affinities.location, fragments=locations["fragments"], halo=options.halo,
                                 offsets=offsets, method=options.method, strides=options.strides,
-                                randomize_seed=options.randomize_seed, threshold=options.threshold, **common)
+                                randomize_strides=options.randomize_strides, threshold=options.threshold, **common)
         summary["fragments"] = run(partial(compute_fragments, params), mine, records=records["fragments"],
                                    desc="fragments")
     if phase in (None, "stitch"):  # a lone stitch phase checked its fragments above; in a full run they just ran
         params = StitchParams(majority=options.majority, min_size=options.min_size, merge_floor=options.merge_floor,
                               consecutive=options.consecutive, **common)
-        summary["faces"] = run(partial(stitch_faces, params), mine, records=records["faces"], desc="stitch faces")
-        if not os.path.exists(lookup_done) and len(records["faces"].done(range(grid.n_blocks))) == grid.n_blocks:
+        summary["faces"] = run(partial(stitch_faces, params), mine, records=records["stitch"], desc="stitch faces")
+        if not os.path.exists(lookup_done) and len(records["stitch"].done(range(grid.n_blocks))) == grid.n_blocks:
             summary["segments"] = build_lookup(params)
             write_json_atomic(lookup_done, summary["segments"])
     if phase in (None, "relabel"):  # the lookup exists: checked above for a lone relabel, built above otherwise
@@ -184,6 +181,110 @@ def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_nam
         if len(records["relabel"].done(range(grid.n_blocks))) == grid.n_blocks:
             mark_complete(workdir, {"blocks": grid.n_blocks})
     return summary
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A checked segmentation run before anything is written: resolved options, grid and locations."""
+
+    affinities: Volume
+    offsets: tuple[tuple[int, int, int], ...]
+    options: SegmentOptions
+    workdir: str
+    grid: BlockGrid
+    locations: dict[str, str]
+
+    @property
+    def folders(self) -> dict[str, str]:
+        return _record_folders(self.workdir)
+
+    @property
+    def lookup_done(self) -> str:
+        return _lookup_done(self.workdir)
+
+
+def _record_folders(workdir: str) -> dict[str, str]:
+    """Done-record folder of each phase inside the stage's work folder."""
+    return {phase: os.path.join(workdir, "done", folder)
+            for phase, folder in zip(PHASES, ("fragments", "faces", "relabel"))}
+
+
+def _lookup_done(workdir: str) -> str:
+    """Written when the stitch phase has built the global lookup table."""
+    return os.path.join(workdir, "lookup.done")
+
+
+def _plan(store: str, options: SegmentOptions, *, input_name: str, output_name: str, fragments_name: str,
+          allow_incomplete: bool) -> _Plan:
+    """Check the options and the input and resolve the defaults; nothing is written."""
+    check_options(options)
+    affinities = open_volume(f"{store}/{input_name}")
+    require_finished(affinities.location, allow_incomplete=allow_incomplete)
+    offsets = _check_input(affinities)
+    options = _resolve(options, affinities, offsets)
+    return _Plan(affinities, offsets, options, workdir_for(f"{store}/{output_name}", "segment"),
+                 BlockGrid(affinities.spatial_shape, options.block),
+                 {"fragments": f"{store}/{fragments_name}", "segmentation": f"{store}/{output_name}"})
+
+
+def _claim(plan: _Plan, *, overwrite: bool, unfinished_input: bool) -> tuple[Volume, Volume]:
+    """Claim the outputs for this configuration, then open or create them (fragments, segmentation).
+
+    ``unfinished_input`` (``--allow-incomplete`` on affinities whose prediction has not finished)
+    is part of the claimed configuration, so such blocks are never resumed on finished affinities.
+    """
+    config = {"options": asdict(plan.options), "input": _identity(plan.affinities, plan.offsets),
+              "outputs": plan.locations}
+    if unfinished_input:
+        config["input"]["unfinished"] = True
+    claim_outputs(plan.workdir, config, dict(plan.locations), overwrite=overwrite)
+    volumes = _outputs(plan.affinities, plan.options, plan.locations)
+    for volume in volumes:
+        check_write_alignment(volume, plan.options.block)
+    return volumes
+
+
+@dataclass(frozen=True)
+class SegmentStage:
+    """Segmentation as a :class:`pipeline.stage.Stage` (phases fragments, stitch, relabel) for
+    ``pipeline.run`` and ``pipeline.slurm``; the arguments are those of :func:`segment`."""
+
+    store: str
+    options: SegmentOptions = SegmentOptions()
+    input_name: str = "affinities"
+    output_name: str = "segmentation"
+    fragments_name: str = "fragments"
+    phases: ClassVar[tuple[str, ...]] = PHASES
+
+    def _names(self) -> dict[str, str]:
+        return {"input_name": self.input_name, "output_name": self.output_name, "fragments_name": self.fragments_name}
+
+    def prepare(self) -> dict[str, int]:
+        """Check, claim and create the outputs without running a block (the affinities may still be
+        being predicted); the number of blocks of each phase."""
+        plan = _plan(self.store, self.options, allow_incomplete=True, **self._names())
+        _claim(plan, overwrite=False, unfinished_input=False)
+        return dict.fromkeys(PHASES, plan.grid.n_blocks)
+
+    def run_phase(self, phase: str, **kwargs: Any) -> dict[str, Any]:
+        """:func:`segment` of one phase (``kwargs``: task split, scheduler, workers, progress, overwrite...)."""
+        return segment(self.store, self.options, phase=phase, **self._names(), **kwargs)
+
+    def progress(self) -> dict[str, PhaseProgress] | None:
+        """Done blocks of each phase; None before the outputs were first claimed."""
+        workdir = workdir_for(f"{self.store}/{self.output_name}", "segment")
+        config = os.path.join(workdir, "config.json")
+        if not os.path.exists(config):
+            return None
+        with open(config) as handle:
+            stored = json.load(handle)
+        total = BlockGrid(tuple(stored["input"]["shape"][1:]), tuple(stored["options"]["block"])).n_blocks
+        result = {}
+        for phase, folder in _record_folders(workdir).items():
+            done = tuple(DoneRecords(folder).done(range(total))) if os.path.isdir(folder) else ()
+            closed = os.path.exists(_lookup_done(workdir)) if phase == "stitch" else True
+            result[phase] = PhaseProgress(done, total, len(done) == total and closed)
+        return result
 
 
 def _check_input(affinities: Volume) -> tuple[tuple[int, int, int], ...]:
@@ -220,13 +321,13 @@ def _resolve(options: SegmentOptions, affinities: Volume, offsets: Sequence[Sequ
     """Fill defaults: block = smallest chunk multiple covering MIN_DEFAULT_BLOCK (the whole volume for
     waterz/multicut), halo = the largest offset rounded up to a power of two."""
     shape = affinities.spatial_shape
-    block = options.block_shape
+    block = options.block
     if block is None:
         block = shape if options.method != "mws" else tuple(
             c * -(-m // c) for c, m in zip(affinities.chunks[1:], MIN_DEFAULT_BLOCK))
     block = tuple(min(int(b), s) for b, s in zip(block, shape))
     halo = options.halo or tuple(1 << (m - 1).bit_length() for m in max_offset(offsets))
-    return replace(options, block_shape=block, halo=tuple(int(h) for h in halo))
+    return replace(options, block=block, halo=tuple(int(h) for h in halo))
 
 
 def _identity(affinities: Volume, offsets: Sequence[Sequence[int]]) -> dict[str, Any]:
@@ -238,8 +339,8 @@ def _identity(affinities: Volume, offsets: Sequence[Sequence[int]]) -> dict[str,
 def _outputs(affinities: Volume, options: SegmentOptions, locations: dict[str, str]) -> tuple[Volume, Volume]:
     shape = affinities.spatial_shape
     chunks = tuple(min(c, s) for c, s in zip(affinities.chunks[1:], shape))
-    if any(b % c for b, c, s in zip(options.block_shape, chunks, shape) if b < s):
-        chunks = options.block_shape
+    if any(b % c for b, c, s in zip(options.block, chunks, shape) if b < s):
+        chunks = options.block
     volumes = []
     for name, dtype in (("fragments", "uint64"), ("segmentation", options.dtype)):
         if os.path.exists(dataset_path(locations[name])):
@@ -265,36 +366,20 @@ def _parser() -> ArgumentParser:
         prog="python -m pipeline.segment",
         description="Blockwise mutex watershed (or waterz / multicut) of vol.zarr/affinities with halo-overlap "
                     "stitching and size merging -> vol.zarr/segmentation (uint64). --method waterz and multicut "
-                    "run on the whole volume by default (it must fit in memory); give --block-shape to tile them.")
+                    "run on the whole volume by default (it must fit in memory); give --block to tile them.")
     parser.add_argument("store", help="zarr store with the affinities, e.g. vol.zarr")
     parser.add_argument("--input", default="affinities", help="affinity dataset (default affinities)")
     parser.add_argument("--output", default="segmentation", help="segmentation dataset (default segmentation)")
     parser.add_argument("--fragments", default="fragments", help="pass-1 fragments dataset (default fragments)")
-    parser.add_argument("--method", choices=METHODS, default="mws")
-    parser.add_argument("--block-shape", type=parse_numbers(int, 3, "32,256,256"),
-                        help="z,y,x block (default: the smallest multiple of the affinity chunk covering "
-                             "32,512,512; whole volume for waterz/multicut)")
-    parser.add_argument("--halo", type=parse_numbers(int, 3, "4,32,32"),
-                        help="z,y,x halo (default: max offset rounded up to a power of two, e.g. 4,32,32)")
-    parser.add_argument("--strides", type=parse_numbers(int, 3, "1,4,4"), default=(1, 4, 4),
-                        help="mutex edge strides (default 1,4,4)")
-    parser.add_argument("--randomize-strides", type=int, metavar="SEED",
-                        help="sample mutex edges at random (probability 1/prod(strides)), deterministic for SEED")
-    parser.add_argument("--threshold", type=float, default=0.5, help="waterz merge threshold (default 0.5)")
-    parser.add_argument("--majority", type=float, default=0.5,
-                        help="face join rule: overlap > MAJORITY of both labels' halo voxels (default 0.5)")
-    parser.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
-                        help="merge segments smaller than this many voxels (default %(default)s; 0: off)")
-    parser.add_argument("--merge-floor", type=float, default=0.0,
-                        help="a small segment merges only if its best neighbour's mean NN affinity exceeds this")
-    parser.add_argument("--consecutive", action="store_true", help="relabel segments 1..K")
-    parser.add_argument("--dtype", default="uint64", help="output dtype: uint64 (default) or uint32 with --consecutive")
+    add_options(parser, SegmentOptions)
+    deprecated_flag(parser, "--block-shape", "--block", type=parse_numbers(int, 3, "32,512,512"))
     parser.add_argument("--phase", choices=PHASES, help="run one phase only (default: all)")
     parser.add_argument("--task-index", type=int, help="this task's index (SLURM_ARRAY_TASK_ID), with --num-tasks")
     parser.add_argument("--num-tasks", type=int, help="number of array tasks sharing the phase's blocks")
     parser.add_argument("--scheduler", default="threads",
                         help="threads (default), processes, synchronous, or a dask.distributed address tcp://HOST:PORT")
-    parser.add_argument("--num-workers", type=int, help="workers of the local dask scheduler (default: CPU count)")
+    parser.add_argument("--workers", type=int, help="workers of the local dask scheduler (default: CPU count)")
+    deprecated_flag(parser, "--num-workers", "--workers", type=int)
     parser.add_argument("--overwrite", action="store_true", help="discard an existing output and its records")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="experts: segment affinities whose prediction has not finished every block")
@@ -305,13 +390,10 @@ def _parser() -> ArgumentParser:
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    options = SegmentOptions(method=args.method, block_shape=args.block_shape, halo=args.halo, strides=args.strides,
-                             randomize_seed=args.randomize_strides, threshold=args.threshold, majority=args.majority,
-                             min_size=args.min_size, merge_floor=args.merge_floor, consecutive=args.consecutive,
-                             dtype=args.dtype)
+    options = options_from_args(SegmentOptions, args)
     summary = segment(args.store, options, input_name=args.input, output_name=args.output,
                       fragments_name=args.fragments, phase=args.phase, task_index=args.task_index,
-                      num_tasks=args.num_tasks, scheduler=args.scheduler, num_workers=args.num_workers,
+                      num_tasks=args.num_tasks, scheduler=args.scheduler, num_workers=args.workers,
                       overwrite=args.overwrite, progress=not args.no_progress, allow_incomplete=args.allow_incomplete)
     if "segments" in summary:
         counts = summary["segments"]

@@ -39,9 +39,9 @@ from typing import Any, Sequence
 import yaml
 
 from corrseg3d.cli import ArgumentParser, entry_point
+from emcore.blocks import SCHEDULERS, task_blocks, write_json_atomic
 
-from .blocks import SCHEDULERS, task_blocks, write_json_atomic
-from .run import BLOCK_PHASES, block_progress, check_run, done_blocks, lookup_finished, prepare, scores_finished
+from .run import BLOCK_PHASES, check_run, phase_progress, prepare, scores_finished
 from .runconfig import RunConfig, load_run_config, to_dict
 from .slurmlimits import check_request, check_request_format, query_nodes
 
@@ -241,7 +241,7 @@ def status(run_dir: str) -> list[dict[str, Any]]:
     config = load_run_config(os.path.join(run_dir, "run.yaml"))
     submissions = _load_jobs(run_dir)["submissions"]
     queue = _queue()
-    progress = block_progress(config)
+    progress = phase_progress(config)
     rows = []
     for phase in BLOCK_PHASES + ("evaluate",):
         latest: dict[int | None, tuple[str, int | None]] = {}
@@ -260,12 +260,12 @@ def status(run_dir: str) -> list[dict[str, Any]]:
         if phase == "evaluate":
             row.update(done=int(scores_finished(config)), total=1, failed=0)
         else:
-            n_done, total = progress[phase] or (0, 0)
-            done_set = set(done_blocks(config, phase, total))
+            done_set = set(progress[phase].done) if progress[phase] is not None else set()
+            total = progress[phase].total if progress[phase] is not None else 0
             num_tasks = next(iter(latest.values()))[1] or 1
             failed_blocks = {b for t, s in states.items() if s == "failed"
                              for b in task_blocks(total, t, num_tasks) if b not in done_set}
-            row.update(done=n_done, total=total, failed=len(failed_blocks))
+            row.update(done=len(done_set), total=total, failed=len(failed_blocks))
         row["pending"] = row["total"] - row["done"] - row["failed"]
         rows.append(row)
     return rows
@@ -306,12 +306,13 @@ def resubmit(run_dir: str, *, dry_run: bool = False) -> dict[str, Any]:
         _slurm(["scancel", *waiting])
     blocks = prepare(config)
     num_tasks = {phase: submissions[0][phase]["num_tasks"] for phase in BLOCK_PHASES}
+    progress = phase_progress(config)
     jobs = []
     for phase in BLOCK_PHASES:
-        done = set(done_blocks(config, phase, blocks[phase]))
+        done = set(progress[phase].done)
         tasks = sorted({b % num_tasks[phase] for b in range(blocks[phase]) if b not in done})
-        if phase == "stitch" and not tasks and not lookup_finished(config):
-            tasks = [0]  # every face is done, the lookup table is not: one task builds it
+        if not tasks and not progress[phase].finished:
+            tasks = [0]  # every block is done, the phase's closing step (stitch: the lookup table) is not
         if tasks:
             jobs.append(_Job(phase, tuple(tasks), num_tasks[phase]))
     if config.evaluate.gt is not None and (jobs or not scores_finished(config)):

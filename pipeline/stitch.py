@@ -7,7 +7,7 @@ Two steps, neither reads the fragment or affinity volumes:
    (A label, B label) -> voxel count. **Mutual-majority rule**: a pair is joined only if its count
    exceeds ``majority`` (default 0.5) of the A label's voxels *and* of the B label's voxels in that
    box, so each label joins at most one label per face and one false overlap cannot merge two
-   large objects (dependencies.md section 2, ``halo_uf``). A label with no voxel in its own block
+   large objects (``halo_uf``, docs/conventions.md §3). A label with no voxel in its own block
    (it exists only in the halo) is never joined: it lies where its block's mutex watershed had the
    least context, and across two faces of one block it could bridge two objects that the
    neighbours' own fragments keep apart (at 100x1024x1024 one such label cost 0.015 ARAND). The
@@ -35,12 +35,13 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .blocks import BlockGrid, save_npz_atomic
-from .fragments import ID_SHIFT, load_slab, pair_statistics, table_path
+from emcore.blocks import BlockGrid, save_npz_atomic
+from emcore.conventions import FRAGMENT_ID_SHIFT, LOCAL_ID_MASK, fragment_block, fragment_ids, fragment_local
+
+from .fragments import load_slab, pair_statistics, table_path
 
 __all__ = ["StitchParams", "stitch_faces", "build_lookup", "merge_small_segments", "face_path", "lookup_path"]
 
-LOCAL_MASK = np.uint64(0xFFFFFFFF)
 
 
 @dataclass(frozen=True)
@@ -87,24 +88,19 @@ def stitch_faces(params: StitchParams, index: int) -> None:
                 raise ValueError(f"face tables of blocks {lower} and {index} disagree: rerun pass 1 with --overwrite")
             pairs = mutual_majority(a_slab.ravel(), b_slab.ravel(), params.majority)
             pairs = pairs[(a_sizes[pairs[:, 0]] > 0) & (b_sizes[pairs[:, 1]] > 0)]
-            merges.append(np.stack([_global(lower, pairs[:, 0]), _global(index, pairs[:, 1])], axis=1))
+            merges.append(np.stack([fragment_ids(lower, pairs[:, 0]), fragment_ids(index, pairs[:, 1])], axis=1))
             plane = [slice(bg - o, e - o) for bg, e, o in zip(block.begin, block.end, begin)]
             plane[axis] = block.begin[axis] - int(begin[axis])
             b_plane = tuple(plane)
             plane[axis] -= 1
-            us.append(_global(lower, a_slab[tuple(plane)].ravel()))
-            vs.append(_global(index, b_slab[b_plane].ravel()))
+            us.append(fragment_ids(lower, a_slab[tuple(plane)].ravel()))
+            vs.append(fragment_ids(index, b_slab[b_plane].ravel()))
             ws.append(mine[f"face_aff_{axis}"].ravel())
     empty = np.zeros(0, np.uint64)
     stats = pair_statistics(np.concatenate(us or [empty]), np.concatenate(vs or [empty]),
                             np.concatenate(ws or [np.zeros(0)]))
     joined = np.concatenate(merges) if merges else np.zeros((0, 2), np.uint64)
     save_npz_atomic(face_path(params.workdir, index), {"merges": joined, **stats})
-
-
-def _global(block_index: int, local: np.ndarray) -> np.ndarray:
-    local = local.astype(np.uint64)
-    return np.where(local > 0, (np.uint64(block_index) << ID_SHIFT) | local, np.uint64(0))
 
 
 def mutual_majority(a: np.ndarray, b: np.ndarray, majority: float = 0.5) -> np.ndarray:
@@ -116,8 +112,8 @@ def mutual_majority(a: np.ndarray, b: np.ndarray, majority: float = 0.5) -> np.n
     """
     if len(a) == 0:
         return np.zeros((0, 2), np.uint64)
-    keys, counts = np.unique((a.astype(np.uint64) << ID_SHIFT) | b.astype(np.uint64), return_counts=True)
-    pa, pb = keys >> ID_SHIFT, keys & LOCAL_MASK
+    keys, counts = np.unique((a.astype(np.uint64) << FRAGMENT_ID_SHIFT) | b.astype(np.uint64), return_counts=True)
+    pa, pb = keys >> FRAGMENT_ID_SHIFT, keys & LOCAL_ID_MASK
     starts = np.flatnonzero(np.r_[True, pa[1:] != pa[:-1]])  # keys are sorted by a first
     a_total = np.repeat(np.add.reduceat(counts, starts), np.diff(np.r_[starts, len(pa)]))
     _, b_inverse = np.unique(pb, return_inverse=True)
@@ -134,7 +130,7 @@ def build_lookup(params: StitchParams) -> dict[str, int]:
         with np.load(table_path(params.workdir, index)) as table:
             n_labels.append(int(table["n_labels"]))
             sizes.append(table["sizes"][1:])
-            edges.append(_global(index, table["edges"]))
+            edges.append(fragment_ids(index, table["edges"]))
             sums.append(table["edge_sum"])
             counts.append(table["edge_count"])
         with np.load(face_path(params.workdir, index)) as face:
@@ -162,9 +158,7 @@ def build_lookup(params: StitchParams) -> dict[str, int]:
 def _node_mapper(node_offsets: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """Function mapping global fragment ids to node indices."""
     def to_node(ids: np.ndarray) -> np.ndarray:
-        ids = ids.astype(np.uint64)
-        blocks = (ids >> ID_SHIFT).astype(np.int64)
-        return node_offsets[blocks] + (ids & LOCAL_MASK).astype(np.int64) - 1
+        return node_offsets[fragment_block(ids).astype(np.int64)] + fragment_local(ids).astype(np.int64) - 1
     return to_node
 
 
@@ -236,7 +230,7 @@ def _segment_ids(segments: np.ndarray, node_offsets: np.ndarray, node_sizes: np.
     present = np.unique(segments[node_sizes > 0])
     _, first = np.unique(segments, return_index=True)
     blocks = np.searchsorted(node_offsets, first, side="right") - 1
-    min_ids = (blocks.astype(np.uint64) << ID_SHIFT) | (first - node_offsets[blocks] + 1).astype(np.uint64)
+    min_ids = fragment_ids(blocks, first - node_offsets[blocks] + 1)
     by_segment = np.zeros(int(segments.max(initial=-1)) + 1, np.uint64)
     by_segment[np.unique(segments)] = min_ids
     if consecutive:

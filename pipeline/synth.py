@@ -469,8 +469,9 @@ def write_synthetic(
     -------
     The locations of the raw and label datasets.
     """
+    from emcore.store import create_volume, removed_on_error, split_location
+
     from .data import refuse_existing
-    from .store import create_volume, removed_on_error, split_location
 
     shape = _validate(shape, missing_sections, misalignment)
     root, inner = split_location(out_location)

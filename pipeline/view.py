@@ -34,7 +34,15 @@ from typing import Any, Mapping, Sequence
 from corrseg3d.cli import ArgumentParser, entry_point
 
 from .data import parse_numbers
-from .viewlayers import LayerSpec, ViewError, ViewSources, coordinate_space, neuroglancer_layer, open_sources, voxel_offset
+from .viewlayers import (
+    LayerSpec,
+    ViewError,
+    ViewSources,
+    coordinate_space,
+    neuroglancer_layer,
+    open_sources,
+    voxel_offset,
+)
 
 __all__ = ["DEFAULT_BIND", "LAYOUTS", "start_server", "make_viewer", "wait_until_interrupted", "screenshot_png",
            "save_screenshot", "main"]

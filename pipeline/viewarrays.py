@@ -2,7 +2,7 @@
 
 ``neuroglancer.LocalVolume`` needs only ``shape``, ``dtype`` and ``__getitem__`` with a tuple of
 slices; it indexes the box of each chunk the browser asks for. These views forward that box to
-the stored volume (a zarr or precomputed :class:`pipeline.store.Volume`), so the viewer reads
+the stored volume (a zarr or precomputed :class:`emcore.store.Volume`), so the viewer reads
 only the storage chunks it shows and never the whole volume.
 
 Conventions: axis order (z, y, x); affinities are (c, z, y, x) with the offsets in the ``offsets``
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .store import Volume
+from emcore.store import Volume
 
 __all__ = ["VolumeView", "MeanAffinityView", "nearest_neighbour_channels"]
 

@@ -28,9 +28,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .blocks import BlockGrid
+from emcore.blocks import BlockGrid
+from emcore.store import PRECOMPUTED_PREFIX, StoreError, Volume, open_volume, split_location
+
 from .runstate import workdir_for
-from .store import PRECOMPUTED_PREFIX, StoreError, Volume, open_volume, split_location
 from .viewarrays import MeanAffinityView, VolumeView
 
 __all__ = ["ViewError", "LayerSpec", "ViewSources", "open_sources", "volume_layer", "neuroglancer_layer",
@@ -162,7 +163,7 @@ def _block_boxes(volume: Volume) -> tuple[tuple[tuple[int, ...], tuple[int, ...]
     if not os.path.isfile(path):
         return None
     with open(path) as handle:
-        block_shape = json.load(handle).get("options", {}).get("block_shape")
+        block_shape = json.load(handle).get("options", {}).get("block")
     if not block_shape:
         return None
     grid = BlockGrid(volume.spatial_shape, tuple(block_shape))

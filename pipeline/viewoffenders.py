@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .store import PRECOMPUTED_PREFIX, StoreError, Volume, open_volume, split_location
+from emcore.store import PRECOMPUTED_PREFIX, StoreError, Volume, open_volume, split_location
+
 from .view import make_viewer, wait_until_interrupted
 from .viewlayers import ViewSources, quiet_run_state, volume_layer
 

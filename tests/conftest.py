@@ -9,12 +9,12 @@ import subprocess
 import numpy as np
 import pytest
 import yaml
+from test_predict import _tiny_checkpoint
 
+from emcore.store import open_volume
 from pipeline.run import run
 from pipeline.runconfig import load_run_config
-from pipeline.store import open_volume
 from pipeline.synth import write_synthetic
-from test_predict import _tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Not the script's default port, so a test cluster never clashes with a developer's.

@@ -14,11 +14,11 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from emcore.store import open_volume
 from pipeline import ac3ac4
 from pipeline.ac3ac4 import download, ingest, sha256_of
 from pipeline.data import DataError, main
 from pipeline.runconfig import load_run_config
-from pipeline.store import open_volume
 
 pytestmark = [pytest.mark.filterwarnings("ignore:AC[34] has shape"), pytest.mark.filterwarnings("ignore:no known SHA-256")]
 
@@ -175,4 +175,4 @@ def test_eval_config_reads_what_ingest_writes(tmp_path):
     relative = {location.split("ac3ac4.zarr/")[1] for location in written}
     assert config.input.raw.split("ac3ac4.zarr/")[1] in relative
     assert config.evaluate.gt.split("ac3ac4.zarr/")[1] in relative
-    assert config.segment.method == "multicut" and config.evaluate.ignore_gt == [0] and config.evaluate.roi is None
+    assert config.segment.method == "multicut" and config.evaluate.ignore_gt == (0,) and config.evaluate.roi is None

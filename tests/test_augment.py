@@ -73,7 +73,7 @@ def test_elastic_strength_matches_the_reference():
     coords = elastic_coordinates((160, 160), rng, alpha=16.0, sigma=4.0)
     grid = np.stack(np.meshgrid(np.arange(160), np.arange(160), indexing="ij"))
     displacement = coords - grid
-    assert 0.4 < displacement.std() < 0.9 and np.abs(displacement).max() < 4  # pea §8.10
+    assert 0.4 < displacement.std() < 0.9 and np.abs(displacement).max() < 4  # docs/method.md §8
 
 
 def test_elastic_warp_keeps_alignment():

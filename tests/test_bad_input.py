@@ -21,18 +21,18 @@ import pytest
 import yaml
 
 from corrseg3d import train as train_cli
+from emcore.store import create_volume, open_volume
 from pipeline import __main__ as pipeline_cli
 from pipeline import data, evaluate, export, predict, run, segment, slurm
 from pipeline.predict import PredictOptions
 from pipeline.segment import SegmentOptions
-from pipeline.store import create_volume, open_volume
 
 MAINS = {"data": data.main, "predict": predict.main, "segment": segment.main, "evaluate": evaluate.main,
          "run": run.main, "slurm": slurm.main, "export": export.main, "train": train_cli.main,
          "pipeline": pipeline_cli.main}
 MODULES = {"predict": "pipeline.predict", "segment": "pipeline.segment", "train": "corrseg3d.train",
            "pipeline": "pipeline"}
-PREDICT = dict(block_shape=(8, 32, 32), halo=(4, 32, 32), precision="fp32", device="cpu")
+PREDICT = dict(block=(8, 32, 32), halo=(4, 32, 32), precision="fp32", device="cpu")
 TRAIN = {
     "model": {"filters": [4, 4, 4, 4, 4], "embedding_dim": 4},
     "data": {"sources": [{"raw": "raw.zarr/raw", "labels": "raw.zarr/labels", "slices": [0, 10]}],
@@ -67,9 +67,9 @@ def template(run_inputs, tmp_path_factory):
     predict.predict(str(root / "partial.zarr"), options=options, scheduler="synchronous", progress=False,
                     task_index=0, num_tasks=2)  # 6 of 12 blocks: what a killed prediction leaves
     store = str(root / "vol.zarr")
-    segment.segment(store, SegmentOptions(block_shape=(8, 32, 32)), scheduler="synchronous", progress=False)
+    segment.segment(store, SegmentOptions(block=(8, 32, 32)), scheduler="synchronous", progress=False)
     for phase in ("fragments", "stitch"):  # a segmentation whose relabel phase never ran
-        segment.segment(store, SegmentOptions(block_shape=(8, 32, 32)), output_name="halfseg",
+        segment.segment(store, SegmentOptions(block=(8, 32, 32)), output_name="halfseg",
                         fragments_name="halffrag", phase=phase, scheduler="synchronous", progress=False)
     affinities = open_volume(f"{store}/affinities")
     for name, values in (("f255", affinities[:].astype(np.float32)),

@@ -9,7 +9,7 @@ import distributed
 import numpy as np
 import pytest
 
-from pipeline.blocks import BlockGrid, BlockRunError, DoneRecords, run_blocks, task_blocks
+from emcore.blocks import BlockGrid, BlockRunError, DoneRecords, map_reduce_blocks, run_blocks, task_blocks
 
 
 @pytest.mark.parametrize("shape,block", [((10, 33, 17), (4, 16, 16)), ((5, 5, 5), (5, 5, 5)), ((7, 9, 11), (1, 2, 3))])
@@ -63,6 +63,37 @@ def test_runner_runs_every_block_once_and_resumes(tmp_path, scheduler):
     os.remove(records.path(2))
     again = run_blocks(func, range(6), records=records, scheduler=scheduler, progress=False)
     assert again["blocks"] == 1 and again["skipped"] == 5 and (tmp_path / "2.npy").exists()
+
+
+def _write_group(folder: str, group: tuple[int, ...]) -> None:
+    assert isinstance(group, tuple)
+    np.save(os.path.join(folder, f"group-{group[0]}.npy"), np.array(group))
+
+
+def test_runner_hands_out_groups_and_marks_each_block(tmp_path):
+    records = DoneRecords(str(tmp_path / "done"))
+    os.makedirs(records.folder, exist_ok=True)
+    records.mark_done(1)
+    summary = run_blocks(partial(_write_group, str(tmp_path)), range(7), records=records, batch_size=3,
+                         scheduler="threads", num_workers=2, voxels=lambda i: 5, progress=False)
+    groups = sorted(tuple(np.load(path)) for path in tmp_path.glob("group-*.npy"))
+    assert groups == [(0, 2, 3), (4, 5, 6)]  # done block 1 skipped, the rest in order, groups of 3
+    assert summary["blocks"] == 6 and summary["skipped"] == 1 and summary["voxels_per_second"] > 0
+    assert records.done(range(7)) == list(range(7))
+
+
+def _sum_region(values: np.ndarray, region: tuple[slice, ...]) -> int:
+    return int(values[region].sum())
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "threads", "processes"])
+def test_map_reduce_equals_the_whole_sum_over_a_roi(scheduler):
+    values = np.arange(9 * 20 * 30).reshape(9, 20, 30)
+    roi = (slice(1, 8), slice(3, 20), slice(0, 29))
+    grid = BlockGrid(values.shape, (4, 6, 7))
+    total = map_reduce_blocks(_sum_region, grid.regions(roi), sum, shared=(values,), scheduler=scheduler, fan_in=3)
+    assert total == int(values[roi].sum())
+    assert map_reduce_blocks(_sum_region, [], sum, shared=(values,)) is None
 
 
 def test_runner_on_distributed_address(tmp_path):

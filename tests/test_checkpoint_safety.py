@@ -16,8 +16,8 @@ import torch
 
 from corrseg3d.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from corrseg3d.model import ResidualUNet3D
-from corrseg3d.offsets import PEA_OFFSETS
 from corrseg3d.weights import default_checkpoint
+from emcore.conventions import PEA_OFFSETS
 
 
 class _Payload:

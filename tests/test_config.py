@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from corrseg3d.config import ConfigError, Config, apply_overrides, from_dict, load_config, to_dict
-from corrseg3d.offsets import PEA_OFFSETS
+from corrseg3d.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
+from emcore.conventions import PEA_OFFSETS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -16,7 +16,7 @@ def test_defaults_are_the_paper_settings():
     assert config.train.batch_size == 2 and config.train.iterations == 200_000
     assert (config.optim.lr, config.optim.eps, config.optim.weight_decay, config.optim.amsgrad) == (1e-4, 0.01, 1e-6, True)
     assert tuple(config.loss.offsets) == PEA_OFFSETS
-    assert config.augment.chain * config.augment.flip == 0.25  # pea §8.8 effective probability
+    assert config.augment.chain * config.augment.flip == 0.25  # effective per-op probability, docs/method.md §8
 
 
 def test_unknown_key_names_path_and_closest_key():

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from corrseg3d.correlation import cross_correlation, embedding_to_affinities, self_correlation, valid_mask
-from corrseg3d.offsets import PEA_OFFSETS
 from corrseg3d.targets import label_affinities
+from emcore.conventions import PEA_OFFSETS
 
 
 def _one_hot_embedding(labels: np.ndarray) -> torch.Tensor:

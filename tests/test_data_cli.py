@@ -9,8 +9,8 @@ import pytest
 import tifffile
 import zarr
 
+from emcore.store import open_volume
 from pipeline.data import main
-from pipeline.store import open_volume
 from pipeline.synth import generate
 
 ISBI = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "isbi2012")

@@ -10,8 +10,8 @@ import urllib.request
 import numpy as np
 import pytest
 
+from emcore.store import create_volume, open_volume
 from pipeline.export import ExportError, export_precomputed, main, make_server
-from pipeline.store import create_volume, open_volume
 
 
 @pytest.fixture()

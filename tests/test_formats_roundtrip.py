@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from emcore.store import create_volume, open_volume
 from pipeline.export import export_precomputed
 from pipeline.predict import PredictError, PredictOptions, predict
 from pipeline.segment import segment
-from pipeline.store import create_volume, open_volume
 from pipeline.synth import generate
 from tests.test_predict import _tiny_checkpoint
 
@@ -20,7 +20,7 @@ def test_precomputed_input_gives_bitwise_the_zarr_result(tmp_path):
     for z0 in range(0, raw.shape[0], 8):  # blockwise, chunk-aligned writes
         layer[z0:z0 + 8] = raw[z0:z0 + 8]
     _tiny_checkpoint(tmp_path / "m.pt")
-    options = PredictOptions(checkpoint=str(tmp_path / "m.pt"), block_shape=(8, 32, 32), halo=(4, 27, 27),
+    options = PredictOptions(checkpoint=str(tmp_path / "m.pt"), block=(8, 32, 32), halo=(4, 27, 27),
                              precision="fp32", device="cpu")
     with pytest.raises(PredictError, match="pass --out vol.zarr/affinities"):
         predict(precomputed, options=options, progress=False)

@@ -8,8 +8,8 @@ from corrseg3d.ccm import FlipRule, apply_flip, invert_flip
 from corrseg3d.correlation import cross_correlation, self_correlation
 from corrseg3d.losses import mean_embedding_penalty, pea_loss, weighted_mse
 from corrseg3d.model import ModelOutput, ResidualUNet3D
-from corrseg3d.offsets import PEA_OFFSETS
 from corrseg3d.targets import balance_weights, label_affinities, pyramid_targets
+from emcore.conventions import PEA_OFFSETS
 
 TINY = dict(filters=(4, 4, 4, 4, 4), embedding_dim=8)
 

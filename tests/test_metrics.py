@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from pipeline.contingency import ContingencyTable, EvaluationError, count_block
-from pipeline.metrics import (
+from emcore.contingency import ContingencyTable, EvaluationError, count_block
+from emcore.metrics import (
     SCORE_KEYS,
     merge_contributions,
     segmentation_scores,

@@ -17,7 +17,7 @@ def _count(model: torch.nn.Module) -> int:
 def test_reference_parameter_counts():
     assert _count(ResidualUNet3D()) == 1_481_748
     assert _count(ResidualUNet3D(pyramid_heads=False)) == 1_478_036
-    # SuperHuman baseline: same trunk, 3 sigmoid affinities (pea-method.md section 1.5).
+    # SuperHuman baseline: same trunk, 3 sigmoid affinities (docs/method.md §1).
     assert _count(ResidualUNet3D(head="affinity", n_affinities=3, pyramid_heads=False)) == 1_477_659
 
 

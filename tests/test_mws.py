@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from bioimage_cpp.segmentation import mutex_watershed as bioimage_cpp_mutex_watershed
 
-from corrseg3d.offsets import PEA_OFFSETS
-from pipeline.mws import mutex_watershed
-from pipeline.mws_uint8 import mutex_watershed_uint8
+from emcore.conventions import PEA_OFFSETS
+from emcore.mws import mutex_watershed
+from emcore.mws_uint8 import mutex_watershed_uint8
 from pipeline.noisy_affinities import noisy_affinities
 from pipeline.synth import generate
 

@@ -9,16 +9,16 @@ import time
 import numpy as np
 import pytest
 import torch
+from tiny_models import LocalConvModel
 
 from corrseg3d.checkpoint import save_checkpoint
-from corrseg3d.inference import predict_volume
+from corrseg3d.inference import inference_model, predict_volume
 from corrseg3d.model import ResidualUNet3D
-from corrseg3d.offsets import PEA_OFFSETS
 from corrseg3d.targets import label_affinities
+from emcore.conventions import PEA_OFFSETS
+from emcore.store import create_volume, open_volume
 from pipeline.predict import PredictError, PredictOptions, _unflip_affinities, main, predict
-from pipeline.store import create_volume, open_volume
 from pipeline.synth import generate
-from tiny_models import LocalConvModel
 
 CPU = torch.device("cpu")
 
@@ -32,6 +32,26 @@ def test_blockwise_equals_whole_volume_for_a_local_model(shape):
     whole = predict_volume(model, image, PEA_OFFSETS, block=shape, halo=halo, device=CPU)
     tiled = predict_volume(model, image, PEA_OFFSETS, block=(4, 16, 32), halo=halo, device=CPU)
     np.testing.assert_array_equal(tiled, whole)
+
+
+def test_inference_model_equals_the_trained_network_with_batch_norms_folded():
+    torch.manual_seed(3)
+    model = ResidualUNet3D(filters=(4, 6, 6, 8, 8), embedding_dim=8)
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)):
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    fused = inference_model(model)
+    image = torch.rand(1, 1, 6, 32, 48)
+    with torch.no_grad():
+        expected, got = model(image), fused(image)
+    torch.testing.assert_close(got.output, expected.output, rtol=1e-3, atol=2e-4)  # rounding only: outputs are O(1)
+    assert got.pyramid == () and len(expected.pyramid) == 4
+    norms = [m for m in fused.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert len(norms) == 4 + 5 + 4  # only the norms after a residual sum or skip addition stay
+    assert sum(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules()) == 3 * 5 + 4 * 4  # model untouched
 
 
 def _tiny_checkpoint(path, seed=0, offsets=PEA_OFFSETS):
@@ -53,7 +73,7 @@ def volume(tmp_path):
 def test_store_output_equals_in_memory_tiling(tmp_path, volume):
     store, raw = volume
     model = _tiny_checkpoint(tmp_path / "m.pt")
-    options = PredictOptions(checkpoint=str(tmp_path / "m.pt"), block_shape=(4, 32, 32), halo=(4, 32, 32),
+    options = PredictOptions(checkpoint=str(tmp_path / "m.pt"), block=(4, 32, 32), halo=(4, 32, 32),
                              dtype="float16", precision="fp32", device="cpu")
     predict(store, options=options, progress=False, scheduler="synchronous")
     stored = open_volume(store + "/affinities")
@@ -71,7 +91,7 @@ def test_store_output_equals_in_memory_tiling(tmp_path, volume):
 def test_uint8_output_and_task_split(tmp_path, volume):
     store, _ = volume
     _tiny_checkpoint(tmp_path / "m.pt")
-    common = dict(checkpoint=str(tmp_path / "m.pt"), block_shape=(8, 32, 32), halo=(4, 32, 32), device="cpu")
+    common = dict(checkpoint=str(tmp_path / "m.pt"), block=(8, 32, 32), halo=(4, 32, 32), device="cpu")
     for task in range(3):
         predict(store, out_location=store + "/split", options=PredictOptions(**common), task_index=task, num_tasks=3,
                 progress=False)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import zarr
 
+from emcore.store import create_volume, open_volume
 from pipeline.export import main as export_main
 from pipeline.pyramid import PyramidError, build_pyramid, default_method, downsample_xy
-from pipeline.store import create_volume, open_volume
 
 SPACE_UNITS = {"angstrom", "nanometer", "micrometer", "millimeter", "centimeter", "meter", "picometer"}
 AXIS_TYPES = {"space", "time", "channel"}

@@ -13,8 +13,8 @@ import shutil
 
 import pytest
 import yaml
-
 from conftest import write_run_config
+
 from corrseg3d import train as train_cli
 from pipeline import predict, run, slurm
 from pipeline.run import block_progress
@@ -37,7 +37,7 @@ def test_corrected_predict_after_a_refused_one(run_inputs, tmp_path, capsys):
         assert predict.main(args + refused) == 2
     assert sorted(os.listdir(store)) == ["labels", "raw", "zarr.json"]
     assert predict.main(args + ["--precision", "fp32"]) == 0
-    assert "12 block groups run" in capsys.readouterr().out
+    assert "12 blocks run" in capsys.readouterr().out
 
 
 def test_run_restarts_a_stage_after_a_config_change(run_inputs, tmp_path, capsys):

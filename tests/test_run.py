@@ -8,8 +8,8 @@ import os
 
 import pytest
 import yaml
-
 from conftest import assert_same_result, write_run_config
+
 from pipeline import demo
 from pipeline.run import block_progress, main
 from pipeline.runconfig import RunConfig, default_config_yaml, load_run_config

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from corrseg3d.config import AugmentConfig, SourceConfig
-from corrseg3d.offsets import PEA_OFFSETS
 from corrseg3d.sampler import TrainingPatches, collate, make_loader, sample_rng, slice_range
 from corrseg3d.targets import label_affinities, widen_borders
-from pipeline.store import create_volume
+from emcore.conventions import PEA_OFFSETS
+from emcore.store import create_volume
 
 PATCH = (6, 32, 32)
 NO_AUGMENT = AugmentConfig(chain=0.0)

@@ -11,13 +11,13 @@ import time
 import numpy as np
 import pytest
 
-from corrseg3d.offsets import PEA_OFFSETS
+from emcore.conventions import PEA_OFFSETS
+from emcore.metrics import segmentation_scores
+from emcore.mws import mutex_watershed
+from emcore.store import create_volume, open_volume
 from pipeline.fragments import sample_mutex_edges
-from pipeline.metrics import segmentation_scores
-from pipeline.mws import mutex_watershed
 from pipeline.noisy_affinities import noisy_affinities
 from pipeline.segment import SegmentError, SegmentOptions, main, segment
-from pipeline.store import create_volume, open_volume
 from pipeline.synth import generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +42,7 @@ def data():
 def blockwise(data, tmp_path_factory):
     labels, affs = data
     store = _write_store(tmp_path_factory.mktemp("seg") / "vol.zarr", labels, affs)
-    segment(store, SegmentOptions(block_shape=(16, 128, 128), min_size=0), progress=False)
+    segment(store, SegmentOptions(block=(16, 128, 128), min_size=0), progress=False)
     seg = open_volume(f"{store}/segmentation")[...]
     fragments = open_volume(f"{store}/fragments")[...]
     return store, seg, fragments, mutex_watershed(affs, OFFSETS)
@@ -89,7 +89,7 @@ def test_labels_only_in_a_halo_are_never_joined(blockwise):
 def test_single_block_equals_plain_mutex_watershed(data, blockwise, tmp_path):
     labels, affs = data
     store = _write_store(tmp_path / "one.zarr", labels[:16, :128], affs[:, :16, :128])
-    segment(store, SegmentOptions(block_shape=(16, 128, 256), min_size=0), progress=False)
+    segment(store, SegmentOptions(block=(16, 128, 256), min_size=0), progress=False)
     seg = open_volume(f"{store}/segmentation")[...]
     plain = mutex_watershed(affs[:, :16, :128], OFFSETS)
     pairs = np.unique(np.stack([seg.ravel(), plain.ravel()]), axis=1)
@@ -114,7 +114,7 @@ def test_size_merging_removes_small_segments_with_a_qualifying_neighbour(data, b
     labels, affs = data
     store, unmerged, _, _ = blockwise
     min_size, floor = 300, 0.2
-    segment(store, SegmentOptions(block_shape=(16, 128, 128), min_size=min_size, merge_floor=floor),
+    segment(store, SegmentOptions(block=(16, 128, 128), min_size=min_size, merge_floor=floor),
             output_name="merged", fragments_name="merged_fragments", progress=False)
     seg = open_volume(f"{store}/merged")[...]
     ids, sizes = np.unique(seg, return_counts=True)
@@ -128,7 +128,7 @@ def test_size_merging_removes_small_segments_with_a_qualifying_neighbour(data, b
 def test_task_split_phases_equal_one_run(data, blockwise, tmp_path):
     labels, affs = data
     store = _write_store(tmp_path / "tasks.zarr", labels, affs)
-    options = SegmentOptions(block_shape=(16, 128, 128), min_size=0)
+    options = SegmentOptions(block=(16, 128, 128), min_size=0)
     for early in ("stitch", "relabel"):
         with pytest.raises(SegmentError, match="first"):
             segment(store, options, phase=early, progress=False)
@@ -159,7 +159,7 @@ def test_other_methods_segment_the_whole_volume(data, tmp_path, method):
 
 
 def _cli(store, *extra):
-    return [sys.executable, "-m", "pipeline.segment", store, "--block-shape", "4,64,64", "--scheduler",
+    return [sys.executable, "-m", "pipeline.segment", store, "--block", "4,64,64", "--scheduler",
             "synchronous", "--min-size", "100", "--no-progress", *extra]
 
 
@@ -205,7 +205,11 @@ def test_bad_input_is_refused_without_writing(data, tmp_path, capsys, case, mess
     store = _write_store(tmp_path / "bad.zarr", labels[:8, :64, :64], small[:11] if case == "channels" else small,
                          attrs={} if case == "no_offsets" else None)
     extra = ["--dtype", "float32"] if case == "float_output" else []
-    assert main([store, "--no-progress", *extra]) == 2
+    try:
+        code = main([store, "--no-progress", *extra])
+    except SystemExit as usage_error:  # argparse refuses a value outside --dtype's choices
+        code = usage_error.code
+    assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not os.path.exists(os.path.join(store, "segmentation")) and not os.path.exists(os.path.join(store, ".corrseg3d"))
@@ -219,6 +223,6 @@ def test_out_of_range_values_outside_the_sampled_chunks_stop_their_block(data, t
     store = str(tmp_path / "late.zarr")
     create_volume(f"{store}/affinities", small.shape, small.dtype, chunks=(12, 1, 16, 16),
                   attrs={"offsets": OFFSETS})[...] = small
-    assert main([store, "--block-shape", "8,64,64", "--no-progress"]) == 2
+    assert main([store, "--block", "8,64,64", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "late.zarr/affinities (block 0) holds affinities in [0, 2]" in err and err.count("\n") == 1

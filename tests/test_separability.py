@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from corrseg3d.offsets import PEA_OFFSETS
 from corrseg3d.separability import affinity_separability
 from corrseg3d.targets import label_affinities
+from emcore.conventions import PEA_OFFSETS
 
 OFFSETS = [(-1, 0, 0), (0, -1, 0), (0, 0, -1), (0, -3, -2)]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.store import (
+from emcore.store import (
     StoreError,
     check_write_alignment,
     create_volume,

@@ -5,9 +5,9 @@ import pytest
 from scipy import ndimage
 from skimage.measure import label as connected_components
 
-from corrseg3d.offsets import PEA_OFFSETS
 from corrseg3d.targets import label_affinities
-from pipeline.mws import mutex_watershed
+from emcore.conventions import PEA_OFFSETS
+from emcore.mws import mutex_watershed
 from pipeline.synth import SynthError, generate
 
 SHAPE = (12, 160, 176)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from skimage.metrics import variation_of_information
 
-from corrseg3d.offsets import NEAREST_OFFSETS, PEA_OFFSETS
 from corrseg3d.targets import balance_weights, label_affinities, pyramid_targets, widen_borders
-from pipeline.mws import mutex_watershed
+from emcore.conventions import NEAREST_OFFSETS, PEA_OFFSETS
+from emcore.mws import mutex_watershed
 
 
 def _blob_labels(shape=(8, 64, 64), n=12, seed=0) -> np.ndarray:

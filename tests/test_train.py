@@ -8,11 +8,11 @@ import torch
 
 from corrseg3d.checkpoint import load_model, read_checkpoint
 from corrseg3d.config import from_dict
-from corrseg3d.offsets import PEA_OFFSETS
 from corrseg3d.inference import predict_volume, resolve_precision
 from corrseg3d.model import build_model
 from corrseg3d.train import initialise_from, main, train
-from pipeline.store import create_volume
+from emcore.conventions import PEA_OFFSETS
+from emcore.store import create_volume
 from pipeline.synth import generate
 
 

@@ -15,12 +15,13 @@ import subprocess
 import sys
 import time
 
+from test_predict import _tiny_checkpoint
+
+from emcore.store import create_volume
 from pipeline import evaluate, predict, segment
 from pipeline.noisy_affinities import noisy_affinities
 from pipeline.runstate import COMPLETE
-from pipeline.store import create_volume
 from pipeline.synth import generate
-from test_predict import _tiny_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,19 +50,19 @@ def test_segment_refuses_affinities_of_a_killed_prediction(tmp_path, capsys):
     records = os.path.join(store, ".corrseg3d", "predict", "affinities", "done")
     done = _kill_when([sys.executable, "-m", "pipeline.predict", store, *args], records, 2)
     assert 2 <= done < 24, "the prediction must be killed mid-way"
-    assert segment.main([store, "--block-shape", "4,32,32", "--no-progress"]) == 2
+    assert segment.main([store, "--block", "4,32,32", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "v.zarr/affinities is unfinished" in err and "`python -m pipeline.predict`" in err
     assert not os.path.exists(os.path.join(store, "segmentation"))
     assert not os.path.exists(os.path.join(store, ".corrseg3d", "segment"))
     # Experts may read it anyway; that result is then never resumed on the finished affinities.
-    assert segment.main([store, "--block-shape", "4,32,32", "--no-progress", "--allow-incomplete"]) == 0
+    assert segment.main([store, "--block", "4,32,32", "--no-progress", "--allow-incomplete"]) == 0
     assert predict.main([store, *args]) == 0  # the rerun finishes the prediction
     assert os.path.exists(os.path.join(os.path.dirname(records), COMPLETE))
     capsys.readouterr()
-    assert segment.main([store, "--block-shape", "4,32,32", "--no-progress"]) == 2
+    assert segment.main([store, "--block", "4,32,32", "--no-progress"]) == 2
     assert "input.unfinished differ" in capsys.readouterr().err
-    assert segment.main([store, "--block-shape", "4,32,32", "--no-progress", "--overwrite"]) == 0
+    assert segment.main([store, "--block", "4,32,32", "--no-progress", "--overwrite"]) == 0
 
 
 def test_evaluate_refuses_a_segmentation_killed_before_relabelling(tmp_path, capsys):
@@ -73,7 +74,7 @@ def test_evaluate_refuses_a_segmentation_killed_before_relabelling(tmp_path, cap
                   attrs={"offsets": [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-2, 0, 0], [0, -3, 0], [0, 0, -3],
                                      [-3, 0, 0], [0, -9, 0], [0, 0, -9], [-4, 0, 0], [0, -27, 0],
                                      [0, 0, -27]]})[...] = affinities
-    command = [sys.executable, "-m", "pipeline.segment", store, "--block-shape", "4,64,64", "--scheduler",
+    command = [sys.executable, "-m", "pipeline.segment", store, "--block", "4,64,64", "--scheduler",
                "synchronous", "--no-progress"]
     records = os.path.join(store, ".corrseg3d", "segment", "segmentation", "done", "fragments")
     done = _kill_when(command, records, 2)

@@ -25,10 +25,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from emcore.store import create_volume
 from pipeline.browser import BrowserError, find_chromium, headless_chromium
-from pipeline.evaluate import evaluate
+from pipeline.evaluate import EvaluateOptions, evaluate
 from pipeline.export import export_precomputed
-from pipeline.store import create_volume
 from pipeline.view import make_viewer, screenshot_png, start_server
 from pipeline.viewlayers import ViewSources, open_sources
 from pipeline.viewoffenders import evaluation_sources, offender_viewers
@@ -70,7 +70,7 @@ def store(tmp_path_factory) -> str:
         volume[...] = data
     workdir = os.path.join(path, ".corrseg3d", "segment", "segmentation")
     os.makedirs(workdir)
-    for name, content in (("config.json", {"options": {"block_shape": [8, 32, 32]}}), ("complete.json", {})):
+    for name, content in (("config.json", {"options": {"block": [8, 32, 32]}}), ("complete.json", {})):
         with open(os.path.join(workdir, name), "w") as handle:
             json.dump(content, handle)
     return path
@@ -216,7 +216,7 @@ def test_viewer_in_chromium_shows_segment_ids_and_renders(store, server, browser
 
 
 def test_evaluate_links_centre_each_error_with_its_segments_selected(store, server, browser):
-    report = evaluate(f"{store}/segmentation", f"{store}/labels", top_k=3)
+    report = evaluate(f"{store}/segmentation", f"{store}/labels", EvaluateOptions(top_k=3))
     split, merge = report["worst_splits"][0], report["worst_merges"][0]
     assert (split["id"], sorted(split["partners"])) == (1, [5, 6])
     assert (merge["id"], sorted(merge["partners"])) == (BIG, [2, 3])

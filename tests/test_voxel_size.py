@@ -10,22 +10,22 @@ import os
 import numpy as np
 import pytest
 import torch
+from tiny_models import LocalConvModel
 
 from corrseg3d.checkpoint import load_model, read_checkpoint, save_checkpoint
 from corrseg3d.checkpoint import main as checkpoint_main
 from corrseg3d.config import ConfigError, from_dict
 from corrseg3d.model import ModelOutput, ResidualUNet3D
-from corrseg3d.offsets import PEA_OFFSETS, validate_offsets
 from corrseg3d.resample import Resampling, input_grid_offsets, needs_resampling
 from corrseg3d.sampler import TrainingPatches
 from corrseg3d.train import train, training_voxel_size
 from corrseg3d.weights import default_checkpoint
-from pipeline.metrics import segmentation_scores
+from emcore.conventions import PEA_OFFSETS, validate_offsets
+from emcore.metrics import segmentation_scores
+from emcore.store import create_volume, open_volume
 from pipeline.predict import PredictError, PredictOptions, main, predict
 from pipeline.segment import SegmentOptions, segment
-from pipeline.store import create_volume, open_volume
 from pipeline.synth import generate
-from tiny_models import LocalConvModel
 
 MODEL_VOXEL_SIZE = (30.0, 6.0, 6.0)
 INPUT_VOXEL_SIZE = (10.0, 10.0, 10.0)
@@ -120,9 +120,9 @@ def test_resampled_blockwise_equals_whole_volume_and_resumes(tmp_path, monkeypat
     store = str(tmp_path / "v.zarr")
     _write(f"{store}/raw", raw, INPUT_VOXEL_SIZE, (4, 16, 16))
     common = dict(halo=(5, 28, 28), dtype="float16", precision="fp32", device="cpu", threads=1)
-    predict(store, out_location=f"{store}/whole", options=PredictOptions(block_shape=raw.shape, **common),
+    predict(store, out_location=f"{store}/whole", options=PredictOptions(block=raw.shape, **common),
             progress=False, scheduler="synchronous")
-    blockwise = PredictOptions(block_shape=(4, 16, 16), **common)
+    blockwise = PredictOptions(block=(4, 16, 16), **common)
     predict(store, out_location=f"{store}/blocks", options=blockwise, task_index=0, num_tasks=2, progress=False)
     resumed = predict(store, out_location=f"{store}/blocks", options=blockwise, progress=False)  # the other half
     assert resumed["skipped"] == 9
@@ -145,8 +145,8 @@ def test_same_tissue_at_two_voxel_sizes_gives_the_same_segmentation(tmp_path, mo
     _write(f"{fine}/raw", raw, INPUT_VOXEL_SIZE, (16, 48, 48))
     _write(f"{coarse}/raw", _grey(labels_model), MODEL_VOXEL_SIZE, (16, 80, 80))
     options = dict(halo=(4, 32, 32), precision="fp32", device="cpu", threads=1)
-    predict(fine, options=PredictOptions(block_shape=(16, 48, 48), **options), progress=False)
-    predict(coarse, options=PredictOptions(block_shape=(16, 80, 80), **options), progress=False)
+    predict(fine, options=PredictOptions(block=(16, 48, 48), **options), progress=False)
+    predict(coarse, options=PredictOptions(block=(16, 80, 80), **options), progress=False)
     affinities = open_volume(f"{fine}/affinities")
     assert affinities.attrs["resampled"] is True and open_volume(f"{coarse}/affinities").attrs["resampled"] is False
     for store in (fine, coarse):
@@ -188,7 +188,7 @@ def test_output_attributes_record_what_was_done(tmp_path, monkeypatch):
     raw = np.random.default_rng(2).integers(0, 256, (8, 32, 32), dtype=np.uint8)
     store = str(tmp_path / "v.zarr")
     _write(f"{store}/raw", raw, (32.0, 6.5, 5.5), (8, 32, 32))  # within 15 % of 30x6x6
-    common = dict(block_shape=(8, 32, 32), halo=(5, 28, 28), precision="fp32", device="cpu")
+    common = dict(block=(8, 32, 32), halo=(5, 28, 28), precision="fp32", device="cpu")
     model_offsets = [list(o) for o in PEA_OFFSETS]
     predict(store, out_location=f"{store}/near", options=PredictOptions(**common), progress=False)
     predict(store, out_location=f"{store}/far", progress=False,
@@ -207,7 +207,7 @@ def test_output_attributes_record_what_was_done(tmp_path, monkeypatch):
 def test_inputs_near_any_training_voxel_size_are_not_resampled(tmp_path, monkeypatch):
     _use_model(monkeypatch, LocalConvModel().eval(), trained=((30.0, 10.0, 10.0),))
     raw = np.random.default_rng(5).integers(0, 256, (8, 32, 32), dtype=np.uint8)
-    common = dict(block_shape=(8, 32, 32), halo=(5, 28, 28), precision="fp32", device="cpu")
+    common = dict(block=(8, 32, 32), halo=(5, 28, 28), precision="fp32", device="cpu")
     for name, voxel_size, resampled in (("fib", (30.0, 9.5, 9.5), False), ("synthetic", (30.0, 6.0, 6.0), False),
                                         ("iso", INPUT_VOXEL_SIZE, True)):
         store = str(tmp_path / f"{name}.zarr")
@@ -230,7 +230,7 @@ def test_checkpoint_without_voxel_size_predicts_on_the_input_grid_with_a_warning
     torch.manual_seed(0)
     model = ResidualUNet3D(filters=(2, 2, 2, 2, 2), embedding_dim=4)
     save_checkpoint(tmp_path / "old.pt", model=model, optimizer=None, iteration=0, offsets=PEA_OFFSETS, config={})
-    options = PredictOptions(checkpoint=str(tmp_path / "old.pt"), block_shape=(4, 32, 32), halo=(4, 32, 32),
+    options = PredictOptions(checkpoint=str(tmp_path / "old.pt"), block=(4, 32, 32), halo=(4, 32, 32),
                              precision="fp32", device="cpu")
     with pytest.warns(UserWarning, match="records no training voxel size"):
         predict(store, options=options, progress=False)
@@ -258,7 +258,7 @@ def test_precomputed_input_is_resampled_by_its_info_resolution(tmp_path, monkeyp
     layer = f"precomputed://file://{tmp_path}/raw"
     _write(layer, raw, INPUT_VOXEL_SIZE, (8, 32, 32))
     predict(layer, out_location=str(tmp_path / "out.zarr" / "affinities"), progress=False,
-            options=PredictOptions(block_shape=(8, 32, 32), halo=(5, 28, 28), precision="fp32", device="cpu"))
+            options=PredictOptions(block=(8, 32, 32), halo=(5, 28, 28), precision="fp32", device="cpu"))
     attrs = open_volume(str(tmp_path / "out.zarr" / "affinities")).attrs
     assert attrs["resampled"] is True and attrs["input_voxel_size"] == list(INPUT_VOXEL_SIZE)
 

@@ -1,6 +1,6 @@
 """Segmentation overlap metrics computed from a sparse contingency table.
 
-Notation (all over *evaluated* voxels, see :mod:`pipeline.contingency`): ``n_ij`` voxels carry
+Notation (all over *evaluated* voxels, see :mod:`emcore.contingency`): ``n_ij`` voxels carry
 GT label *i* and segment label *j*; ``a_i = sum_j n_ij`` (GT object sizes), ``b_j = sum_i n_ij``
 (segment sizes), ``N = sum_ij n_ij``, probabilities ``p = n / N``. Logarithms are base 2 (bits).
 

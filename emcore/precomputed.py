@@ -2,7 +2,7 @@
 
 cloud-volume indexes (x, y, z, channel) and counts voxels from ``voxel_offset``; the adapter
 transposes to (z, y, x) / (c, z, y, x) and indexes from 0 so a precomputed layer behaves like a
-zarr array in :class:`pipeline.store.Volume`. ``file://`` layers work offline.
+zarr array in :class:`emcore.store.Volume`. ``file://`` layers work offline.
 """
 
 from __future__ import annotations

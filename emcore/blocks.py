@@ -4,11 +4,14 @@ Every blockwise stage (segment passes, prediction, ...) describes its work as a 
 block index and hands it to :func:`run_blocks`, which skips blocks already marked done, runs the
 rest on the chosen scheduler, marks each block done *after* the function returned (so after its
 data is durable), and shows a tqdm bar (blocks, Mvoxel/s, ETA) plus a summary line.
+Work whose per-block results are summed instead of written (evaluation's contingency tables)
+uses the map-reduce form :func:`map_reduce_blocks` on the same grid and schedulers; in-memory
+tiling (the network over an image) walks :class:`BlockGrid` directly.
 
 Conventions
 -----------
-* Axis order (z, y, x). A block is the half-open box ``[begin, end)`` of the regular grid with
-  ``block_shape`` cells; blocks at the upper border may be shorter. Block indices are C-order
+* Axis order (z, y, x) (a grid may have any number of axes; the stages use three). A block is
+  the half-open box ``[begin, end)`` of the regular grid with ``block_shape`` cells; blocks at the upper border may be shorter. Block indices are C-order
   over the grid (the last axis varies fastest).
 * The *outer* box of a block is its box grown by ``halo`` on each side, clipped to the volume.
 * Task ``i`` of ``n`` (SLURM array style, no central server) owns blocks ``i, i+n, i+2n, ...``.
@@ -20,6 +23,7 @@ Conventions
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -39,6 +43,7 @@ __all__ = [
     "SCHEDULERS",
     "task_blocks",
     "run_blocks",
+    "map_reduce_blocks",
     "check_scheduler",
     "write_json_atomic",
     "save_npz_atomic",
@@ -76,7 +81,7 @@ class Block:
 
 @dataclass(frozen=True)
 class BlockGrid:
-    """Regular grid of blocks covering a (z, y, x) volume.
+    """Regular grid of blocks covering a (z, y, x) volume (or an array with any number of axes).
 
     Parameters
     ----------
@@ -90,8 +95,9 @@ class BlockGrid:
     block_shape: tuple[int, int, int]
 
     def __post_init__(self) -> None:
-        if len(self.shape) != 3 or len(self.block_shape) != 3:
-            raise BlockRunError(f"shape {self.shape} and block shape {self.block_shape} must both be (z, y, x)")
+        if len(self.shape) != len(self.block_shape) or not self.shape:
+            raise BlockRunError(f"block shape {tuple(self.block_shape)} must have one entry per axis of the volume "
+                                f"{tuple(self.shape)}")
         if any(int(b) < 1 for b in self.block_shape):
             raise BlockRunError(f"block shape {self.block_shape} must be positive, e.g. 32,256,256")
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -125,6 +131,14 @@ class BlockGrid:
         position = list(block.position)
         position[axis] += side
         return self.index_of(position)
+
+    def regions(self, roi: Sequence[slice] | None = None) -> list[tuple[slice, ...]]:
+        """Boxes of the blocks that meet ``roi`` (one ``slice(start, stop)`` per axis; None = the
+        whole volume), each clipped to it, in C order. They tile ``roi`` exactly."""
+        roi = tuple(roi) if roi is not None else tuple(slice(0, n) for n in self.shape)
+        ranges = [[slice(max(low, r.start), min(low + b, r.stop)) for low in range((r.start // b) * b, r.stop, b)]
+                  for r, b in zip(roi, self.block_shape)]
+        return [tuple(box) for box in itertools.product(*ranges)]
 
     def outer(self, block: Block, halo: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``(begin, end)`` of ``block`` grown by ``halo`` and clipped to the volume."""
@@ -192,11 +206,17 @@ class DoneRecords:
         return [i for i in indices if f"{i}.done" in present]
 
 
-def _run_and_mark(func: Callable[[int], Any], records: DoneRecords | None, index: int) -> int:
-    func(index)
+def _indices(item: int | tuple[int, ...]) -> tuple[int, ...]:
+    return item if isinstance(item, tuple) else (item,)
+
+
+def _run_and_mark(func: Callable[[Any], Any], records: DoneRecords | None,
+                  item: int | tuple[int, ...]) -> int | tuple[int, ...]:
+    func(item)
     if records is not None:
-        records.mark_done(index)
-    return index
+        for index in _indices(item):
+            records.mark_done(index)
+    return item
 
 
 def run_blocks(
@@ -209,6 +229,7 @@ def run_blocks(
     voxels: Callable[[int], int] | None = None,
     desc: str = "blocks",
     progress: bool = True,
+    batch_size: int | None = None,
 ) -> dict[str, float]:
     """Run ``func(index)`` for every block index not yet done; return a summary.
 
@@ -216,7 +237,8 @@ def run_blocks(
     ----------
     func
         Processes one block and returns once its outputs are durable; must be picklable for
-        ``"processes"`` and distributed schedulers.
+        ``"processes"`` and distributed schedulers. With ``batch_size`` it receives a tuple of
+        up to ``batch_size`` block indices instead (e.g. one network call for several blocks).
     indices
         Block indices to cover (e.g. from :func:`task_blocks`); processed in this order.
     records
@@ -229,6 +251,9 @@ def run_blocks(
         Voxel count of a block, for the Mvoxel/s rate (default: rate in blocks only).
     desc, progress
         Progress bar label and switch (the summary line is always printed to stderr).
+    batch_size
+        Hand ``func`` the blocks still to do in consecutive groups of this size; each block of a
+        group is marked done once the whole group returned.
 
     Returns
     -------
@@ -239,6 +264,8 @@ def run_blocks(
     check_scheduler(scheduler)
     done = set(records.done(indices)) if records is not None else set()
     todo = [i for i in indices if i not in done]
+    items: list[Any] = todo if batch_size is None else [tuple(todo[i:i + batch_size])
+                                                        for i in range(0, len(todo), batch_size)]
     task = partial(_run_and_mark, func, records)
     n_voxels = sum(voxels(i) for i in todo) if voxels else 0
     bar = tqdm(total=len(todo), desc=desc, unit="block", disable=not progress or not todo,
@@ -246,16 +273,16 @@ def run_blocks(
     start = time.perf_counter()
     processed = {"voxels": 0}
 
-    def on_done(index: int) -> None:
-        processed["voxels"] += voxels(index) if voxels else 0
+    def on_done(item: int | tuple[int, ...]) -> None:
+        processed["voxels"] += sum(voxels(i) for i in _indices(item)) if voxels else 0
         elapsed = max(time.perf_counter() - start, 1e-9)
-        bar.update(1)
+        bar.update(len(_indices(item)))
         if voxels:
             bar.set_postfix_str(f"{processed['voxels'] / elapsed / 1e6:.2f} Mvox/s", refresh=False)
 
     try:
-        if todo:
-            _dispatch(task, todo, scheduler, num_workers, on_done)
+        if items:
+            _dispatch(task, items, scheduler, num_workers, on_done)
     finally:
         bar.close()
     seconds = time.perf_counter() - start
@@ -274,8 +301,8 @@ def check_scheduler(scheduler: str, num_workers: int | None = None) -> None:
         raise BlockRunError(f"the number of workers must be >= 1, got {num_workers}")
 
 
-def _dispatch(task: Callable[[int], int], todo: list[int], scheduler: str, num_workers: int | None,
-              on_done: Callable[[int], None]) -> None:
+def _dispatch(task: Callable[[Any], Any], todo: list[Any], scheduler: str, num_workers: int | None,
+              on_done: Callable[[Any], None]) -> None:
     if "://" in scheduler:
         from distributed import Client, as_completed
 
@@ -291,6 +318,46 @@ def _dispatch(task: Callable[[int], int], todo: list[int], scheduler: str, num_w
         def _posttask(self, key, result, dsk, state, worker_id):  # noqa: ANN001
             on_done(result)
 
-    tasks = [dask.delayed(task, pure=False)(i, dask_key_name=f"block-{i}") for i in todo]
+    tasks = [dask.delayed(task, pure=False)(item, dask_key_name=f"block-{_indices(item)[0]}") for item in todo]
     with _Progress():
         dask.compute(*tasks, scheduler=scheduler, num_workers=num_workers)
+
+
+def map_reduce_blocks(func: Callable[..., Any], regions: Sequence[Any], combine: Callable[[list[Any]], Any], *,
+                      shared: Sequence[Any] = (), scheduler: str = "threads", fan_in: int = 8) -> Any:
+    """``combine`` of ``func(*shared, region)`` over every region, reduced as a tree; None without regions.
+
+    Parameters
+    ----------
+    func
+        Maps one region (e.g. a box of :meth:`BlockGrid.regions`) to a partial result; module-level
+        (picklable) for process and distributed schedulers.
+    regions
+        The work items.
+    combine
+        Sums a list of partial results into one (associative: results are combined ``fan_in`` at
+        a time, in a tree, so memory holds a few partial results, independent of the region count).
+    shared
+        Large read-only arguments passed to every call (array handles): each enters the task graph
+        once, so a distributed scheduler ships it once rather than per region.
+    scheduler
+        As for :func:`run_blocks`.
+    """
+    import uuid
+
+    import dask
+
+    check_scheduler(scheduler)
+    if not regions:
+        return None
+    token = uuid.uuid4().hex
+    constants = [dask.delayed(value, name=f"shared-{i}-{token}", traverse=False) for i, value in enumerate(shared)]
+    parts = [dask.delayed(func, pure=True)(*constants, region) for region in regions]
+    while len(parts) > 1:
+        parts = [dask.delayed(combine, pure=True)(parts[i:i + fan_in]) for i in range(0, len(parts), fan_in)]
+    if "://" in scheduler:
+        from distributed import Client
+
+        with Client(scheduler) as client:
+            return client.compute(parts[0]).result()
+    return dask.compute(parts[0], scheduler=scheduler)[0]

@@ -2,7 +2,7 @@
 
 The contingency table of two labelings lists, for every pair (GT id *i*, segment id *j*) that
 co-occurs, the number ``n_ij`` of evaluated voxels carrying both labels. Every overlap metric in
-:mod:`pipeline.metrics` (VOI, adapted Rand error, CREMI score) is a function of this table only,
+:mod:`emcore.metrics` (VOI, adapted Rand error, CREMI score) is a function of this table only,
 so a volume is scored by counting each block independently and summing the per-block tables in
 integers: the result is exact, and memory grows with the number of label pairs, not voxels.
 
@@ -20,16 +20,15 @@ Conventions
 from __future__ import annotations
 
 import math
-import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterable, Sequence
 
-import dask
 import fastremap
 import numpy as np
 from scipy import ndimage
 
-from .blocks import SCHEDULERS
+from .blocks import BlockGrid, map_reduce_blocks
 
 __all__ = [
     "EvaluationError",
@@ -39,7 +38,6 @@ __all__ = [
     "check_label_dtype",
     "count_block",
     "count_volumes",
-    "block_regions",
     "default_block_shape",
 ]
 
@@ -304,18 +302,6 @@ def count_block(
     return BlockCounts(table, *boxes)
 
 
-def block_regions(shape: Sequence[int], block_shape: Sequence[int],
-                  roi: Sequence[slice] | None = None) -> list[tuple[slice, ...]]:
-    """Blocks of the grid ``block_shape`` (anchored at voxel 0) that meet ``roi``, clipped to it."""
-    roi = tuple(roi) if roi is not None else tuple(slice(0, n) for n in shape)
-    ranges = []
-    for r, b in zip(roi, block_shape):
-        first = (r.start // b) * b
-        ranges.append([slice(max(lo, r.start), min(lo + b, r.stop)) for lo in range(first, r.stop, b)])
-    grid = np.meshgrid(*[np.arange(len(r)) for r in ranges], indexing="ij")
-    return [tuple(ranges[a][i] for a, i in enumerate(index)) for index in zip(*(g.ravel() for g in grid))]
-
-
 def _storage_chunks(array: Any) -> tuple[int, ...] | None:
     chunks = getattr(array, "chunks", None)
     if chunks is not None and len(chunks) == len(array.shape) and all(isinstance(c, int) for c in chunks):
@@ -336,23 +322,11 @@ def default_block_shape(seg: Any, gt: Any) -> tuple[int, ...]:
     return (rows,) + tuple(int(n) for n in gt.shape[1:])
 
 
-def _count_region(seg: Any, gt: Any, mask: Any, region: tuple[slice, ...], ignore_gt: Sequence[int],
+def _count_region(seg: Any, gt: Any, mask: Any, region: tuple[slice, ...], *, ignore_gt: Sequence[int],
                   ignore_seg: Sequence[int], with_boxes: bool) -> BlockCounts:
     return count_block(seg[region], gt[region], ignore_gt=ignore_gt, ignore_seg=ignore_seg,
                        mask=None if mask is None else mask[region],
                        origin=[r.start for r in region], with_boxes=with_boxes)
-
-
-def _compute(obj: Any, scheduler: str) -> Any:
-    if "://" in scheduler:
-        from distributed import Client
-
-        with Client(scheduler) as client:
-            return client.compute(obj).result()
-    if scheduler not in SCHEDULERS:
-        raise EvaluationError(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)} "
-                              f"or a distributed address tcp://HOST:PORT")
-    return dask.compute(obj, scheduler=scheduler)[0]
 
 
 def count_volumes(
@@ -373,7 +347,7 @@ def count_volumes(
     ----------
     seg, gt
         Array-likes of equal shape supporting ``shape``, ``dtype`` and slicing (``zarr.Array``,
-        ``numpy.ndarray``, :class:`pipeline.store.Volume`); only one block of each is in memory
+        ``numpy.ndarray``, :class:`emcore.store.Volume`); only one block of each is in memory
         per worker at a time.
     ignore_gt, ignore_seg, mask
         See :func:`count_block`; ``mask`` is an array-like of the same shape or None.
@@ -410,15 +384,8 @@ def count_volumes(
             r.start is None or r.stop is None or not 0 <= r.start < r.stop <= n for r, n in zip(roi, shape))):
         raise EvaluationError(f"ROI {tuple(roi)} must give one slice(start, stop) per axis with "
                               f"0 <= start < stop <= size for shape {shape}")
-    regions = block_regions(shape, block_shape, roi)
-    token = uuid.uuid4().hex
-    sources = [dask.delayed(a, name=f"{name}-{token}", traverse=False) if a is not None else None
-               for name, a in (("seg", seg), ("gt", gt), ("mask", mask))]
-    parts = [dask.delayed(_count_region, pure=True)(*sources, region, tuple(ignore_gt), tuple(ignore_seg), with_boxes)
-             for region in regions]
-    while len(parts) > 1:
-        parts = [dask.delayed(BlockCounts.merge, pure=True)(parts[i:i + _MERGE_FAN_IN])
-                 for i in range(0, len(parts), _MERGE_FAN_IN)]
-    if not parts:
-        return BlockCounts.empty(len(shape), with_boxes=with_boxes)
-    return _compute(parts[0], scheduler)
+    counts = map_reduce_blocks(partial(_count_region, ignore_gt=tuple(ignore_gt), ignore_seg=tuple(ignore_seg),
+                                       with_boxes=with_boxes),
+                               BlockGrid(shape, block_shape).regions(roi), BlockCounts.merge,
+                               shared=(seg, gt, mask), scheduler=scheduler, fan_in=_MERGE_FAN_IN)
+    return counts if counts is not None else BlockCounts.empty(len(shape), with_boxes=with_boxes)

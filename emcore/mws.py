@@ -1,13 +1,13 @@
 """Mutex watershed on affinities in this project's convention.
 
-uint8 affinities (the stored format) run :func:`pipeline.mws_uint8.mutex_watershed_uint8`, a
+uint8 affinities (the stored format) run :func:`emcore.mws_uint8.mutex_watershed_uint8`, a
 bucket-sorted implementation that gives bioimage-cpp's partition on the same quantised weights
 without a float copy (faster inside ``pipeline.segment``, see ``benchmarks/segment.py``); float
 affinities run bioimage-cpp.
 bioimage-cpp treats the first ``ndim`` channels as attractive with weight = affinity and the
 remaining channels as mutex (repulsive) edges whose weight is a *repulsion*; edges are processed
 by descending weight. This project stores affinity 1 = same object for every channel, so the
-long-range channels are passed as ``1 - affinity`` (dependencies.md section 1).
+long-range channels are passed as ``1 - affinity`` (docs/conventions.md §2).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import Sequence
 import numpy as np
 from bioimage_cpp.segmentation import mutex_watershed as _bic_mutex_watershed
 
-from corrseg3d.offsets import validate_offsets
-
+from .conventions import affinities_as_float, validate_offsets
 from .mws_uint8 import mutex_watershed_uint8
 
 
@@ -45,25 +44,6 @@ def check_affinity_values(affinities: np.ndarray, where: str) -> None:
                             "as uint8")
 
 
-def affinities_as_float(affinities: np.ndarray) -> np.ndarray:
-    """Affinities as float32 in [0, 1]: uint8 storage is ``round(a * 255)``, floats pass through."""
-    if affinities.dtype == np.uint8:
-        return affinities.astype(np.float32) / np.float32(255)
-    if not np.issubdtype(affinities.dtype, np.floating):
-        raise ValueError(f"affinities must be uint8 (x/255) or float, got {affinities.dtype}")
-    return affinities.astype(np.float32, copy=False)
-
-
-def affinities_as_uint8(affinities: np.ndarray) -> np.ndarray:
-    """Affinities in the stored uint8 format ``round(255 a)``; floats are clipped to [0, 1] first,
-    uint8 passes through (the inverse of :func:`affinities_as_float` on the 256 levels)."""
-    if affinities.dtype == np.uint8:
-        return affinities
-    if not np.issubdtype(affinities.dtype, np.floating):
-        raise ValueError(f"affinities must be uint8 (x/255) or float, got {affinities.dtype}")
-    return np.rint(np.clip(affinities, 0.0, 1.0) * 255).astype(np.uint8)
-
-
 def mutex_watershed(
     affinities: np.ndarray,
     offsets: Sequence[Sequence[int]],
@@ -83,7 +63,7 @@ def mutex_watershed(
         Non-positive (dz, dy, dx) offsets; the first three are the attractive nearest neighbours.
     strides
         Regular (z, y, x) sub-sampling of the mutex (long-range) edges; attractive edges are all
-        kept. 1x4x4 measured 2.4x faster and better than 1x2x2 (dependencies.md section 1).
+        kept. 1x4x4 measured 2.4x faster and better than 1x2x2 (docs/conventions.md §2).
     randomize_strides
         Sample mutex edges with probability 1/prod(strides) instead of on a grid.
     mask

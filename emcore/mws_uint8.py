@@ -4,7 +4,7 @@ The algorithm is the mutex watershed of Wolf et al. (2018), the same as bioimage
 ``mutex_watershed``: every edge is visited once in descending weight; an attractive edge joins
 the clusters of its two voxels unless a mutex constraint separates them, a repulsive (mutex) edge
 between two different clusters adds a constraint between them. Weights are those of
-:func:`pipeline.mws.mutex_watershed`: attractive weight ``a``, repulsive weight ``255 - a`` for
+:func:`emcore.mws.mutex_watershed`: attractive weight ``a``, repulsive weight ``255 - a`` for
 stored ``a = round(255 * affinity)``.
 
 Why a second implementation: stored affinities are uint8, and bioimage-cpp needs them as a

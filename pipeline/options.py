@@ -1,8 +1,9 @@
 """Stage options: one dataclass per stage is the YAML section, the command-line options and the Python API.
 
 A stage's options class (:class:`pipeline.predict.PredictOptions`,
-:class:`pipeline.segment.SegmentOptions`) declares every field with :func:`option`: its default,
-help text and, for tuples, an example. From that one declaration
+:class:`pipeline.segment.SegmentOptions`, :class:`pipeline.evaluate.EvaluateOptions`) declares
+every field with :func:`option`: its default, help text and, for tuples, an example. From that
+one declaration
 
 * the run configuration (:mod:`pipeline.runconfig`) uses the class as its YAML section, so the key
   is the field name (``segment: {min_size: 300}``);

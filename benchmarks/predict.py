@@ -101,8 +101,7 @@ def run_forward(raw_location: str, checkpoint: str, block: tuple[int, ...], halo
     import torch
 
     from corrseg3d.checkpoint import load_model
-    from corrseg3d.inference import inference_model, pad_context
-    from corrseg3d.model import ResidualUNet3D
+    from corrseg3d.inference import inference_model, network_batch, pad_context
     from emcore.blocks import BlockGrid
     from emcore.conventions import raw_to_float
     from emcore.store import open_volume
@@ -114,9 +113,7 @@ def run_forward(raw_location: str, checkpoint: str, block: tuple[int, ...], halo
     seconds = 0.0
     for index in range(grid.n_blocks):
         patch = pad_context(image, grid.block(index).begin, grid.block(index).end, halo)
-        pad = [(0, 0)] + [(0, -n % ResidualUNet3D.xy_multiple) for n in patch.shape[1:]]
-        batch = torch.from_numpy(np.pad(patch, pad, mode="reflect"))[None, None].contiguous(
-            memory_format=torch.channels_last_3d)
+        batch = network_batch(patch[None], device=torch.device("cpu"), channels_last=True)
         with torch.no_grad():
             start = time.perf_counter()
             model(batch)

@@ -179,6 +179,25 @@ def pad_context(image: np.ndarray, begin: Sequence[int], end: Sequence[int], hal
     return data
 
 
+def network_batch(images: np.ndarray, *, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """The network's (N, 1, z, y', x') float32 input on ``device`` for (N, z, y, x) images.
+
+    y and x are reflect-padded at their far end to a multiple of ``ResidualUNet3D.xy_multiple``;
+    on CUDA the host copy is page-locked and sent asynchronously.
+    """
+    multiple = ResidualUNet3D.xy_multiple
+    pad = [(0, 0), (0, 0)] + [(0, -n % multiple) for n in images.shape[2:]]
+    padded = np.pad(images, pad, mode="reflect") if any(p[1] for p in pad) else images
+    batch = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[:, None]
+    if device.type == "cuda":  # page-locked host memory: the copy to the GPU runs asynchronously
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    else:
+        batch = batch.to(device)
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last_3d)
+    return batch
+
+
 @torch.no_grad()
 def predict_patch(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Sequence[int]], *,
                   device: torch.device, autocast_dtype: torch.dtype | None = None,
@@ -191,16 +210,7 @@ def predict_patch(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Se
     """
     batched = image.ndim == 4
     images = image if batched else image[None]
-    multiple = ResidualUNet3D.xy_multiple
-    pad = [(0, 0), (0, 0)] + [(0, -n % multiple) for n in images.shape[2:]]
-    padded = np.pad(images, pad, mode="reflect") if any(p[1] for p in pad) else images
-    batch = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[:, None]
-    if device.type == "cuda":  # page-locked host memory: the copy to the GPU runs asynchronously
-        batch = batch.pin_memory().to(device, non_blocking=True)
-    else:
-        batch = batch.to(device)
-    if channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last_3d)
+    batch = network_batch(images, device=device, channels_last=channels_last)
     was_training = model.training
     model.eval()
     try:

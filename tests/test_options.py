@@ -10,7 +10,7 @@ import yaml
 
 from pipeline import evaluate, predict, segment
 from pipeline.evaluate import EvaluateOptions
-from pipeline.options import _value_type, flag_name
+from pipeline.options import _value_type, flag_name, options_from_args
 from pipeline.predict import PredictOptions
 from pipeline.runconfig import ConfigError, load_run_config
 from pipeline.segment import SegmentOptions
@@ -60,7 +60,7 @@ def test_every_option_reachable_from_cli_and_yaml_by_one_name(stage, cls, parser
     assert expected != cls()
 
     args = parser().parse_args(positional + command_line(field, value))
-    assert cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}) == expected
+    assert options_from_args(cls, args) == expected
 
     config = tmp_path / "run.yaml"
     plain = list(value) if isinstance(value, tuple) else value
@@ -76,7 +76,7 @@ def test_defaults_agree_between_cli_yaml_and_python(tmp_path):
     for stage, cls, parser, positional in STAGES:
         args = parser().parse_args(positional)
         from_yaml = getattr(loaded, stage)
-        assert cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}) == cls()
+        assert options_from_args(cls, args) == cls()
         assert {f.name: getattr(from_yaml, f.name) for f in dataclasses.fields(cls)} == dataclasses.asdict(cls())
 
 

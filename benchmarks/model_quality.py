@@ -15,7 +15,9 @@ Usage::
    serial-section geometry of the shipped weights; ``pipeline.data fib25 --z-step 3``), through the
    same predict -> segment -> evaluate chain: :data:`FIB_HELDOUT` names the volumes and slices
    (medulla slices 30-49 are never trained on by ``configs/em-mixed.yaml``, which validates on
-   gala-test; gala-train and gala-example are never seen).
+   gala-test; gala-train and gala-example are never seen). The same held-out medulla tissue is
+   also scored at its isotropic 10x10x10 nm (:data:`FIB_ISOTROPIC_HELDOUT`, source slices 90-149):
+   a model trained at 30x10x10 nm only sees it resampled by ``pipeline.predict``.
 3. **Held-out real EM** (ISBI 2012 slices not used for training, 2D labels): affinities of the
    20-slice stack, then mutex watershed per slice (in-plane only, as the labels are 2D), scored per
    slice against the connected components of the membrane-free label.
@@ -61,6 +63,8 @@ KEYS = ("voi_split", "voi_merge", "voi", "arand")
 #: Held-out FIB volumes at 30x10x10 nm: name -> [start, stop) slices of the z-step-3 store.
 FIB_HELDOUT = {"medulla-ts2-z0-150": (30, 50), "gala-test": (0, None), "gala-train": (0, None),
                "gala-example": (0, None)}
+#: Held-out FIB volume at 10x10x10 nm: name and [start, stop) source slices (the tissue of medulla 30-49 above).
+FIB_ISOTROPIC_HELDOUT = ("medulla-ts2-z0-150", (90, 150))
 
 
 def write_store(store: str, raw: np.ndarray, labels: np.ndarray, voxel_size: tuple[float, ...]) -> str:
@@ -104,6 +108,17 @@ def heldout_fib(checkpoint: str, source: str, min_size: int, work: Path) -> dict
         store = write_store(str(work / f"{name}.zarr"), image, labels[slice(*slices)], raw.voxel_size)
         scores[name] = {"slices": list(slices), "shape": list(image.shape), **score_store(store, checkpoint, min_size)}
     return scores
+
+
+def heldout_fib_isotropic(checkpoint: str, source: str, min_size: int, work: Path) -> dict:
+    """Score :data:`FIB_ISOTROPIC_HELDOUT` at the source's own 10x10x10 nm."""
+    name, slices = FIB_ISOTROPIC_HELDOUT
+    isotropic = str(work / "fib25-10nm.zarr")
+    write_fib25(source, isotropic, z_step=1, names=[name])
+    raw, labels = (open_volume(f"{isotropic}/{name}/{dataset}") for dataset in ("raw", "labels"))
+    image = raw[slice(*slices)]
+    store = write_store(str(work / f"{name}-10nm.zarr"), image, labels[slice(*slices)], raw.voxel_size)
+    return {name: {"slices": list(slices), "shape": list(image.shape), **score_store(store, checkpoint, min_size)}}
 
 
 def segment_sweep(checkpoint: str, fib_source: str, work: Path) -> dict:
@@ -171,6 +186,7 @@ def main() -> None:
                                                      **heldout_synthetic(checkpoint, shape, args.seed, args.min_size, work)}}
     if Path(args.fib).is_dir():
         record["fib25"] = heldout_fib(checkpoint, args.fib, args.min_size, work)
+        record["fib25_10nm"] = heldout_fib_isotropic(checkpoint, args.fib, args.min_size, work)
     if Path(args.isbi).is_dir():
         record["isbi2012"] = {"slices": [first, last], **heldout_isbi(checkpoint, args.isbi, (first, last), work)}
     print(json.dumps(record, indent=2))

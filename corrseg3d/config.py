@@ -166,9 +166,16 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam settings; the paper's are unusual on purpose (eps 0.01, amsgrad; docs/method.md §9)."""
+    """Adam settings; the paper's are unusual on purpose (eps 0.01, amsgrad; docs/method.md §9).
+
+    ``lr_schedule: constant`` (the paper) keeps ``lr``; ``cosine`` anneals it from ``lr`` at the
+    first iteration of the run to ``lr_min`` at ``train.iterations``
+    (:func:`corrseg3d.train.learning_rate`).
+    """
 
     lr: float = 1e-4
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_min: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 0.01
     weight_decay: float = 1e-6

@@ -308,6 +308,21 @@ def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Adam:
                             weight_decay=o.weight_decay, amsgrad=o.amsgrad)
 
 
+def learning_rate(iteration: int, config: Config) -> float:
+    """Learning rate of 1-based ``iteration`` under ``optim.lr_schedule``.
+
+    ``constant``: ``lr``. ``cosine``: ``lr_min + (lr - lr_min) (1 + cos(pi t)) / 2`` with
+    ``t = (iteration - 1) / (train.iterations - 1)``, so ``lr`` at the first iteration and
+    ``lr_min`` at the last. A pure function of the iteration, so a resumed run continues the
+    schedule where it stopped.
+    """
+    o = config.optim
+    if o.lr_schedule == "constant":
+        return o.lr
+    t = (iteration - 1) / max(config.train.iterations - 1, 1)
+    return o.lr_min + (o.lr - o.lr_min) * (1.0 + math.cos(math.pi * t)) / 2.0
+
+
 def train(config: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
           progress: bool = True) -> dict[str, Any]:
     """Run (or resume) training; returns a summary (iterations, it/s, last losses, best VOI).
@@ -366,6 +381,8 @@ def train(config: Config, out: str | Path, *, resume: bool = False, overwrite: b
                         trained_voxel_sizes=trained_voxel_sizes)
 
     for iteration, batch in enumerate(loader, start=start + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(iteration, config)
         last_losses = train_step(model, optimizer, batch, config, device=device, autocast_dtype=autocast_dtype, scaler=scaler)
         for key, value in last_losses.items():
             sums[key] = sums.get(key, 0.0) + value

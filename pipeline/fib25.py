@@ -4,8 +4,9 @@ The FIB-25 medulla volumes (FlyEM, isotropic 10 nm voxels) are zarr groups with 
 ``raw`` (uint8, z,y,x) and ``labels`` (uint64, 0 = unlabelled) and a group attribute
 ``voxel_size`` ([z, y, x] nm). :func:`write_fib25` copies every such group of a source folder
 into ``OUT.zarr/<name>/raw`` and ``OUT.zarr/<name>/labels`` (OME-Zarr datasets of this project)
-keeping every ``z_step``-th slice, so that ``z_step=3`` gives 30x10x10 nm, the geometry of
-serial-section EM (30 nm sections). A missing ``voxel_size`` attribute is taken as 10x10x10 nm
+keeping every ``z_step``-th slice from ``z_start``, so that ``z_step=3`` gives 30x10x10 nm, the
+geometry of serial-section EM (30 nm sections); ``z_start`` 1 and 2 give the two other section
+series of the same tissue (more training data at that geometry, same z extent). A missing ``voxel_size`` attribute is taken as 10x10x10 nm
 (the source's stated resolution) and recorded as assumed.
 """
 
@@ -39,9 +40,9 @@ def find_fib_volumes(source: str) -> list[str]:
     return names
 
 
-def write_fib25(source: str, out_location: str, *, z_step: int = 1, names: Sequence[str] | None = None,
-                overwrite: bool = False) -> list[str]:
-    """Copy FIB volumes into ``OUT.zarr/<name>/{raw,labels}``, keeping slices ``0, z_step, 2 z_step, ...``.
+def write_fib25(source: str, out_location: str, *, z_step: int = 1, z_start: int = 0,
+                names: Sequence[str] | None = None, overwrite: bool = False) -> list[str]:
+    """Copy FIB volumes into ``OUT.zarr/<name>/{raw,labels}``, keeping slices ``z_start + k z_step``.
 
     Parameters
     ----------
@@ -51,6 +52,9 @@ def write_fib25(source: str, out_location: str, *, z_step: int = 1, names: Seque
         The output store, ``OUT.zarr``.
     z_step
         Keep every ``z_step``-th slice; the written voxel size is ``(z_step * vz, vy, vx)``.
+    z_start
+        First slice kept, ``0 <= z_start < z_step``; written slice ``k`` is source slice
+        ``z_start + k z_step``.
     names
         Group names to copy, without ``.zarr`` (default: all found).
     overwrite
@@ -62,6 +66,8 @@ def write_fib25(source: str, out_location: str, *, z_step: int = 1, names: Seque
     """
     if z_step < 1:
         raise DataError(f"--z-step must be >= 1, got {z_step}")
+    if not 0 <= z_start < z_step:
+        raise DataError(f"--z-start must be in [0, --z-step), got {z_start} with --z-step {z_step}")
     root, inner = split_location(out_location)
     if inner:
         raise DataError(f"{out_location} names a dataset: pass the store (OUT.zarr); one group per volume is written inside it")
@@ -78,12 +84,12 @@ def write_fib25(source: str, out_location: str, *, z_step: int = 1, names: Seque
             group = zarr.open_group(os.path.join(source, available[name]), mode="r")
             stated = group.attrs.get("voxel_size")
             voxel_size = tuple(float(v) for v in (stated or FIB25_VOXEL_SIZE))
-            raw, labels = np.asarray(group["raw"][::z_step]), np.asarray(group["labels"][::z_step])
+            raw, labels = np.asarray(group["raw"][z_start::z_step]), np.asarray(group["labels"][z_start::z_step])
             if raw.dtype != np.uint8 or raw.shape != labels.shape or raw.ndim != 3:
                 raise DataError(f"{source}/{available[name]}: raw must be uint8 (z, y, x) and labels the same shape, "
                                 f"got {raw.dtype} {raw.shape} and {labels.shape}")
             attrs = {"source": os.path.abspath(os.path.join(source, available[name])), "z_step": z_step,
-                     "voxel_size_assumed": stated is None}
+                     "z_start": z_start, "voxel_size_assumed": stated is None}
             written = (voxel_size[0] * z_step,) + voxel_size[1:]
             for dataset, data in (("raw", raw), ("labels", labels.astype(np.uint64))):
                 volume = create_volume(f"{root}/{name}/{dataset}", data.shape, data.dtype,
@@ -101,8 +107,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--source", required=True, help="folder with NAME.zarr groups holding raw and labels")
     parser.add_argument("--z-step", type=int, default=1,
                         help="keep every k-th slice (3 turns 10 nm isotropic into 30x10x10 nm; default 1)")
+    parser.add_argument("--z-start", type=int, default=0,
+                        help="first slice kept, 0 <= k < --z-step (another section series of the same tissue; default 0)")
     parser.add_argument("--names", default=None,
                         help="comma-separated volume names without .zarr (default: all in --source)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing datasets")
     parser.set_defaults(run=lambda a: print("wrote", *write_fib25(
-        a.source, a.out, z_step=a.z_step, names=a.names.split(",") if a.names else None, overwrite=a.overwrite)))
+        a.source, a.out, z_step=a.z_step, z_start=a.z_start, names=a.names.split(",") if a.names else None, overwrite=a.overwrite)))

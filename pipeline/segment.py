@@ -281,7 +281,7 @@ class SegmentStage:
         total = BlockGrid(tuple(stored["input"]["shape"][1:]), tuple(stored["options"]["block"])).n_blocks
         result = {}
         for phase, folder in _record_folders(workdir).items():
-            done = tuple(DoneRecords(folder).done(range(total))) if os.path.isdir(folder) else ()
+            done = _done_blocks(folder, total)
             closed = os.path.exists(_lookup_done(workdir)) if phase == "stitch" else True
             result[phase] = PhaseProgress(done, total, len(done) == total and closed)
         return result
@@ -355,8 +355,13 @@ def _outputs(affinities: Volume, options: SegmentOptions, locations: dict[str, s
     return volumes[0], volumes[1]
 
 
+def _done_blocks(folder: str, n_blocks: int) -> tuple[int, ...]:
+    """Blocks of a phase with a done record in ``folder`` (none when the phase never started)."""
+    return tuple(DoneRecords(folder).done(range(n_blocks))) if os.path.isdir(folder) else ()
+
+
 def _require_done(folder: str, n_blocks: int, phase: str) -> None:
-    done = len(DoneRecords(folder).done(range(n_blocks))) if os.path.isdir(folder) else 0
+    done = len(_done_blocks(folder, n_blocks))
     if done != n_blocks:
         raise SegmentError(f"phase {phase} has {done} of {n_blocks} blocks done: finish --phase {phase} first")
 

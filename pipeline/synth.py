@@ -39,6 +39,14 @@ dots inside objects, so darkness alone does not mark a boundary; xy Gaussian blu
 dependent Gaussian noise and per-slice brightness/contrast jitter. Optional defects: missing
 sections (near-uniform slices; labels kept) and misaligned sections (raw shifted by 2-6 px).
 
+*Style.* The appearance constants above are the ``base`` style. The ``wide`` style draws them per
+volume from the seed (:func:`volume_style`), so that a set of volumes spans the look of real EM
+rather than one look: wavy membranes (object boundaries displaced by a smooth 2D field of up to
+6 px that vanishes on and next to the cores, so every guarantee above still holds), membranes of
+2-6 px with darkness 0.35-0.75 varying along their length, cytoplasm texture 0.5-2x, blur
+sigma 0.5-1.6 px, noise 0.5-2.5x, and a per-volume gamma 0.6-2.0, contrast 0.6-1.3 and
+brightness -0.25 to +0.1.
+
 Axis order is (z, y, x); random streams are seeded by ``(seed, stream, z)`` so that slices are
 independent of which block asks for them.
 """
@@ -47,7 +55,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -55,7 +63,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage.measure import label as connected_components
 
-__all__ = ["SynthError", "generate", "write_synthetic", "DEFAULT_VOXEL_SIZE", "DEFAULT_CHUNKS"]
+__all__ = ["SynthError", "Style", "STYLES", "volume_style", "generate", "write_synthetic", "DEFAULT_VOXEL_SIZE", "DEFAULT_CHUNKS"]
 
 #: Default voxel size (z, y, x) in nm: ssTEM/ATUM-SEM-like, z about 5x coarser than xy.
 DEFAULT_VOXEL_SIZE = (30.0, 6.0, 6.0)
@@ -71,10 +79,66 @@ _MIN_PIECE = 3  # slices; shorter pieces not cut by the volume border are remove
 _MITO_PER_OBJECT_SLICE = {_AXON: 0.02, _DENDRITE: 0.12, _SOMA: 0.4}
 # random stream ids, one per independent quantity
 _S_OBJECTS, _S_TEXTURE, _S_NOISE, _S_VESICLE, _S_ECS, _S_THICK, _S_SLICE, _S_DEFECT = range(8)
+_S_STYLE, _S_WARP_Y, _S_WARP_X, _S_MEMBRANE = range(8, 12)
+#: Generator styles: ``base`` (one fixed look) and ``wide`` (appearance drawn per volume).
+STYLES = ("base", "wide")
 
 
 class SynthError(ValueError):
     """Invalid generator parameters; the message says which and how to fix them."""
+
+
+@dataclass(frozen=True)
+class Style:
+    """Appearance of one volume; the defaults are the ``base`` style.
+
+    Attributes
+    ----------
+    wave_amplitude, wave_spacing
+        Largest displacement (px) of object boundaries by a smooth random field with lattice
+        spacing ``wave_spacing`` px; the displacement is scaled by ``clip((d - 1) / 3, 0, 1)``
+        with ``d`` the distance (px) to the nearest core, so cores never move. 0 = straight.
+    membrane_dark, membrane_variation
+        Darkness subtracted on membranes, multiplied by ``1 - membrane_variation * n`` with
+        ``n`` a smooth noise field in [0, 1] (contrast varying along a membrane).
+    thick_iterations, thick_threshold
+        Membranes are thickened by ``thick_iterations`` px where a smooth noise field exceeds
+        ``thick_threshold`` (membranes 2 px wide elsewhere).
+    texture, blur, noise
+        Cytoplasm texture amplitude (factor), xy Gaussian blur sigma (px), noise amplitude (factor).
+    gamma, contrast, brightness
+        Per-volume intensity transform ``((clip(I, 0, 1) ** gamma) - 0.6) * contrast + 0.6 + brightness``
+        (gamma 1 leaves out the clip).
+    """
+
+    wave_amplitude: float = 0.0
+    wave_spacing: float = 16.0
+    membrane_dark: float = 0.6
+    membrane_variation: float = 0.0
+    thick_iterations: int = 1
+    thick_threshold: float = 0.55
+    texture: float = 1.0
+    blur: float = 0.8
+    noise: float = 1.0
+    gamma: float = 1.0
+    contrast: float = 1.0
+    brightness: float = 0.0
+
+
+def volume_style(style: str, seed: int) -> Style:
+    """The :class:`Style` of a volume: fixed for ``base``, drawn from ``seed`` for ``wide``."""
+    if style not in STYLES:
+        raise SynthError(f"style {style!r} is not one of {', '.join(STYLES)}")
+    if style == "base":
+        return Style()
+    rng = np.random.default_rng([seed, _S_STYLE])
+    return Style(wave_amplitude=rng.uniform(0.0, 6.0), wave_spacing=rng.uniform(16.0, 40.0),
+                 membrane_dark=rng.uniform(0.35, 0.75), membrane_variation=rng.uniform(0.0, 0.6),
+                 thick_iterations=int(rng.integers(1, 3)), thick_threshold=rng.uniform(0.3, 0.8),
+                 texture=float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))), blur=rng.uniform(0.5, 1.6),
+                 noise=float(np.exp(rng.uniform(np.log(0.5), np.log(2.5)))),
+                 gamma=float(np.exp(rng.uniform(np.log(0.6), np.log(2.0)))), contrast=rng.uniform(0.6, 1.3),
+                 brightness=rng.uniform(-0.25, 0.1))
 
 
 @dataclass(frozen=True)
@@ -297,7 +361,20 @@ def _junctions(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _slice_labels(objects: _Objects, seed: int, z: int, size: tuple[int, int]) -> np.ndarray:
+def _wavy(owner: np.ndarray, distance: np.ndarray, seed: int, z: int, style: Style) -> np.ndarray:
+    """``owner`` resampled at positions displaced by the style's smooth field (nearest pixel);
+    the displacement vanishes within 1 px of a core (``distance`` = px to the nearest core)."""
+    size = owner.shape
+    taper = np.clip((distance - 1.0) / 3.0, 0.0, 1.0) * 2.0 * style.wave_amplitude
+    spacing = (3.0, style.wave_spacing)
+    dy = (_lattice_noise(seed, _S_WARP_Y, z, size, spacing) - 0.5) * taper
+    dx = (_lattice_noise(seed, _S_WARP_X, z, size, spacing) - 0.5) * taper
+    yy = np.clip(np.rint(np.arange(size[0])[:, None] + dy), 0, size[0] - 1).astype(np.intp)
+    xx = np.clip(np.rint(np.arange(size[1])[None, :] + dx), 0, size[1] - 1).astype(np.intp)
+    return owner[yy, xx]
+
+
+def _slice_labels(objects: _Objects, seed: int, z: int, size: tuple[int, int], style: Style) -> np.ndarray:
     """Object index + 1 per pixel of slice ``z`` (0 = extracellular space)."""
     cores = np.zeros(size, np.int32)
     for i in np.flatnonzero(objects.radius[:, z] >= 0):
@@ -306,6 +383,8 @@ def _slice_labels(objects: _Objects, seed: int, z: int, size: tuple[int, int]) -
         return cores
     distance, (iy, ix) = ndimage.distance_transform_edt(cores == 0, return_indices=True)
     owner = cores[iy, ix]
+    if style.wave_amplitude > 0:
+        owner = _wavy(owner, distance, seed, z, style)
     ecs = (distance > _ECS_DISTANCE) & (
         ndimage.distance_transform_edt(~_junctions(owner)) < 7 * _lattice_noise(seed, _S_ECS, z, size, (2.0, 16.0)) - 1)
     owner[ecs] = 0
@@ -339,18 +418,22 @@ def _mito_mask(objects: _Objects, z: int, owner: np.ndarray, inner: np.ndarray) 
     return mask, cristae
 
 
-def _slice_raw(objects: _Objects, seed: int, z: int, owner: np.ndarray) -> np.ndarray:
+def _slice_raw(objects: _Objects, seed: int, z: int, owner: np.ndarray, style: Style) -> np.ndarray:
     """Float EM intensity of slice ``z`` in [0, 1] (before defects)."""
     size = owner.shape
     noise = _slice_rng(seed, _S_NOISE, z)
     grey = np.concatenate([[0.86], objects.grey])[owner]
     fine = ndimage.gaussian_filter(_slice_rng(seed, _S_TEXTURE, z).standard_normal(size, np.float32), 1.2)
-    texture = 0.09 * fine + 0.08 * (_lattice_noise(seed, _S_TEXTURE, z, size, (3.0, 14.0)) - 0.5)
+    texture = style.texture * (0.09 * fine + 0.08 * (_lattice_noise(seed, _S_TEXTURE, z, size, (3.0, 14.0)) - 0.5))
     image = grey + np.where(owner > 0, texture, 0.3 * texture)
     edge = _boundary(owner)
-    thick = ndimage.binary_dilation(edge) & (_lattice_noise(seed, _S_THICK, z, size, (2.0, 20.0)) > 0.55)
+    thick = (ndimage.binary_dilation(edge, iterations=style.thick_iterations)
+             & (_lattice_noise(seed, _S_THICK, z, size, (2.0, 20.0)) > style.thick_threshold))
     membrane = ndimage.gaussian_filter((edge | thick).astype(np.float32), 0.7)
-    image -= 0.6 * np.clip(membrane * 1.6, 0, 1)
+    darkness = style.membrane_dark
+    if style.membrane_variation > 0:
+        darkness = darkness * (1 - style.membrane_variation * _lattice_noise(seed, _S_MEMBRANE, z, size, (2.0, 24.0)))
+    image -= darkness * np.clip(membrane * 1.6, 0, 1)
     inner = ~ndimage.binary_dilation(edge, iterations=2)
     mito, cristae = _mito_mask(objects, z, owner, inner)
     mito_edge = mito & ~ndimage.binary_erosion(mito)
@@ -359,10 +442,12 @@ def _slice_raw(objects: _Objects, seed: int, z: int, owner: np.ndarray) -> np.nd
     dots = ndimage.gaussian_filter((_slice_rng(seed, _S_VESICLE, z).random(size, np.float32) < density * inner)
                                    .astype(np.float32), 1.0)
     image -= 3.0 * dots
-    image = ndimage.gaussian_filter(image, 0.8)
-    image += noise.standard_normal(size, np.float32) * (0.025 + 0.04 * np.sqrt(np.clip(image, 0, 1)))
+    image = ndimage.gaussian_filter(image, style.blur)
+    image += noise.standard_normal(size, np.float32) * (style.noise * (0.025 + 0.04 * np.sqrt(np.clip(image, 0, 1))))
     contrast, brightness = noise.normal(1.0, 0.07), noise.normal(0.0, 0.035)
-    return (image - 0.6) * contrast + 0.6 + brightness
+    if style.gamma != 1.0:
+        image = np.clip(image, 0, 1) ** style.gamma
+    return (image - 0.6) * (contrast * style.contrast) + 0.6 + (brightness + style.brightness)
 
 
 def _defects(shape: tuple[int, int, int], seed: int, missing_sections: int,
@@ -387,6 +472,7 @@ def generate(
     seed: int,
     missing_sections: int = 0,
     misalignment: int = 0,
+    style: str = "base",
     roi: tuple[slice, slice, slice] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate a synthetic EM volume, or one region of it, in memory.
@@ -401,6 +487,9 @@ def generate(
     missing_sections, misalignment
         Number of slices replaced by near-uniform grey (labels kept) and number of slices whose
         raw is shifted by 2-6 px in y and x.
+    style
+        ``base`` (one fixed look) or ``wide`` (appearance drawn per volume from ``seed``;
+        :func:`volume_style`).
     roi
         Optional (z, y, x) slices (step 1) of the region to return; the result equals
         ``generate(shape, seed=...)[roi]``. Cost is that of the full xy slices it touches.
@@ -411,6 +500,7 @@ def generate(
     labels : (z, y, x) uint64, 0 = extracellular space; each label is one 6-connected object
     """
     shape = _validate(shape, missing_sections, misalignment)
+    look = volume_style(style, int(seed))
     roi = roi or (slice(None),) * 3
     bounds = [s.indices(n) for s, n in zip(roi, shape)]
     if len(bounds) != 3 or any(step != 1 for *_, step in bounds):
@@ -422,14 +512,14 @@ def generate(
     raw = np.zeros((max(z1 - z0, 0), max(y1 - y0, 0), max(x1 - x0, 0)), np.uint8)
     labels = np.zeros(raw.shape, np.uint64)
     for k, z in enumerate(range(z0, z1)):
-        owner = _slice_labels(objects, int(seed), z, size)
+        owner = _slice_labels(objects, int(seed), z, size, look)
         pieces = np.concatenate([[0], objects.labels[:, z]]).astype(np.uint64)
         labels[k] = pieces[owner][y0:y1, x0:x1]
         if z in missing:
             noise = _slice_rng(int(seed), _S_SLICE, z).standard_normal(size, np.float32)
             image = 0.55 + 0.02 * ndimage.gaussian_filter(noise, 2.0)
         else:
-            image = _slice_raw(objects, int(seed), z, owner)
+            image = _slice_raw(objects, int(seed), z, owner, look)
             if z in shifts:
                 image = _shift(image, *shifts[z])
         raw[k] = np.clip(np.rint(image[y0:y1, x0:x1] * 255), 0, 255).astype(np.uint8)
@@ -443,6 +533,7 @@ def write_synthetic(
     seed: int,
     missing_sections: int = 0,
     misalignment: int = 0,
+    style: str = "base",
     voxel_size: Sequence[float] = DEFAULT_VOXEL_SIZE,
     chunks: Sequence[int] = DEFAULT_CHUNKS,
     overwrite: bool = False,
@@ -456,7 +547,7 @@ def write_synthetic(
     ----------
     out_location
         The zarr store, ``OUT.zarr``.
-    shape, seed, missing_sections, misalignment
+    shape, seed, missing_sections, misalignment, style
         As for :func:`generate`.
     voxel_size
         (z, y, x) voxel size in nm stored in the OME metadata.
@@ -474,12 +565,13 @@ def write_synthetic(
     from .data import refuse_existing
 
     shape = _validate(shape, missing_sections, misalignment)
+    look = volume_style(style, int(seed))
     root, inner = split_location(out_location)
     if inner:
         raise SynthError(f"{out_location} names a dataset: pass the store (OUT.zarr); raw and labels are written inside it")
     chunks = tuple(min(int(c), s) for c, s in zip(chunks, shape))
     attrs = {"synthetic": {"seed": int(seed), "shape": list(shape), "missing_sections": missing_sections,
-                           "misalignment": misalignment}}
+                           "misalignment": misalignment, "style": style, "appearance": asdict(look)}}
     locations = (f"{root}/raw", f"{root}/labels")
     if not overwrite:
         refuse_existing(locations)
@@ -491,7 +583,7 @@ def write_synthetic(
         for z0 in range(0, shape[0], chunks[0]):
             z = slice(z0, min(z0 + chunks[0], shape[0]))
             raw[z], labels[z] = generate(shape, seed=seed, missing_sections=missing_sections,
-                                         misalignment=misalignment, roi=(z, slice(None), slice(None)))
+                                         misalignment=misalignment, style=style, roi=(z, slice(None), slice(None)))
     return locations
 
 
@@ -507,6 +599,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--missing-sections", type=int, default=0, help="number of blank slices")
     parser.add_argument("--misalignment", type=int, default=0, help="number of slices shifted by 2-6 px")
+    parser.add_argument("--style", choices=STYLES, default="base",
+                        help="base: one fixed look; wide: membranes, texture, blur, noise and intensity drawn per "
+                             "volume from the seed (train on several seeds; default base)")
     parser.add_argument("--voxel-size", type=parse_numbers(float, 3, "30,6,6"), default=DEFAULT_VOXEL_SIZE,
                         help="z,y,x voxel size in nm (default 30,6,6)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing raw/labels")
@@ -515,6 +610,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     raw, labels = write_synthetic(args.out, args.shape, seed=args.seed, missing_sections=args.missing_sections,
-                                  misalignment=args.misalignment, voxel_size=args.voxel_size,
+                                  misalignment=args.misalignment, style=args.style, voxel_size=args.voxel_size,
                                   overwrite=args.overwrite)
     print(f"wrote {raw} and {labels} {tuple(args.shape)}")

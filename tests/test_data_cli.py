@@ -27,15 +27,18 @@ def stack():
     return rng.integers(0, 256, (5, 24, 30), dtype=np.uint8)
 
 
-def test_synth_writes_raw_and_labels_equal_to_generate(tmp_path, capsys):
+@pytest.mark.parametrize("style", ["base", "wide"])
+def test_synth_writes_raw_and_labels_equal_to_generate(tmp_path, capsys, style):
     out = tmp_path / "s.zarr"
-    status, _ = run(capsys, "synth", out, "--shape", "7,40,50", "--seed", "2", "--missing-sections", "1")
+    status, _ = run(capsys, "synth", out, "--shape", "7,40,50", "--seed", "2", "--missing-sections", "1",
+                    "--style", style)
     assert status == 0
     raw, labels = open_volume(f"{out}/raw"), open_volume(f"{out}/labels")
-    expected = generate((7, 40, 50), seed=2, missing_sections=1)
+    expected = generate((7, 40, 50), seed=2, missing_sections=1, style=style)
     assert np.array_equal(raw[:], expected[0]) and np.array_equal(labels[:], expected[1])
     assert raw.dtype == np.uint8 and labels.dtype == np.uint64
     assert raw.voxel_size == (30.0, 6.0, 6.0)
+    assert raw.attrs["synthetic"]["style"] == style and set(raw.attrs["synthetic"]["appearance"]) >= {"gamma", "blur"}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -140,18 +143,19 @@ def _fib_source(folder, voxel_size=(10, 10, 10)):
     return folder
 
 
-@pytest.mark.parametrize("z_step", [1, 3])
-def test_fib25_keeps_every_kth_slice_and_scales_voxel_size(tmp_path, capsys, z_step):
+@pytest.mark.parametrize("z_step, z_start", [(1, 0), (3, 0), (3, 2)])
+def test_fib25_keeps_every_kth_slice_and_scales_voxel_size(tmp_path, capsys, z_step, z_start):
     source = _fib_source(tmp_path / "src")
     out = tmp_path / "fib.zarr"
-    assert run(capsys, "fib25", out, "--source", source, "--z-step", z_step)[0] == 0
+    assert run(capsys, "fib25", out, "--source", source, "--z-step", z_step, "--z-start", z_start)[0] == 0
     for name in ("a", "b"):
         group = zarr.open_group(str(source / f"{name}.zarr"), mode="r")
         for dataset in ("raw", "labels"):
             volume = open_volume(f"{out}/{name}/{dataset}")
-            np.testing.assert_array_equal(volume[:], group[dataset][::z_step])
+            np.testing.assert_array_equal(volume[:], group[dataset][z_start::z_step])
             assert volume.voxel_size == (10.0 * z_step, 10.0, 10.0)
-            assert volume.attrs["z_step"] == z_step and volume.attrs["voxel_size_assumed"] is False
+            assert volume.attrs["z_step"] == z_step and volume.attrs["z_start"] == z_start
+            assert volume.attrs["voxel_size_assumed"] is False
 
 
 def test_fib25_errors_write_nothing(tmp_path, capsys):
@@ -161,6 +165,8 @@ def test_fib25_errors_write_nothing(tmp_path, capsys):
     assert status == 2 and "not a folder" in err
     status, err = run(capsys, "fib25", out, "--source", source, "--names", "a,zzz")
     assert status == 2 and "no volume 'zzz'" in err and not out.exists()
+    status, err = run(capsys, "fib25", out, "--source", source, "--z-step", "3", "--z-start", "3")
+    assert status == 2 and "--z-start must be in [0, --z-step)" in err and not out.exists()
     assert run(capsys, "fib25", out, "--source", source, "--names", "b")[0] == 0
     labels = open_volume(f"{out}/b/labels")
     assert labels.voxel_size == (10.0, 10.0, 10.0) and labels.attrs["voxel_size_assumed"] is True

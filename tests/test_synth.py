@@ -8,14 +8,14 @@ from skimage.measure import label as connected_components
 from corrseg3d.targets import label_affinities
 from emcore.conventions import PEA_OFFSETS
 from emcore.mws import mutex_watershed
-from pipeline.synth import SynthError, generate
+from pipeline.synth import STYLES, Style, SynthError, generate, volume_style
 
 SHAPE = (12, 160, 176)
 
 
-@pytest.fixture(scope="module")
-def volume():
-    return generate(SHAPE, seed=3)
+@pytest.fixture(scope="module", params=STYLES)
+def volume(request):
+    return generate(SHAPE, seed=3, style=request.param)
 
 
 def test_types_and_shape(volume):
@@ -24,11 +24,26 @@ def test_types_and_shape(volume):
     assert raw.dtype == np.uint8 and labels.dtype == np.uint64
 
 
-def test_deterministic_per_seed(volume):
-    raw, labels = generate(SHAPE, seed=3)
+@pytest.mark.parametrize("style", STYLES)
+def test_deterministic_per_seed(style):
+    volume = generate(SHAPE, seed=3, style=style)
+    raw, labels = generate(SHAPE, seed=3, style=style)
     assert np.array_equal(raw, volume[0]) and np.array_equal(labels, volume[1])
-    other_raw, other_labels = generate(SHAPE, seed=4)
+    other_raw, other_labels = generate(SHAPE, seed=4, style=style)
     assert not np.array_equal(other_labels, labels) and not np.array_equal(other_raw, raw)
+
+
+def test_wide_style_varies_the_look_per_volume_and_keeps_the_base_unchanged():
+    assert volume_style("base", 9) == Style()
+    looks = [volume_style("wide", seed) for seed in range(8)]
+    assert len(set(looks)) == 8 and sum(look.wave_amplitude > 1 for look in looks) >= 4
+    base_raw, base_labels = generate((4, 96, 96), seed=2)
+    wide_raw, wide_labels = generate((4, 96, 96), seed=2, style="wide")
+    assert not np.array_equal(wide_raw, base_raw)
+    moved = np.mean(wide_labels != base_labels)
+    assert 0.005 < moved < 0.3  # wavy boundaries move pixels between neighbours, cores stay
+    means = [generate((2, 64, 64), seed=seed, style="wide")[0].mean() for seed in range(4)]
+    assert np.ptp(means) > 15  # per-volume intensity transform
 
 
 @pytest.mark.parametrize("shape", [(8, 40, 56), (5, 33, 71), (1, 16, 16)])
@@ -38,9 +53,10 @@ def test_small_odd_shapes(shape):
     assert labels.max() > 0
 
 
-def test_blocks_assemble_to_whole_volume():
+@pytest.mark.parametrize("style", STYLES)
+def test_blocks_assemble_to_whole_volume(style):
     shape = (9, 48, 60)
-    kwargs = dict(seed=7, missing_sections=2, misalignment=2)
+    kwargs = dict(seed=7, missing_sections=2, misalignment=2, style=style)
     raw, labels = generate(shape, **kwargs)
     blocks_raw, blocks_labels = np.zeros_like(raw), np.zeros_like(labels)
     for z in (slice(0, 4), slice(4, 9)):
@@ -104,7 +120,8 @@ def test_defects_touch_raw_only():
     assert len(flat) == 2
 
 
-@pytest.mark.parametrize("kwargs", [dict(shape=(4, 8, 64)), dict(shape=(4, 64)), dict(shape=(4, 64, 64), missing_sections=5)])
+@pytest.mark.parametrize("kwargs", [dict(shape=(4, 8, 64)), dict(shape=(4, 64)), dict(shape=(4, 64, 64), missing_sections=5),
+                                    dict(shape=(4, 64, 64), style="glossy")])
 def test_bad_parameters(kwargs):
     shape = kwargs.pop("shape")
     with pytest.raises(SynthError):

@@ -10,7 +10,7 @@ from corrseg3d.checkpoint import load_model, read_checkpoint
 from corrseg3d.config import from_dict
 from corrseg3d.inference import predict_volume, resolve_precision
 from corrseg3d.model import build_model
-from corrseg3d.train import initialise_from, main, train
+from corrseg3d.train import initialise_from, learning_rate, main, train
 from emcore.conventions import PEA_OFFSETS
 from emcore.store import create_volume
 from pipeline.synth import generate
@@ -102,6 +102,19 @@ def test_resume_is_bit_for_bit(volume, tmp_path):
     _assert_identical(straight, _weights(tmp_path / "workers" / "last.pt"))
     iterations = [json.loads(line)["iteration"] for line in (tmp_path / "split" / "train.jsonl").read_text().splitlines()]
     assert iterations == [2, 4]
+
+
+def test_cosine_schedule_runs_from_lr_to_lr_min(volume, tmp_path):
+    cosine = {"lr": 1e-3, "lr_schedule": "cosine", "lr_min": 1e-5}
+    config = _config(volume, iterations=5, validate=False, optim=cosine)
+    rates = [learning_rate(i, config) for i in range(1, 6)]
+    assert rates[0] == 1e-3 and rates[-1] == pytest.approx(1e-5) and rates[2] == pytest.approx((1e-3 + 1e-5) / 2)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    constant = _config(volume, iterations=5, validate=False)
+    assert [learning_rate(i, constant) for i in (1, 3, 5)] == [constant.optim.lr] * 3
+    train(config, tmp_path / "straight", progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "straight" / "train.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r["lr"]) for r in logged] == [(2, rates[1]), (4, rates[3]), (5, rates[4])]
 
 
 def test_resume_refuses_a_changed_config(volume, tmp_path):

@@ -97,15 +97,17 @@ def heldout_synthetic(checkpoint: str, shape: tuple[int, ...], seed: int, min_si
     return score_store(store, checkpoint, min_size)
 
 
-def heldout_fib(checkpoint: str, source: str, min_size: int, work: Path) -> dict:
-    """Score every :data:`FIB_HELDOUT` volume (its slice range copied into a store of its own)."""
-    thinned = str(work / "fib25-30nm.zarr")
-    write_fib25(source, thinned, z_step=3, names=list(FIB_HELDOUT))
+def heldout_fib(checkpoint: str, source: str, min_size: int, work: Path, *, z_step: int = 3,
+                volumes: dict[str, tuple[int, int | None]] = FIB_HELDOUT) -> dict:
+    """Score FIB ``volumes`` (name -> [start, stop) slices after keeping every ``z_step``-th slice),
+    each slice range copied into a store of its own."""
+    stack = str(work / f"fib25-z{z_step}.zarr")
+    write_fib25(source, stack, z_step=z_step, names=list(volumes))
     scores = {}
-    for name, slices in FIB_HELDOUT.items():
-        raw, labels = (open_volume(f"{thinned}/{name}/{dataset}") for dataset in ("raw", "labels"))
+    for name, slices in volumes.items():
+        raw, labels = (open_volume(f"{stack}/{name}/{dataset}") for dataset in ("raw", "labels"))
         image = raw[slice(*slices)]
-        store = write_store(str(work / f"{name}.zarr"), image, labels[slice(*slices)], raw.voxel_size)
+        store = write_store(str(work / f"{name}-z{z_step}.zarr"), image, labels[slice(*slices)], raw.voxel_size)
         scores[name] = {"slices": list(slices), "shape": list(image.shape), **score_store(store, checkpoint, min_size)}
     return scores
 
@@ -113,12 +115,7 @@ def heldout_fib(checkpoint: str, source: str, min_size: int, work: Path) -> dict
 def heldout_fib_isotropic(checkpoint: str, source: str, min_size: int, work: Path) -> dict:
     """Score :data:`FIB_ISOTROPIC_HELDOUT` at the source's own 10x10x10 nm."""
     name, slices = FIB_ISOTROPIC_HELDOUT
-    isotropic = str(work / "fib25-10nm.zarr")
-    write_fib25(source, isotropic, z_step=1, names=[name])
-    raw, labels = (open_volume(f"{isotropic}/{name}/{dataset}") for dataset in ("raw", "labels"))
-    image = raw[slice(*slices)]
-    store = write_store(str(work / f"{name}-10nm.zarr"), image, labels[slice(*slices)], raw.voxel_size)
-    return {name: {"slices": list(slices), "shape": list(image.shape), **score_store(store, checkpoint, min_size)}}
+    return heldout_fib(checkpoint, source, min_size, work, z_step=1, volumes={name: slices})
 
 
 def segment_sweep(checkpoint: str, fib_source: str, work: Path) -> dict:

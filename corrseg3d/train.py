@@ -156,23 +156,29 @@ def _source_voxel_size(config: Config, dataset: TrainingPatches, index: int) -> 
 def training_voxel_size(config: Config, dataset: TrainingPatches) -> tuple[float, float, float]:
     """The (z, y, x) voxel size in nm the model is trained at, recorded in its checkpoints.
 
-    ``data.voxel_size`` if given, else the voxel size of the source with the highest weight (the
-    first of equals): its ``voxel_size`` setting, else its raw volume's stated voxel size.
+    ``data.voxel_size`` if given, else the voxel size with the highest summed weight over the
+    sources (the first seen of equals), so one geometry split over several sources counts once
+    with their total weight. A source's voxel size is its ``voxel_size`` setting, else its raw
+    volume's stated voxel size; a source with neither counts on its own.
 
     Raises
     ------
     ConfigError
-        That source's raw volume states no voxel size and the config gives none.
+        The winning weight belongs to a source whose raw volume states no voxel size and the
+        config gives none.
     """
     if config.data.voxel_size is not None:
         return config.data.voxel_size
-    weights = [spec.weight for spec in config.data.sources]
-    index = weights.index(max(weights))
-    size = _source_voxel_size(config, dataset, index)
-    if size is None:
-        raise ConfigError(f"data.sources.{index}: {config.data.sources[index].raw} has no voxel size (the highest-weight "
-                          f"source sets the model's): set data.sources.{index}.voxel_size or data.voxel_size to [z, y, x] in nm")
-    return size  # type: ignore[return-value]
+    totals: dict[tuple[float, ...] | int, float] = {}  # keyed by voxel size, or by index where unknown
+    for index, spec in enumerate(config.data.sources):
+        size = _source_voxel_size(config, dataset, index)
+        key = index if size is None else size
+        totals[key] = totals.get(key, 0.0) + spec.weight
+    winner = max(totals, key=totals.__getitem__)  # dicts keep insertion order: the first seen of equals
+    if isinstance(winner, int):
+        raise ConfigError(f"data.sources.{winner}: {config.data.sources[winner].raw} has no voxel size (its weight sets "
+                          f"the model's): set data.sources.{winner}.voxel_size or data.voxel_size to [z, y, x] in nm")
+    return winner  # type: ignore[return-value]
 
 
 def source_voxel_sizes(config: Config, dataset: TrainingPatches) -> list[tuple[float, ...]]:

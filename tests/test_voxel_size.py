@@ -263,7 +263,7 @@ def test_precomputed_input_is_resampled_by_its_info_resolution(tmp_path, monkeyp
     assert attrs["resampled"] is True and attrs["input_voxel_size"] == list(INPUT_VOXEL_SIZE)
 
 
-def test_training_records_the_voxel_size_of_the_heaviest_source(tmp_path):
+def test_training_records_the_voxel_size_with_the_highest_summed_weight(tmp_path):
     import zarr
 
     _, labels = generate((6, 32, 32), seed=0)
@@ -274,9 +274,9 @@ def test_training_records_the_voxel_size_of_the_heaviest_source(tmp_path):
     plain.create_array("raw", data=_grey(labels))
     plain.create_array("labels", data=labels)
 
-    def config(weights, names="ab", voxel_sizes=(None, None), **data):
+    def config(weights, names="ab", voxel_sizes=None, **data):
         sources = [{"raw": str(tmp_path / f"{n}.zarr/raw"), "labels": str(tmp_path / f"{n}.zarr/labels"), "weight": w,
-                    "voxel_size": v} for n, w, v in zip(names, weights, voxel_sizes)]
+                    "voxel_size": v} for n, w, v in zip(names, weights, voxel_sizes or [None] * len(names))]
         return from_dict({"model": {"filters": [2, 2, 2, 2, 2], "embedding_dim": 4},
                           "data": {"sources": sources, "patch": [2, 16, 16], "context": [0, 0, 0], **data},
                           "train": {"iterations": 1, "batch_size": 1, "num_workers": 0, "precision": "fp32"}})
@@ -289,6 +289,8 @@ def test_training_records_the_voxel_size_of_the_heaviest_source(tmp_path):
     assert read_checkpoint(tmp_path / "run" / "last.pt")["voxel_size"] == [10.0, 10.0, 10.0]
     assert read_checkpoint(tmp_path / "run" / "last.pt")["trained_voxel_sizes"] == [[10.0, 10.0, 10.0], [40.0, 4.0, 4.0]]
     assert rule(config([0.5, 0.5])) == (40.0, 4.0, 4.0)  # the first of equal weights
+    assert rule(config([0.3, 0.3, 0.4], "aab")) == (40.0, 4.0, 4.0)  # one geometry split over two sources counts once
+    assert rule(config([0.2, 0.2, 0.3], "aac", voxel_sizes=(None, None, [8, 8, 8]))) == (40.0, 4.0, 4.0)
     assert rule(config([0.5, 0.5], voxel_size=[30, 8, 8])) == (30.0, 8.0, 8.0)
     assert rule(config([0.7, 0.3], "ca", voxel_sizes=([8, 8, 8], None))) == (8.0, 8.0, 8.0)
     with pytest.raises(ConfigError, match=r"c.zarr/raw has no voxel size .* set data.sources.0.voxel_size"):

@@ -27,8 +27,10 @@ Appends a record to ``benchmarks/results/model_quality.json`` (keyed by ``--name
 ``--segment-sweep`` instead chooses ``pipeline.segment``'s defaults on the *validation* volumes of
 ``configs/em-mixed.yaml`` (FIB gala-test at 30x10x10 nm and the synthetic seed-0 slices 48-63,
 never the held-out test volumes): the checkpoint predicts each volume once, then every
-combination of :data:`SWEEP_MIN_SIZES` and :data:`SWEEP_STRIDES` is segmented and scored; the
-table goes to ``benchmarks/results/segment_defaults.json``.
+combination of :data:`SWEEP_MIN_SIZES` and :data:`SWEEP_STRIDES` is segmented by blockwise mutex
+watershed and scored, and so are the whole-volume methods (waterz at each
+:data:`SWEEP_WATERZ_THRESHOLDS`, multicut) at each min size; the table goes to
+``benchmarks/results/segment_defaults.json``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ RESULTS = Path(__file__).parent / "results" / "model_quality.json"
 SWEEP_RESULTS = Path(__file__).parent / "results" / "segment_defaults.json"
 SWEEP_MIN_SIZES = (0, 100, 300, 1000)
 SWEEP_STRIDES = ((1, 2, 2), (1, 4, 4), (1, 8, 8))
+SWEEP_WATERZ_THRESHOLDS = (0.3, 0.5, 0.7)
 KEYS = ("voi_split", "voi_merge", "voi", "arand")
 #: Held-out FIB volumes at 30x10x10 nm: name -> [start, stop) slices of the z-step-3 store.
 FIB_HELDOUT = {"medulla-ts2-z0-150": (30, 50), "gala-test": (0, None), "gala-train": (0, None),
@@ -97,18 +100,26 @@ def heldout_synthetic(checkpoint: str, shape: tuple[int, ...], seed: int, min_si
     return score_store(store, checkpoint, min_size)
 
 
-def heldout_fib(checkpoint: str, source: str, min_size: int, work: Path, *, z_step: int = 3,
-                volumes: dict[str, tuple[int, int | None]] = FIB_HELDOUT) -> dict:
-    """Score FIB ``volumes`` (name -> [start, stop) slices after keeping every ``z_step``-th slice),
-    each slice range copied into a store of its own."""
+def fib_stores(source: str, work: Path, volumes: dict[str, tuple[int, int | None]], *, z_step: int = 3) -> dict[str, str]:
+    """One store per FIB volume of ``volumes`` (name -> [start, stop) slices after keeping every
+    ``z_step``-th slice) holding that slice range's ``raw`` and ``labels``; name -> store."""
     stack = str(work / f"fib25-z{z_step}.zarr")
     write_fib25(source, stack, z_step=z_step, names=list(volumes))
-    scores = {}
+    stores = {}
     for name, slices in volumes.items():
         raw, labels = (open_volume(f"{stack}/{name}/{dataset}") for dataset in ("raw", "labels"))
-        image = raw[slice(*slices)]
-        store = write_store(str(work / f"{name}-z{z_step}.zarr"), image, labels[slice(*slices)], raw.voxel_size)
-        scores[name] = {"slices": list(slices), "shape": list(image.shape), **score_store(store, checkpoint, min_size)}
+        stores[name] = write_store(str(work / f"{name}-z{z_step}.zarr"), raw[slice(*slices)], labels[slice(*slices)],
+                                   raw.voxel_size)
+    return stores
+
+
+def heldout_fib(checkpoint: str, source: str, min_size: int, work: Path, *, z_step: int = 3,
+                volumes: dict[str, tuple[int, int | None]] = FIB_HELDOUT) -> dict:
+    """Score FIB ``volumes`` (name -> [start, stop) slices after keeping every ``z_step``-th slice)."""
+    scores = {}
+    for name, store in fib_stores(source, work, volumes, z_step=z_step).items():
+        shape = open_volume(f"{store}/raw").shape
+        scores[name] = {"slices": list(volumes[name]), "shape": list(shape), **score_store(store, checkpoint, min_size)}
     return scores
 
 
@@ -118,23 +129,30 @@ def heldout_fib_isotropic(checkpoint: str, source: str, min_size: int, work: Pat
     return heldout_fib(checkpoint, source, min_size, work, z_step=1, volumes={name: slices})
 
 
+def sweep_options() -> list[SegmentOptions]:
+    """The post-processing the sweep compares: blockwise mutex watershed at every
+    (:data:`SWEEP_MIN_SIZES`, :data:`SWEEP_STRIDES`), and the whole-volume methods (waterz at
+    every :data:`SWEEP_WATERZ_THRESHOLDS`, multicut) at every min size."""
+    mws = [SegmentOptions(min_size=m, strides=s) for m in SWEEP_MIN_SIZES for s in SWEEP_STRIDES]
+    waterz = [SegmentOptions(method="waterz", threshold=t, min_size=m) for t in SWEEP_WATERZ_THRESHOLDS
+              for m in SWEEP_MIN_SIZES]
+    return mws + waterz + [SegmentOptions(method="multicut", min_size=m) for m in SWEEP_MIN_SIZES]
+
+
 def segment_sweep(checkpoint: str, fib_source: str, work: Path) -> dict:
-    """Scores of every (min_size, strides) of the sweep on the validation volumes (see module docstring)."""
-    thinned = str(work / "fib25-30nm.zarr")
-    write_fib25(fib_source, thinned, z_step=3, names=["gala-test"])
-    raw, labels = (open_volume(f"{thinned}/gala-test/{dataset}") for dataset in ("raw", "labels"))
-    stores = {"gala-test": write_store(str(work / "valid-gala-test.zarr"), raw[:], labels[:], raw.voxel_size),
+    """Scores of every :func:`sweep_options` on the validation volumes (see module docstring)."""
+    stores = {**fib_stores(fib_source, work, {"gala-test": (0, None)}),
               "synthetic-seed0-z48-64": write_store(str(work / "valid-synthetic.zarr"),
                                                     *generate((64, 512, 512), seed=0, roi=(slice(48, 64), slice(None), slice(None))),
                                                     DEFAULT_VOXEL_SIZE)}
     rows = []
     for name, store in stores.items():
         predict(store, options=PredictOptions(checkpoint=checkpoint), progress=False)
-        for min_size in SWEEP_MIN_SIZES:
-            for strides in SWEEP_STRIDES:
-                rows.append({"volume": name, "min_size": min_size, "strides": list(strides),
-                             **segment_scores(store, SegmentOptions(min_size=min_size, strides=strides))})
-                print(json.dumps(rows[-1]))
+        for options in sweep_options():
+            rows.append({"volume": name, "method": options.method, "min_size": options.min_size,
+                         "strides": list(options.strides), "threshold": options.threshold,
+                         **segment_scores(store, options)})
+            print(json.dumps(rows[-1]))
     return {"checkpoint": checkpoint, "rows": rows}
 
 

@@ -37,6 +37,9 @@ A checkpoint is a ``torch.save`` dict that loads with ``torch.load(..., weights_
     ``best_voi``, the best validation VOI so far.
 ``code_version``
     ``git describe --always --dirty`` of the source tree, else ``corrseg3d.__version__``.
+``averaged_from``
+    Only in a weight average (:func:`average_checkpoints`): ``path``, ``iteration`` and
+    ``model_sha256`` of each averaged checkpoint.
 ``created``
     UTC time stamp (ISO 8601).
 """
@@ -63,7 +66,7 @@ from .cli import ArgumentParser, entry_point
 from .model import ResidualUNet3D, build_model, model_config
 
 __all__ = ["FORMAT", "CheckpointError", "code_version", "state_sha256", "save_checkpoint", "read_checkpoint",
-           "load_model", "set_voxel_size", "main"]
+           "load_model", "set_voxel_size", "export_weights", "average_checkpoints", "main"]
 
 FORMAT = "corrseg3d-checkpoint/1"
 #: Keys every checkpoint holds (``optimizer_state`` is optional).
@@ -241,6 +244,56 @@ def set_voxel_size(path: str | Path, voxel_size: Sequence[float], trained: Seque
     _write_atomic(checkpoint, path)
 
 
+def export_weights(source: str | Path, path: str | Path) -> None:
+    """Write checkpoint ``source`` to ``path`` without its optimizer state (a file to ship or share).
+
+    Every other entry is copied unchanged (same weights and ``model_sha256``); the result loads for
+    prediction and fine-tuning (``train.init_from``) but cannot ``--resume`` a run.
+    """
+    checkpoint = read_checkpoint(source)
+    checkpoint.pop("optimizer_state", None)
+    _write_atomic(checkpoint, path)
+
+
+def average_checkpoints(sources: Sequence[str | Path], path: str | Path) -> None:
+    """Write the uniform average of the weights of ``sources`` to ``path`` (a "model soup").
+
+    Every floating-point tensor of the state (weights, BatchNorm running mean and variance) is
+    ``w = (1 / n) * sum_i w_i`` over the ``n`` sources; integer tensors (BatchNorm
+    ``num_batches_tracked``) and every other entry (config, offsets, voxel sizes, iteration) are
+    the first source's. ``averaged_from`` records each source; there is no optimizer state.
+    Averaging is meant for runs fine-tuned from one starting checkpoint, whose weights stay close.
+
+    Raises
+    ------
+    CheckpointError
+        No source, or sources with different model configs, offsets or tensor shapes.
+    """
+    if not sources:
+        raise CheckpointError("no checkpoint to average: pass one or more checkpoint files")
+    checkpoints = [read_checkpoint(source) for source in sources]
+    first = checkpoints[0]
+    for source, checkpoint in zip(sources[1:], checkpoints[1:]):
+        shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint["model_state"].items()}
+        if (checkpoint["model_config"] != first["model_config"] or checkpoint["offsets"] != first["offsets"]
+                or shapes != {name: tuple(tensor.shape) for name, tensor in first["model_state"].items()}):
+            raise CheckpointError(f"{source} is a different network than {sources[0]} (model config, offsets or tensor "
+                                  f"shapes differ): average only checkpoints of one network")
+    state = {}
+    for name, tensor in first["model_state"].items():
+        if tensor.is_floating_point():
+            tensor = torch.stack([checkpoint["model_state"][name] for checkpoint in checkpoints]).mean(dim=0)
+        state[name] = tensor
+    averaged = {key: value for key, value in first.items() if key != "optimizer_state"}
+    averaged.update(model_state=state, model_sha256=state_sha256(state), metrics={},
+                    averaged_from=[{"path": str(source), "iteration": checkpoint["iteration"],
+                                    "model_sha256": checkpoint["model_sha256"]}
+                                   for source, checkpoint in zip(sources, checkpoints)],
+                    code_version=code_version(),
+                    created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    _write_atomic(averaged, path)
+
+
 def parse_voxel_size(text: str) -> tuple[float, float, float]:
     """``Z,Y,X`` (nm) as three floats (an argparse ``type``)."""
     try:
@@ -254,17 +307,32 @@ def parse_voxel_size(text: str) -> tuple[float, float, float]:
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m corrseg3d.checkpoint set-voxel-size PATH Z Y X``: see :func:`set_voxel_size`."""
-    parser = ArgumentParser(prog="python -m corrseg3d.checkpoint", description="Edit checkpoint metadata.")
+    """``python -m corrseg3d.checkpoint set-voxel-size PATH Z Y X`` (:func:`set_voxel_size`),
+    ``export SOURCE PATH`` (:func:`export_weights`), ``average SOURCE... --out PATH``
+    (:func:`average_checkpoints`)."""
+    parser = ArgumentParser(prog="python -m corrseg3d.checkpoint", description="Edit, export and average checkpoints.")
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("set-voxel-size", help="record the voxel size (z y x, nm) the model was trained at")
     command.add_argument("path", help="checkpoint file (rewritten in place; weights unchanged)")
     command.add_argument("voxel_size", nargs=3, type=float, metavar=("Z", "Y", "X"), help="voxel size in nm")
     command.add_argument("--trained", action="append", default=[], type=parse_voxel_size, metavar="Z,Y,X",
                          help="another voxel size of the training data (repeatable): inputs near it are not resampled")
+    command = commands.add_parser("export", help="copy a checkpoint without its optimizer state (to ship or share)")
+    command.add_argument("source", help="checkpoint file")
+    command.add_argument("path", help="output file")
+    command = commands.add_parser("average", help="uniform average of the weights of checkpoints of one network")
+    command.add_argument("sources", nargs="+", help="checkpoint files (fine-tuned from one start)")
+    command.add_argument("--out", required=True, help="output file")
     args = parser.parse_args(argv)
-    set_voxel_size(args.path, args.voxel_size, args.trained)
-    print(f"{args.path}: voxel_size {' x '.join(f'{v:g}' for v in args.voxel_size)} nm")
+    if args.command == "set-voxel-size":
+        set_voxel_size(args.path, args.voxel_size, args.trained)
+        print(f"{args.path}: voxel_size {' x '.join(f'{v:g}' for v in args.voxel_size)} nm")
+    elif args.command == "export":
+        export_weights(args.source, args.path)
+        print(f"{args.path}: weights of {args.source} without optimizer state")
+    else:
+        average_checkpoints(args.sources, args.out)
+        print(f"{args.out}: average of {len(args.sources)} checkpoints")
     return 0
 
 

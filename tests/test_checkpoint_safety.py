@@ -3,7 +3,8 @@
 The shipped weights and checkpoints written by training (configs, offsets, RNG state, metrics,
 also numpy numbers in them) load without unpickling code; a file that is not a checkpoint, a
 foreign torch file and a pickle that would run code are refused with a
-:class:`~corrseg3d.checkpoint.CheckpointError`, and nothing in them is executed.
+:class:`~corrseg3d.checkpoint.CheckpointError`, and nothing in them is executed. ``export`` drops
+only the optimizer state; ``average`` is the mean of the floating-point tensors.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from corrseg3d.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from corrseg3d.checkpoint import (CheckpointError, average_checkpoints, load_model, main as checkpoint_main,
+                                  read_checkpoint, save_checkpoint)
 from corrseg3d.model import ResidualUNet3D
 from corrseg3d.weights import default_checkpoint
 from emcore.conventions import PEA_OFFSETS
@@ -69,3 +71,52 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path, kind):
     assert "\n" not in message and "python -m corrseg3d.train" in message
     assert "weights_only=False" not in message
     assert not os.path.exists(marker)
+
+
+def _tiny_checkpoint(path, seed, *, filters=(2, 2, 2, 2, 2)):
+    torch.manual_seed(seed)
+    model = ResidualUNet3D(filters=filters, embedding_dim=4)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.rand(1, 1, 4, 16, 16)).output.sum().backward()  # BN running statistics move, Adam holds state
+    optimizer.step()
+    save_checkpoint(path, model=model, optimizer=optimizer, iteration=seed, offsets=PEA_OFFSETS,
+                    config={"seed": seed}, voxel_size=(30, 10, 10))
+
+
+def test_export_drops_only_the_optimizer_state(tmp_path):
+    _tiny_checkpoint(tmp_path / "run.pt", 1)
+    assert checkpoint_main(["export", str(tmp_path / "run.pt"), str(tmp_path / "ship.pt")]) == 0
+    before, after = read_checkpoint(tmp_path / "run.pt"), read_checkpoint(tmp_path / "ship.pt")
+    assert "optimizer_state" in before and "optimizer_state" not in after
+    assert after["model_sha256"] == before["model_sha256"]
+    assert {k: v for k, v in before.items() if k not in ("optimizer_state", "model_state", "rng_state")} == \
+        {k: v for k, v in after.items() if k not in ("model_state", "rng_state")}
+
+
+def test_average_is_the_mean_of_the_floating_point_tensors(tmp_path):
+    sources = [str(tmp_path / f"{seed}.pt") for seed in (1, 2, 3)]
+    for seed, source in zip((1, 2, 3), sources):
+        _tiny_checkpoint(source, seed)
+    assert checkpoint_main(["average", *sources, "--out", str(tmp_path / "soup.pt")]) == 0
+    states = [read_checkpoint(source)["model_state"] for source in sources]
+    soup = read_checkpoint(tmp_path / "soup.pt")
+    for name, tensor in soup["model_state"].items():
+        if tensor.is_floating_point():
+            assert torch.allclose(tensor, (states[0][name] + states[1][name] + states[2][name]) / 3, atol=1e-7)
+        else:
+            assert torch.equal(tensor, states[0][name])
+    assert [entry["iteration"] for entry in soup["averaged_from"]] == [1, 2, 3]
+    assert soup["voxel_size"] == [30.0, 10.0, 10.0] and "optimizer_state" not in soup
+    load_model(tmp_path / "soup.pt")
+    average_checkpoints(sources[:1], tmp_path / "one.pt")  # the average of one checkpoint is that checkpoint
+    assert read_checkpoint(tmp_path / "one.pt")["model_sha256"] == read_checkpoint(sources[0])["model_sha256"]
+
+
+def test_average_refuses_different_networks(tmp_path):
+    _tiny_checkpoint(tmp_path / "a.pt", 1)
+    _tiny_checkpoint(tmp_path / "b.pt", 2, filters=(2, 2, 2, 2, 4))
+    with pytest.raises(CheckpointError, match="b.pt is a different network than .*a.pt"):
+        average_checkpoints([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "soup.pt")
+    assert not (tmp_path / "soup.pt").exists()
+    with pytest.raises(CheckpointError, match="no checkpoint to average"):
+        average_checkpoints([], tmp_path / "soup.pt")

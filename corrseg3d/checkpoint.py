@@ -273,10 +273,13 @@ def average_checkpoints(sources: Sequence[str | Path], path: str | Path) -> None
         raise CheckpointError("no checkpoint to average: pass one or more checkpoint files")
     checkpoints = [read_checkpoint(source) for source in sources]
     first = checkpoints[0]
-    for source, checkpoint in zip(sources[1:], checkpoints[1:]):
+
+    def network(checkpoint: dict[str, Any]) -> tuple[Any, ...]:
         shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint["model_state"].items()}
-        if (checkpoint["model_config"] != first["model_config"] or checkpoint["offsets"] != first["offsets"]
-                or shapes != {name: tuple(tensor.shape) for name, tensor in first["model_state"].items()}):
+        return checkpoint["model_config"], checkpoint["offsets"], shapes
+
+    for source, checkpoint in zip(sources[1:], checkpoints[1:]):
+        if network(checkpoint) != network(first):
             raise CheckpointError(f"{source} is a different network than {sources[0]} (model config, offsets or tensor "
                                   f"shapes differ): average only checkpoints of one network")
     state = {}

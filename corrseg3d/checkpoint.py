@@ -98,6 +98,12 @@ def code_version() -> str:
         return __version__
 
 
+def _provenance() -> dict[str, str]:
+    """``code_version`` and ``created`` (UTC, ISO 8601) of a checkpoint written now."""
+    return {"code_version": code_version(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def state_sha256(state: dict[str, torch.Tensor]) -> str:
     """SHA-256 over a state dict: each entry's name, dtype, shape and raw bytes, in key order."""
     digest = hashlib.sha256()
@@ -130,8 +136,7 @@ def save_checkpoint(path: str | Path, *, model: ResidualUNet3D, optimizer: torch
         "rng_state": torch.get_rng_state(),
         "config": _plain(config),
         "metrics": _plain(dict(metrics or {})),
-        "code_version": code_version(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **_provenance(),
     }
     if optimizer is not None:
         checkpoint["optimizer_state"] = optimizer.state_dict()
@@ -292,8 +297,7 @@ def average_checkpoints(sources: Sequence[str | Path], path: str | Path) -> None
                     averaged_from=[{"path": str(source), "iteration": checkpoint["iteration"],
                                     "model_sha256": checkpoint["model_sha256"]}
                                    for source, checkpoint in zip(sources, checkpoints)],
-                    code_version=code_version(),
-                    created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                    **_provenance())
     _write_atomic(averaged, path)
 
 

@@ -4,19 +4,24 @@ reference-style sliding window, all in one run.
 Usage::
 
     python benchmarks/predict.py [--shape 64,512,512] [--blocks "32,256,256;32,512,512"] [--halo 8,48,48]
-                                 [--threads 2] [--reference-shape Z,Y,X] [--checkpoint PATH] [--seed 7]
+                                 [--threads 2] [--device cpu] [--batch-size 1] [--reference-shape Z,Y,X]
+                                 [--checkpoint PATH] [--seed 7]
 
-Every variant runs on the same synthetic volume with the same weights, each in its own process
-(so ``ru_maxrss`` is that variant's peak RSS) with the same number of torch threads:
+Every variant runs on the same synthetic volume with the same weights on the same ``--device``
+(``cpu`` or ``cuda``), each in its own process (so ``ru_maxrss`` is that variant's peak RSS, and
+on CUDA ``max_memory_allocated`` its peak GPU memory) with the same number of torch threads:
 
-* ``pipeline B``: ``pipeline.predict`` from zarr to zarr with output block ``B`` (all other
-  options at their defaults: halo, two workers so reading and writing overlap the network,
-  ``auto`` precision), end to end including zarr reads, the correlation head and uint8 writes.
+* ``pipeline B``: ``pipeline.predict`` from zarr to zarr with output block ``B`` and
+  ``--batch-size`` blocks per network call (all other options at their defaults: halo, two
+  workers so reading and writing overlap the network, ``auto`` precision), end to end including
+  process start, model load, zarr reads, the correlation head and uint8 writes.
 * ``forward B``: the ceiling -- only the network's forward pass
-  (:func:`corrseg3d.inference.inference_model`, channels_last, no gradient) on exactly the padded
-  context patches ``pipeline B`` evaluates, with the patches prepared in memory beforehand and
-  only the forward calls timed. Its rate counts *output* voxels, like the pipeline's, so
-  ``pipeline / forward`` is the share of the network's speed the pipeline keeps.
+  (:func:`corrseg3d.inference.inference_model`, no gradient, the pipeline's memory layout and
+  ``auto`` precision on that device) on exactly the padded context patches ``pipeline B``
+  evaluates, ``--batch-size`` at a time, with the patches prepared in memory beforehand and only
+  the forward calls timed (after one untimed warm-up call; on CUDA synchronised before the clock
+  is read). Its rate counts *output* voxels, like the pipeline's, so ``pipeline / forward`` is
+  the share of the network's speed the pipeline keeps.
 * ``reference``: the PEA repository's inference (docs/method.md §10) -- reflect pad (4, 48, 48),
   18x160x160 windows at stride (10, 80, 80) clamped to the end, Gaussian blending
   ``1e-6 + exp(-d^2 / (2 * 0.2^2))`` over normalised window coordinates, fp32, ReLU of the cosine
@@ -25,11 +30,9 @@ Every variant runs on the same synthetic volume with the same weights, each in i
   the same, so its whole-volume time is the crop's time per window times the whole volume's
   window count (:func:`reference_windows`); that projected rate is the one the ratios use, and
   the measured crop rate is reported beside it.
-* ``pipeline-gpu``: ``pipeline.predict --device cuda --batch-size 2`` with the largest block,
-  only where torch sees a GPU.
 
 Reported: output Mvoxel/s, the ratios to the reference and to the forward ceiling of the same
-block, peak RSS, and agreement with the ground-truth affinities of the volume's labels (fraction
+block, peak RSS (and peak GPU memory), and agreement with the ground-truth affinities of the volume's labels (fraction
 of valid affinities on the correct side of 0.5, and mean absolute error). Results go to
 ``benchmarks/results/predict.json`` (or ``predict_NAME.json``).
 """
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import platform
 import resource
 import subprocess
 import sys
@@ -68,7 +72,7 @@ def reference_windows(shape: tuple[int, ...]) -> int:
     return int(np.prod([len(_window_starts(n + 2 * p, w, s)) for n, p, w, s in zip(shape, PAD, WINDOW, STRIDE)]))
 
 
-def run_reference(raw_location: str, out_location: str, checkpoint: str, crop: tuple[int, ...]) -> None:
+def run_reference(raw_location: str, out_location: str, checkpoint: str, crop: tuple[int, ...], device: str) -> None:
     """The reference sliding window over the ``crop`` corner of the volume in memory (fp32, no channels_last)."""
     import torch
 
@@ -77,6 +81,7 @@ def run_reference(raw_location: str, out_location: str, checkpoint: str, crop: t
     from emcore.store import create_volume, open_volume
 
     model, offsets, _ = load_model(checkpoint)
+    model.to(device)
     raw = open_volume(raw_location)
     image = np.pad(raw[tuple(slice(0, n) for n in crop)].astype(np.float32) / 255, [(p, p) for p in PAD],
                    mode="reflect")
@@ -86,7 +91,7 @@ def run_reference(raw_location: str, out_location: str, checkpoint: str, crop: t
     starts = [_window_starts(n, w, s) for n, w, s in zip(image.shape, WINDOW, STRIDE)]
     for z, y, x in itertools.product(*starts):
         box = (slice(z, z + WINDOW[0]), slice(y, y + WINDOW[1]), slice(x, x + WINDOW[2]))
-        affinities = predict_patch(model, image[box], offsets, device=torch.device("cpu"))
+        affinities = predict_patch(model, image[box], offsets, device=torch.device(device))
         total[(slice(None),) + box] += affinities * weight
         norm[box] += weight
     inner = tuple(slice(p, n - p) for p, n in zip(PAD, image.shape))
@@ -96,29 +101,47 @@ def run_reference(raw_location: str, out_location: str, checkpoint: str, crop: t
     out[:] = np.rint(np.clip(result, 0, 1) * 255).astype(np.uint8)
 
 
-def run_forward(raw_location: str, checkpoint: str, block: tuple[int, ...], halo: tuple[int, ...]) -> float:
-    """Seconds of the network's forward passes alone over the context patches of ``block`` (the ceiling)."""
+def run_forward(raw_location: str, checkpoint: str, block: tuple[int, ...], halo: tuple[int, ...], device: str,
+                batch_size: int) -> float:
+    """Seconds of the network's forward passes alone over the context patches of ``block`` (the ceiling).
+
+    Equal-shape patches go ``batch_size`` at a time, in the memory layout and ``auto`` precision
+    ``pipeline.predict`` uses on ``device``; one untimed call on the first batch warms up.
+    """
     import torch
 
     from corrseg3d.checkpoint import load_model
-    from corrseg3d.inference import inference_model, network_batch, pad_context
+    from corrseg3d.inference import autocast, inference_model, network_batch, pad_context, resolve_precision
     from emcore.blocks import BlockGrid
     from emcore.conventions import raw_to_float
     from emcore.store import open_volume
 
+    target = torch.device(device)
+    channels_last = target.type == "cpu"
+    dtype = resolve_precision("auto", target)
     model, _, _ = load_model(checkpoint)
-    model = inference_model(model).to(memory_format=torch.channels_last_3d)
+    model = inference_model(model).to(target)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
     image = raw_to_float(open_volume(raw_location)[:])
     grid = BlockGrid(image.shape, block)
-    seconds = 0.0
-    for index in range(grid.n_blocks):
-        patch = pad_context(image, grid.block(index).begin, grid.block(index).end, halo)
-        batch = network_batch(patch[None], device=torch.device("cpu"), channels_last=True)
-        with torch.no_grad():
+    patches = [pad_context(image, grid.block(i).begin, grid.block(i).end, halo) for i in range(grid.n_blocks)]
+    batches = [np.stack(same[i:i + batch_size]) for same in (list(g) for _, g in itertools.groupby(patches, key=np.shape))
+               for i in range(0, len(same), batch_size)]
+
+    def forward(images: np.ndarray) -> float:
+        batch = network_batch(images, device=target, channels_last=channels_last)
+        with torch.no_grad(), autocast(target, dtype):
+            if target.type == "cuda":
+                torch.cuda.synchronize()
             start = time.perf_counter()
             model(batch)
-            seconds += time.perf_counter() - start
-    return seconds
+            if target.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+    forward(batches[0])
+    return sum(forward(images) for images in batches)
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -128,22 +151,25 @@ def _child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     if args.variant == "forward":
         seconds = run_forward(args.raw, args.checkpoint, tuple(int(v) for v in args.block.split(",")),
-                              tuple(int(v) for v in args.halo.split(",")))
+                              tuple(int(v) for v in args.halo.split(",")), args.device, args.batch_size)
     else:
         start = time.perf_counter()
         if args.variant == "reference":
-            run_reference(args.raw, args.out, args.checkpoint, tuple(int(v) for v in args.crop.split(",")))
+            run_reference(args.raw, args.out, args.checkpoint, tuple(int(v) for v in args.crop.split(",")),
+                          args.device)
         else:
             from pipeline.predict import main
 
-            extra = ["--device", "cuda", "--batch-size", "2"] if args.variant == "pipeline-gpu" else []
             code = main([args.raw, "--out", args.out, "--checkpoint", args.checkpoint, "--no-progress", "--block",
-                         args.block, "--halo", args.halo, "--threads", str(args.threads)] + extra)
+                         args.block, "--halo", args.halo, "--threads", str(args.threads), "--device", args.device,
+                         "--batch-size", str(args.batch_size)])
             if code:
                 sys.exit(code)
         seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    print(json.dumps({"seconds": seconds, "peak_rss_gib": peak}))
+    result = {"seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+    if args.device.startswith("cuda"):
+        result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    print(json.dumps(result))
 
 
 def _agreement(prediction: np.ndarray, labels: np.ndarray, offsets) -> dict[str, float]:
@@ -155,15 +181,24 @@ def _agreement(prediction: np.ndarray, labels: np.ndarray, offsets) -> dict[str,
             "mae": float(np.abs(predicted - truth)[valid].mean())}
 
 
-def _run_child(variant: str, store: str, checkpoint: str, threads: int, *, block: str = "", halo: str = "",
-               crop: str = "") -> dict:
+def _run_child(variant: str, store: str, args: argparse.Namespace, *, block: str = "", crop: str = "") -> dict:
     out = f"{store}/{variant}-{block.replace(',', 'x')}" if block else f"{store}/{variant}"
     command = [sys.executable, __file__, "--child", "--variant", variant, "--raw", store + "/raw", "--out", out,
-               "--checkpoint", checkpoint, "--threads", str(threads), "--block", block, "--halo", halo, "--crop", crop]
+               "--checkpoint", args.checkpoint, "--threads", str(args.threads), "--block", block, "--halo", args.halo,
+               "--crop", crop, "--device", args.device, "--batch-size", str(args.batch_size)]
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode:
         raise SystemExit(f"{variant} {block} failed:\n{completed.stderr}")
     return {"variant": variant, "block": block or None, "out": out, **json.loads(completed.stdout.strip().splitlines()[-1])}
+
+
+def _device_name(device: str) -> str:
+    """``cpu`` with the processor's name, or the CUDA device's name."""
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"cpu ({platform.processor() or platform.machine()})"
 
 
 def main() -> None:
@@ -172,6 +207,8 @@ def main() -> None:
     parser.add_argument("--blocks", default="32,256,256;32,512,512", help="output blocks to compare, ;-separated")
     parser.add_argument("--halo", default="8,48,48")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every variant")
+    parser.add_argument("--device", default="cpu", help="device of every variant: cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=1, help="blocks per network call (pipeline and forward)")
     parser.add_argument("--reference-shape", help="run the reference on this corner crop (default: the whole volume)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--checkpoint", default=None, help="default: the shipped weights")
@@ -183,13 +220,11 @@ def main() -> None:
     if args.child:
         _child(args)
         return
-    import torch
-
     from corrseg3d.weights import default_checkpoint
     from emcore.store import open_volume
     from pipeline.synth import write_synthetic
 
-    checkpoint = args.checkpoint or default_checkpoint()
+    args.checkpoint = checkpoint = args.checkpoint or default_checkpoint()
     shape = tuple(int(v) for v in args.shape.split(","))
     crop = args.reference_shape or args.shape
     work = Path(tempfile.mkdtemp(prefix="bench-predict-"))
@@ -199,11 +234,9 @@ def main() -> None:
     blocks = args.blocks.split(";")
     rows = []
     for block in blocks:
-        rows.append(_run_child("pipeline", store, checkpoint, args.threads, block=block, halo=args.halo))
-        rows.append(_run_child("forward", store, checkpoint, args.threads, block=block, halo=args.halo))
-    if torch.cuda.is_available():
-        rows.append(_run_child("pipeline-gpu", store, checkpoint, args.threads, block=blocks[-1], halo=args.halo))
-    rows.append(_run_child("reference", store, checkpoint, args.threads, crop=crop))
+        rows.append(_run_child("pipeline", store, args, block=block))
+        rows.append(_run_child("forward", store, args, block=block))
+    rows.append(_run_child("reference", store, args, crop=crop))
     for row in rows:
         extent = tuple(int(v) for v in crop.split(",")) if row["variant"] == "reference" else shape
         row["voxels_per_second"] = int(np.prod(extent)) / row["seconds"]
@@ -220,20 +253,24 @@ def main() -> None:
     for row in rows:
         row["vs_reference"] = row["voxels_per_second"] / reference
         row["vs_forward"] = row["voxels_per_second"] / ceiling[row["block"]] if row["block"] in ceiling else None
-    print(f"volume {shape}, halo {args.halo}, {args.threads} threads, checkpoint {checkpoint}")
+    print(f"volume {shape}, halo {args.halo}, device {args.device}, batch size {args.batch_size}, "
+          f"{args.threads} threads, checkpoint {checkpoint}")
     measured = next(r for r in rows if r["variant"] == "reference")
     print(f"reference measured on {crop}: {measured['measured_voxels_per_second'] / 1e6:.4f} Mvox/s "
           f"({measured['windows'][0]} windows); projected to {args.shape} ({measured['windows'][1]} windows) below")
-    print(f"{'variant':<14}{'block':>12}{'s':>9}{'Mvox/s':>9}{'vs ref':>8}{'vs fwd':>8}{'peak GiB':>10}{'acc':>8}{'MAE':>8}")
+    print(f"{'variant':<14}{'block':>12}{'s':>9}{'Mvox/s':>9}{'vs ref':>8}{'vs fwd':>8}{'peak GiB':>10}"
+          f"{'GPU GiB':>9}{'acc':>8}{'MAE':>8}")
     for row in rows:
         ratio = f"{row['vs_forward']:>8.2f}" if row["vs_forward"] is not None else f"{'':>8}"
+        gpu = f"{row['peak_gpu_gib']:>9.2f}" if "peak_gpu_gib" in row else f"{'':>9}"
         quality = f"{row['accuracy']:>8.4f}{row['mae']:>8.4f}" if "accuracy" in row else ""
         print(f"{row['variant']:<14}{row['block'] or '':>12}{row['seconds']:>9.1f}{row['voxels_per_second'] / 1e6:>9.3f}"
-              f"{row['vs_reference']:>8.2f}{ratio}{row['peak_rss_gib']:>10.2f}{quality}")
+              f"{row['vs_reference']:>8.2f}{ratio}{row['peak_rss_gib']:>10.2f}{gpu}{quality}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / (f"predict_{args.name}.json" if args.name else "predict.json")
-    path.write_text(json.dumps({"shape": shape, "halo": args.halo, "threads": args.threads, "reference_shape": crop,
-                                "checkpoint": checkpoint, "rows": rows}, indent=2))
+    path.write_text(json.dumps({"shape": shape, "halo": args.halo, "threads": args.threads, "device": _device_name(args.device),
+                                "batch_size": args.batch_size, "reference_shape": crop, "checkpoint": checkpoint,
+                                "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -82,6 +82,10 @@ class SourceConfig:
     ``voxel_size`` is the source's (z, y, x) voxel size in nm; null = the raw volume's (OME-Zarr
     scale, ``voxel_size`` attribute or precomputed ``resolution``). It is recorded, not
     resampled: patches are sampled on the source's own grid.
+    ``predict_natively`` false keeps the source's voxel size out of the checkpoint's
+    ``trained_voxel_sizes``: the source still trains the model, but ``pipeline.predict``
+    resamples an input of that voxel size to the model's ``voxel_size`` instead of running the
+    network on its grid (for a resolution that helps training more than it predicts well).
     """
 
     raw: str = ""
@@ -90,6 +94,7 @@ class SourceConfig:
     weight: float = 1.0
     labels_2d: bool | None = None
     voxel_size: tuple[float, float, float] | None = None
+    predict_natively: bool = True
 
 
 @dataclass

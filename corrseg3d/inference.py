@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from emcore.blocks import BlockGrid
+from emcore.conventions import UINT8_SCALE
 
 from .correlation import embedding_to_affinities
 from .model import ResidualUNet3D, model_config
@@ -37,6 +38,7 @@ __all__ = [
     "autocast",
     "model_affinities",
     "pad_context",
+    "quantize_affinities",
     "predict_patch",
     "predict_volume",
 ]
@@ -107,11 +109,13 @@ def fold_batch_norm(conv: nn.Conv3d, norm: nn.BatchNorm3d) -> nn.Conv3d:
 
     ``BN(c) = (c - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``, so the fused conv has
     weights ``w * s`` (per output channel) and bias ``(b - mean) * s + beta`` (``b = 0`` without a
-    bias). Equal up to float rounding.
+    bias). Equal up to float rounding; on ``conv``'s device and in its dtype (a model validated
+    on the GPU during training is folded where it lives).
     """
     scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
     fused = nn.Conv3d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True)
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
     with torch.no_grad():
         fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1, 1))
@@ -198,15 +202,27 @@ def network_batch(images: np.ndarray, *, device: torch.device, channels_last: bo
     return batch
 
 
+def quantize_affinities(affinities: torch.Tensor) -> torch.Tensor:
+    """uint8 ``round(255 clip(a, 0, 1))`` on the tensor's device, ties to even.
+
+    The stored format of :func:`emcore.conventions.affinities_as_uint8`, computed where the
+    affinities are (on a GPU, a quarter of the float32 bytes then cross to the host).
+    """
+    return (affinities.float().clamp(0.0, 1.0) * UINT8_SCALE).round().to(torch.uint8)
+
+
 @torch.no_grad()
 def predict_patch(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Sequence[int]], *,
                   device: torch.device, autocast_dtype: torch.dtype | None = None,
-                  channels_last: bool = False) -> np.ndarray:
+                  channels_last: bool = False, crop: Sequence[slice] | None = None,
+                  quantize: bool = False) -> np.ndarray:
     """Affinities of one (z, y, x) float32 patch, or of a batch (N, z, y, x) of equal patches.
 
     Returns (C, z, y, x) float32, or (N, C, z, y, x) for a batch; the model runs in eval mode.
     y and x are reflect-padded at their far end to a multiple of ``model.xy_multiple`` and the
-    result cropped back, so any patch size is accepted.
+    result cropped back, so any patch size is accepted. ``crop`` (z, y, x slices of the patch)
+    keeps only that box and ``quantize`` returns :func:`quantize_affinities` uint8; both happen on
+    ``device`` before the copy to the host.
     """
     batched = image.ndim == 4
     images = image if batched else image[None]
@@ -219,7 +235,10 @@ def predict_patch(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Se
     finally:
         model.train(was_training)
     z, y, x = images.shape[1:]
-    result = affinities[:, :, :z, :y, :x].float().cpu().numpy()
+    affinities = affinities[:, :, :z, :y, :x]
+    if crop is not None:
+        affinities = affinities[(slice(None), slice(None)) + tuple(crop)]
+    result = (quantize_affinities(affinities) if quantize else affinities.float()).cpu().numpy()
     return result if batched else result[0]
 
 

@@ -185,9 +185,11 @@ def source_voxel_sizes(config: Config, dataset: TrainingPatches) -> list[tuple[f
     """The voxel sizes (z, y, x, nm) of the training sources that state one, highest weight first.
 
     Recorded (repeats dropped) as the checkpoint's ``trained_voxel_sizes``: prediction does not
-    resample an input near any of them (:func:`pipeline.predict.predict`).
+    resample an input near any of them (:func:`pipeline.predict.predict`). Sources with
+    ``predict_natively: false`` are left out.
     """
-    order = sorted(range(len(config.data.sources)), key=lambda i: -config.data.sources[i].weight)
+    order = sorted((i for i, source in enumerate(config.data.sources) if source.predict_natively),
+                   key=lambda i: -config.data.sources[i].weight)
     sizes = (_source_voxel_size(config, dataset, index) for index in order)
     return [size for size in sizes if size is not None]
 

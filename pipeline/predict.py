@@ -187,32 +187,37 @@ class _Predictor:
             return self.resampling.model_patch(self.raw.array, block.begin, block.end, read=read)
         return pad_context(self.raw.array, block.begin, block.end, self.options.halo, read=read)
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        """(N, C, z, y, x) affinities of a batch (N, z, y, x) of equal-shape context patches."""
+    def infer(self, images: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """(N, C, z, y, x) affinities of a batch (N, z, y, x) of equal-shape context patches of blocks of ``shape``.
+
+        With resampling: of the whole patches (float32, on the model grid). Otherwise of the
+        blocks alone (the halo cropped off); without TTA the crop and, for uint8 output, the
+        quantisation happen on the device, so only the stored bytes reach the host.
+        """
         from corrseg3d.inference import predict_patch
 
         run = partial(predict_patch, self.model, offsets=self.offsets, device=self.device,
                       autocast_dtype=self.autocast_dtype, channels_last=self.channels_last)
+        inner = None if self.resampling is not None else tuple(slice(h, h + n) for h, n in zip(self.options.halo, shape))
         if not self.options.tta:
-            return run(images)
+            return run(images, crop=inner, quantize=inner is not None and self.options.dtype == "uint8")
         total = np.zeros((len(images), len(self.offsets)) + images.shape[1:], np.float32)
         for axes in _flip_sets():
             flipped = np.ascontiguousarray(np.flip(images, tuple(a + 1 for a in axes))) if axes else images
             for n, affinities in enumerate(run(flipped)):
                 total[n] += _unflip_affinities(affinities, axes, self.offsets)
-        return total / 8
+        total /= 8
+        return total if inner is None else total[(slice(None), slice(None)) + inner]
 
     def write(self, index: int, affinities: np.ndarray) -> None:
+        """Store block ``index`` from its :meth:`infer` result."""
         block = self.grid.block(index)
         if self.resampling is not None:
-            crop = self.resampling.to_input(affinities, block.begin, block.end)
-        else:
-            inner = tuple(slice(h, h + s) for h, s in zip(self.options.halo, block.shape))
-            crop = affinities[(slice(None),) + inner]
+            affinities = self.resampling.to_input(affinities, block.begin, block.end)
         if self.options.dtype == "uint8":
-            data = affinities_as_uint8(crop)
+            data = affinities_as_uint8(affinities)
         else:
-            data = crop.astype(np.float16)
+            data = affinities.astype(np.float16)
         self.out[(slice(None),) + block.slices] = data
 
     def __call__(self, group: Sequence[int]) -> Sequence[int]:
@@ -227,7 +232,7 @@ class _Predictor:
             by_shape.setdefault(image.shape, []).append(index)
         for indices in by_shape.values():
             with self.lock:  # one network call at a time; reading overlaps it in other threads
-                affinities = self.infer(np.stack([images[i] for i in indices]))
+                affinities = self.infer(np.stack([images[i] for i in indices]), self.grid.block(indices[0]).shape)
             for index, prediction in zip(indices, affinities):
                 self.write(index, prediction)
         return group

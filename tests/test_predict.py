@@ -12,10 +12,10 @@ import torch
 from tiny_models import LocalConvModel
 
 from corrseg3d.checkpoint import save_checkpoint
-from corrseg3d.inference import inference_model, predict_volume
+from corrseg3d.inference import inference_model, predict_patch, predict_volume, quantize_affinities
 from corrseg3d.model import ResidualUNet3D
 from corrseg3d.targets import label_affinities
-from emcore.conventions import PEA_OFFSETS
+from emcore.conventions import PEA_OFFSETS, affinities_as_uint8
 from emcore.store import create_volume, open_volume
 from pipeline.predict import PredictError, PredictOptions, _unflip_affinities, main, predict
 from pipeline.synth import generate
@@ -54,10 +54,44 @@ def test_inference_model_equals_the_trained_network_with_batch_norms_folded():
     assert sum(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules()) == 3 * 5 + 4 * 4  # model untouched
 
 
-def _tiny_checkpoint(path, seed=0, offsets=PEA_OFFSETS):
+@pytest.mark.parametrize("device, dtype", [("cpu", torch.float64), ("meta", torch.float32)])
+def test_inference_model_stays_on_the_trained_networks_device_and_dtype(device, dtype):
+    """Validation during GPU training folds a model that lives on the GPU ("meta" stands in for it here)."""
+    model = ResidualUNet3D(filters=(4, 6, 6, 8, 8), embedding_dim=8).to(device, dtype).eval()
+    fused = inference_model(model)
+    assert {(p.device.type, p.dtype) for p in fused.parameters()} == {(device, dtype)}
+    if device == "cpu":
+        image = torch.rand(1, 1, 6, 32, 48, dtype=dtype)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(image).output, model(image).output)
+
+
+def test_quantize_on_the_device_equals_the_stored_uint8_format():
+    rng = np.random.default_rng(4)
+    ties = (np.arange(256) + 0.5) / 255  # exactly between two levels: both round half to even
+    values = np.concatenate([rng.uniform(-0.5, 1.5, 100_000), ties, [0.0, 1.0, -1e-9, 1 + 1e-9]]).astype(np.float32)
+    np.testing.assert_array_equal(quantize_affinities(torch.from_numpy(values)).numpy(), affinities_as_uint8(values))
+
+
+def test_predict_patch_crops_and_quantizes_like_the_host():
+    model = _tiny_model(seed=2)
+    images = np.random.default_rng(5).random((2, 6, 40, 52)).astype(np.float32)
+    crop = (slice(1, 5), slice(8, 30), slice(3, 50))
+    whole = predict_patch(model, images, PEA_OFFSETS, device=CPU)
+    np.testing.assert_array_equal(predict_patch(model, images, PEA_OFFSETS, device=CPU, crop=crop),
+                                  whole[(slice(None), slice(None)) + crop])
+    quantized = predict_patch(model, images, PEA_OFFSETS, device=CPU, crop=crop, quantize=True)
+    assert quantized.dtype == np.uint8
+    np.testing.assert_array_equal(quantized, affinities_as_uint8(whole[(slice(None), slice(None)) + crop]))
+
+
+def _tiny_model(seed):
     torch.manual_seed(seed)
-    model = ResidualUNet3D(filters=(4, 4, 6, 6, 8), embedding_dim=8)
-    model.eval()
+    return ResidualUNet3D(filters=(4, 4, 6, 6, 8), embedding_dim=8).eval()
+
+
+def _tiny_checkpoint(path, seed=0, offsets=PEA_OFFSETS):
+    model = _tiny_model(seed)
     save_checkpoint(path, model=model, optimizer=None, iteration=0, offsets=offsets, config={})
     return model
 

@@ -274,9 +274,10 @@ def test_training_records_the_voxel_size_with_the_highest_summed_weight(tmp_path
     plain.create_array("raw", data=_grey(labels))
     plain.create_array("labels", data=labels)
 
-    def config(weights, names="ab", voxel_sizes=None, **data):
+    def config(weights, names="ab", voxel_sizes=None, native=(True, True), **data):
         sources = [{"raw": str(tmp_path / f"{n}.zarr/raw"), "labels": str(tmp_path / f"{n}.zarr/labels"), "weight": w,
-                    "voxel_size": v} for n, w, v in zip(names, weights, voxel_sizes or [None] * len(names))]
+                    "voxel_size": v, "predict_natively": p}
+                   for n, w, v, p in zip(names, weights, voxel_sizes or [None] * len(names), native)]
         return from_dict({"model": {"filters": [2, 2, 2, 2, 2], "embedding_dim": 4},
                           "data": {"sources": sources, "patch": [2, 16, 16], "context": [0, 0, 0], **data},
                           "train": {"iterations": 1, "batch_size": 1, "num_workers": 0, "precision": "fp32"}})
@@ -288,6 +289,12 @@ def test_training_records_the_voxel_size_with_the_highest_summed_weight(tmp_path
     train(config([0.3, 0.7]), tmp_path / "run", progress=False)
     assert read_checkpoint(tmp_path / "run" / "last.pt")["voxel_size"] == [10.0, 10.0, 10.0]
     assert read_checkpoint(tmp_path / "run" / "last.pt")["trained_voxel_sizes"] == [[10.0, 10.0, 10.0], [40.0, 4.0, 4.0]]
+    train(config([0.3, 0.7], native=(True, False)), tmp_path / "resampled", progress=False)
+    recorded = read_checkpoint(tmp_path / "resampled" / "last.pt")
+    assert recorded["voxel_size"] == [10.0, 10.0, 10.0]  # still the model's voxel size: it has the higher weight
+    assert recorded["trained_voxel_sizes"] == [[10.0, 10.0, 10.0], [40.0, 4.0, 4.0]]  # the model's own size is always in
+    train(config([0.7, 0.3], native=(True, False)), tmp_path / "opted-out", progress=False)
+    assert read_checkpoint(tmp_path / "opted-out" / "last.pt")["trained_voxel_sizes"] == [[40.0, 4.0, 4.0]]
     assert rule(config([0.5, 0.5])) == (40.0, 4.0, 4.0)  # the first of equal weights
     assert rule(config([0.3, 0.3, 0.4], "aab")) == (40.0, 4.0, 4.0)  # one geometry split over two sources counts once
     assert rule(config([0.2, 0.2, 0.3], "aac", voxel_sizes=(None, None, [8, 8, 8]))) == (40.0, 4.0, 4.0)

@@ -208,7 +208,7 @@ def quantize_affinities(affinities: torch.Tensor) -> torch.Tensor:
     The stored format of :func:`emcore.conventions.affinities_as_uint8`, computed where the
     affinities are (on a GPU, a quarter of the float32 bytes then cross to the host).
     """
-    return (affinities.float().clamp(0.0, 1.0) * UINT8_SCALE).round().to(torch.uint8)
+    return affinities.float().clamp(0.0, 1.0).mul_(UINT8_SCALE).round_().to(torch.uint8)  # one new tensor
 
 
 @torch.no_grad()

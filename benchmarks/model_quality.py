@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/model_quality.py [--checkpoint PATH] [--shape 32,256,256] [--seed 1000] [--min-size 300]
+                                       [--method mws|waterz|multicut] [--threshold 0.5]
                                        [--fib ../shared/data/fib25] [--isbi ../shared/data/isbi2012]
                                        [--isbi-slices 16-19] [--name NAME]
 
@@ -21,6 +22,9 @@ Usage::
 3. **Held-out real EM** (ISBI 2012 slices not used for training, 2D labels): affinities of the
    20-slice stack, then mutex watershed per slice (in-plane only, as the labels are 2D), scored per
    slice against the connected components of the membrane-free label.
+
+``--method`` (and ``--threshold``) segment the synthetic and FIB volumes with another
+``pipeline.segment`` method instead of the default; ISBI stays per-slice mutex watershed.
 
 Appends a record to ``benchmarks/results/model_quality.json`` (keyed by ``--name``) and prints it.
 
@@ -84,20 +88,21 @@ def segment_scores(store: str, options: SegmentOptions) -> dict:
     return {k: report["scores"][k] for k in KEYS}
 
 
-def score_store(store: str, checkpoint: str, min_size: int) -> dict:
+def score_store(store: str, checkpoint: str, segment_options: SegmentOptions) -> dict:
     """predict -> segment -> evaluate ``store`` (``raw`` and ``labels``); scores and per-offset AUC."""
     predict(store, options=PredictOptions(checkpoint=checkpoint), progress=False)
-    scores = segment_scores(store, SegmentOptions(min_size=min_size))
+    scores = segment_scores(store, segment_options)
     affinities = open_volume(f"{store}/affinities")
     per_offset = affinity_separability(affinities[:], open_volume(f"{store}/labels")[:],
                                        affinities.attrs["offsets"])
     return {**scores, "per_offset": per_offset}
 
 
-def heldout_synthetic(checkpoint: str, shape: tuple[int, ...], seed: int, min_size: int, work: Path) -> dict:
+def heldout_synthetic(checkpoint: str, shape: tuple[int, ...], seed: int, segment_options: SegmentOptions,
+                      work: Path) -> dict:
     store = str(work / "heldout.zarr")
     write_synthetic(store, shape, seed=seed)
-    return score_store(store, checkpoint, min_size)
+    return score_store(store, checkpoint, segment_options)
 
 
 def fib_stores(source: str, work: Path, volumes: dict[str, tuple[int, int | None]], *, z_step: int = 3) -> dict[str, str]:
@@ -113,20 +118,20 @@ def fib_stores(source: str, work: Path, volumes: dict[str, tuple[int, int | None
     return stores
 
 
-def heldout_fib(checkpoint: str, source: str, min_size: int, work: Path, *, z_step: int = 3,
+def heldout_fib(checkpoint: str, source: str, segment_options: SegmentOptions, work: Path, *, z_step: int = 3,
                 volumes: dict[str, tuple[int, int | None]] = FIB_HELDOUT) -> dict:
     """Score FIB ``volumes`` (name -> [start, stop) slices after keeping every ``z_step``-th slice)."""
     scores = {}
     for name, store in fib_stores(source, work, volumes, z_step=z_step).items():
         shape = open_volume(f"{store}/raw").shape
-        scores[name] = {"slices": list(volumes[name]), "shape": list(shape), **score_store(store, checkpoint, min_size)}
+        scores[name] = {"slices": list(volumes[name]), "shape": list(shape), **score_store(store, checkpoint, segment_options)}
     return scores
 
 
-def heldout_fib_isotropic(checkpoint: str, source: str, min_size: int, work: Path) -> dict:
+def heldout_fib_isotropic(checkpoint: str, source: str, segment_options: SegmentOptions, work: Path) -> dict:
     """Score :data:`FIB_ISOTROPIC_HELDOUT` at the source's own 10x10x10 nm."""
     name, slices = FIB_ISOTROPIC_HELDOUT
-    return heldout_fib(checkpoint, source, min_size, work, z_step=1, volumes={name: slices})
+    return heldout_fib(checkpoint, source, segment_options, work, z_step=1, volumes={name: slices})
 
 
 def sweep_options() -> list[SegmentOptions]:
@@ -182,6 +187,9 @@ def main() -> None:
     parser.add_argument("--shape", default="32,256,256")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE, help="pipeline.segment's (default %(default)s)")
+    parser.add_argument("--method", default="mws", choices=("mws", "waterz", "multicut"),
+                        help="pipeline.segment's method for the 3D volumes (default %(default)s; ISBI stays per-slice MWS)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="pipeline.segment's --threshold (waterz)")
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     parser.add_argument("--fib", default=str(shared / "fib25"))
     parser.add_argument("--isbi", default=str(shared / "isbi2012"))
@@ -197,11 +205,13 @@ def main() -> None:
     shape = tuple(int(v) for v in args.shape.split(","))
     first, last = (int(v) for v in args.isbi_slices.split("-"))
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
-    record = {"checkpoint": checkpoint, "synthetic": {"shape": shape, "seed": args.seed, "min_size": args.min_size,
-                                                     **heldout_synthetic(checkpoint, shape, args.seed, args.min_size, work)}}
+    options = SegmentOptions(method=args.method, threshold=args.threshold, min_size=args.min_size)
+    record = {"checkpoint": checkpoint, "segment": {"method": args.method, "threshold": args.threshold},
+              "synthetic": {"shape": shape, "seed": args.seed, "min_size": args.min_size,
+                            **heldout_synthetic(checkpoint, shape, args.seed, options, work)}}
     if Path(args.fib).is_dir():
-        record["fib25"] = heldout_fib(checkpoint, args.fib, args.min_size, work)
-        record["fib25_10nm"] = heldout_fib_isotropic(checkpoint, args.fib, args.min_size, work)
+        record["fib25"] = heldout_fib(checkpoint, args.fib, options, work)
+        record["fib25_10nm"] = heldout_fib_isotropic(checkpoint, args.fib, options, work)
     if Path(args.isbi).is_dir():
         record["isbi2012"] = {"slices": [first, last], **heldout_isbi(checkpoint, args.isbi, (first, last), work)}
     print(json.dumps(record, indent=2))

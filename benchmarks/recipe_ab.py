@@ -45,7 +45,7 @@ from model_quality import FIB_ISOTROPIC_HELDOUT, heldout_fib, heldout_fib_isotro
 
 from corrseg3d.checkpoint import read_checkpoint
 from corrseg3d.train import load_config, train
-from pipeline.segment import DEFAULT_MIN_SIZE
+from pipeline.segment import SegmentOptions
 
 RESULTS = Path(__file__).parent / "results" / "recipe_ab.json"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "em-mixed.yaml"
@@ -106,9 +106,9 @@ def training_seconds(run: Path) -> float:
 
 def score_row(checkpoint: Path, fib: str, isbi: str) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
-    return {"synthetic": heldout_synthetic(str(checkpoint), (32, 256, 256), 1000, DEFAULT_MIN_SIZE, work),
-            "fib25": heldout_fib(str(checkpoint), fib, DEFAULT_MIN_SIZE, work),
-            "fib25_10nm": heldout_fib_isotropic(str(checkpoint), fib, DEFAULT_MIN_SIZE, work),
+    return {"synthetic": heldout_synthetic(str(checkpoint), (32, 256, 256), 1000, SegmentOptions(), work),
+            "fib25": heldout_fib(str(checkpoint), fib, SegmentOptions(), work),
+            "fib25_10nm": heldout_fib_isotropic(str(checkpoint), fib, SegmentOptions(), work),
             "isbi2012": heldout_isbi(str(checkpoint), isbi, (16, 19), work)}
 
 
@@ -148,7 +148,7 @@ def main() -> None:
         if results.get(name, {}).get("iterations") == args.iterations:
             scores, checkpoint = results[name]["scores"], Path(args.runs) / name / "last.pt"
             if "fib25_10nm" not in scores and checkpoint.exists():  # a row scored before the isotropic volume
-                scores["fib25_10nm"] = heldout_fib_isotropic(str(checkpoint), args.fib, DEFAULT_MIN_SIZE,
+                scores["fib25_10nm"] = heldout_fib_isotropic(str(checkpoint), args.fib, SegmentOptions(),
                                                              Path(tempfile.mkdtemp(prefix="bench-ab-")))
                 RESULTS.write_text(json.dumps(results, indent=2))
             continue

@@ -56,6 +56,7 @@ from emcore.metrics import segmentation_scores
 from emcore.store import create_volume, open_volume
 from pipeline.evaluate import EvaluateOptions, evaluate
 from pipeline.fib25 import write_fib25
+from pipeline.fragments import METHODS
 from pipeline.imagestack import write_isbi2012
 from pipeline.predict import PredictOptions, predict
 from pipeline.segment import DEFAULT_MIN_SIZE, SegmentOptions, segment
@@ -187,9 +188,10 @@ def main() -> None:
     parser.add_argument("--shape", default="32,256,256")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE, help="pipeline.segment's (default %(default)s)")
-    parser.add_argument("--method", default="mws", choices=("mws", "waterz", "multicut"),
+    parser.add_argument("--method", default=SegmentOptions().method, choices=METHODS,
                         help="pipeline.segment's method for the 3D volumes (default %(default)s; ISBI stays per-slice MWS)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="pipeline.segment's --threshold (waterz)")
+    parser.add_argument("--threshold", type=float, default=SegmentOptions().threshold,
+                        help="pipeline.segment's --threshold (waterz; default %(default)s)")
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     parser.add_argument("--fib", default=str(shared / "fib25"))
     parser.add_argument("--isbi", default=str(shared / "isbi2012"))
@@ -206,7 +208,9 @@ def main() -> None:
     first, last = (int(v) for v in args.isbi_slices.split("-"))
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     options = SegmentOptions(method=args.method, threshold=args.threshold, min_size=args.min_size)
-    record = {"checkpoint": checkpoint, "segment": {"method": args.method, "threshold": args.threshold},
+    record = {"checkpoint": checkpoint, "segment": {"method": options.method, "min_size": options.min_size,
+                                                    "strides": list(options.strides), "threshold": options.threshold
+                                                    if options.method == "waterz" else None},
               "synthetic": {"shape": shape, "seed": args.seed, "min_size": args.min_size,
                             **heldout_synthetic(checkpoint, shape, args.seed, options, work)}}
     if Path(args.fib).is_dir():

@@ -14,14 +14,17 @@ on CUDA ``max_memory_allocated`` its peak GPU memory) with the same number of to
 * ``pipeline B``: ``pipeline.predict`` from zarr to zarr with output block ``B`` and
   ``--batch-size`` blocks per network call (all other options at their defaults: halo, two
   workers so reading and writing overlap the network, ``auto`` precision), end to end including
-  process start, model load, zarr reads, the correlation head and uint8 writes.
+  model load, device initialisation, zarr reads, the correlation head and uint8 writes.
 * ``forward B``: the ceiling -- only the network's forward pass
   (:func:`corrseg3d.inference.inference_model`, no gradient, the pipeline's memory layout and
-  ``auto`` precision on that device) on exactly the padded context patches ``pipeline B``
-  evaluates, ``--batch-size`` at a time, with the patches prepared in memory beforehand and only
-  the forward calls timed (after one untimed warm-up call; on CUDA synchronised before the clock
-  is read). Its rate counts *output* voxels, like the pipeline's, so ``pipeline / forward`` is
-  the share of the network's speed the pipeline keeps.
+  ``auto`` precision on that device, recorded as ``precision``) on exactly the padded context
+  patches ``pipeline B`` evaluates, grouped into network calls as the pipeline groups them
+  (``--batch-size`` consecutive blocks, split by shape), each batch prepared before its call and
+  only the forward calls timed (after one untimed warm-up call per batch shape; on CUDA
+  synchronised before the clock is read). Its rate counts *output* voxels, like the pipeline's,
+  so ``pipeline / forward`` is the share of the network's speed the pipeline keeps. (Results
+  carry ``forward_warm_up``; ``predict_cpu-1thread.json`` predates the warm-up and timed the
+  first call cold, ``predict_gpu-h200.json`` warmed up on its first batch, all of one shape.)
 * ``reference``: the PEA repository's inference (docs/method.md §10) -- reflect pad (4, 48, 48),
   18x160x160 windows at stride (10, 80, 80) clamped to the end, Gaussian blending
   ``1e-6 + exp(-d^2 / (2 * 0.2^2))`` over normalised window coordinates, fp32, ReLU of the cosine
@@ -49,6 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -78,6 +82,7 @@ def run_reference(raw_location: str, out_location: str, checkpoint: str, crop: t
 
     from corrseg3d.checkpoint import load_model
     from corrseg3d.inference import predict_patch
+    from emcore.conventions import affinities_as_uint8
     from emcore.store import create_volume, open_volume
 
     model, offsets, _ = load_model(checkpoint)
@@ -98,15 +103,17 @@ def run_reference(raw_location: str, out_location: str, checkpoint: str, crop: t
     result = total[(slice(None),) + inner] / norm[inner]
     out = create_volume(out_location, result.shape, "uint8", chunks=(len(offsets), 32, 256, 256),
                         voxel_size=raw.voxel_size, attrs={"offsets": [list(o) for o in offsets]})
-    out[:] = np.rint(np.clip(result, 0, 1) * 255).astype(np.uint8)
+    out[:] = affinities_as_uint8(result)
 
 
 def run_forward(raw_location: str, checkpoint: str, block: tuple[int, ...], halo: tuple[int, ...], device: str,
                 batch_size: int) -> float:
     """Seconds of the network's forward passes alone over the context patches of ``block`` (the ceiling).
 
-    Equal-shape patches go ``batch_size`` at a time, in the memory layout and ``auto`` precision
-    ``pipeline.predict`` uses on ``device``; one untimed call on the first batch warms up.
+    Blocks go ``batch_size`` consecutive ones at a time, split by shape (as
+    :func:`emcore.blocks.run_blocks` and ``pipeline.predict`` group them), in the memory layout and
+    ``auto`` precision ``pipeline.predict`` uses on ``device``; one untimed call per batch shape
+    warms up.
     """
     import torch
 
@@ -125,9 +132,14 @@ def run_forward(raw_location: str, checkpoint: str, block: tuple[int, ...], halo
         model = model.to(memory_format=torch.channels_last_3d)
     image = raw_to_float(open_volume(raw_location)[:])
     grid = BlockGrid(image.shape, block)
-    patches = [pad_context(image, grid.block(i).begin, grid.block(i).end, halo) for i in range(grid.n_blocks)]
-    batches = [np.stack(same[i:i + batch_size]) for same in (list(g) for _, g in itertools.groupby(patches, key=np.shape))
-               for i in range(0, len(same), batch_size)]
+
+    def batches() -> Iterator[np.ndarray]:
+        for first in range(0, grid.n_blocks, batch_size):
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for index in range(first, min(first + batch_size, grid.n_blocks)):
+                by_shape.setdefault(grid.block(index).shape, []).append(index)
+            for indices in by_shape.values():
+                yield np.stack([pad_context(image, grid.block(i).begin, grid.block(i).end, halo) for i in indices])
 
     def forward(images: np.ndarray) -> float:
         batch = network_batch(images, device=target, channels_last=channels_last)
@@ -140,8 +152,13 @@ def run_forward(raw_location: str, checkpoint: str, block: tuple[int, ...], halo
                 torch.cuda.synchronize()
             return time.perf_counter() - start
 
-    forward(batches[0])
-    return sum(forward(images) for images in batches)
+    seconds, warmed = 0.0, set()
+    for images in batches():
+        if images.shape not in warmed:
+            forward(images)
+            warmed.add(images.shape)
+        seconds += forward(images)
+    return seconds
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -166,9 +183,13 @@ def _child(args: argparse.Namespace) -> None:
             if code:
                 sys.exit(code)
         seconds = time.perf_counter() - start
+    from corrseg3d.inference import resolve_precision
+
     result = {"seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+    if args.variant != "reference":
+        result["precision"] = str(resolve_precision("auto", torch.device(args.device)) or "fp32")
     if args.device.startswith("cuda"):
-        result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        result["peak_gpu_gib"] = torch.cuda.max_memory_allocated(torch.device(args.device)) / 2 ** 30
     print(json.dumps(result))
 
 
@@ -193,12 +214,15 @@ def _run_child(variant: str, store: str, args: argparse.Namespace, *, block: str
 
 
 def _device_name(device: str) -> str:
-    """``cpu`` with the processor's name, or the CUDA device's name."""
+    """``cpu`` with the processor's model name (``/proc/cpuinfo``), or the CUDA device's name."""
     import torch
 
     if device.startswith("cuda"):
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return f"cpu ({platform.processor() or platform.machine()})"
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    return f"cpu ({names[0] if names else platform.machine()})"
 
 
 def main() -> None:
@@ -269,6 +293,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / (f"predict_{args.name}.json" if args.name else "predict.json")
     path.write_text(json.dumps({"shape": shape, "halo": args.halo, "threads": args.threads, "device": _device_name(args.device),
+                                "forward_warm_up": True,
                                 "batch_size": args.batch_size, "reference_shape": crop, "checkpoint": checkpoint,
                                 "rows": rows}, indent=2))
 

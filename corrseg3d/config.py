@@ -85,7 +85,9 @@ class SourceConfig:
     ``predict_natively`` false keeps the source's voxel size out of the checkpoint's
     ``trained_voxel_sizes``: the source still trains the model, but ``pipeline.predict``
     resamples an input of that voxel size to the model's ``voxel_size`` instead of running the
-    network on its grid (for a resolution that helps training more than it predicts well).
+    network on its grid (for a resolution that helps training more than it predicts well). It has
+    no effect when that voxel size is the model's own or another (native) source's: those stay
+    in the list.
     """
 
     raw: str = ""

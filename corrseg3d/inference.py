@@ -208,7 +208,7 @@ def quantize_affinities(affinities: torch.Tensor) -> torch.Tensor:
     The stored format of :func:`emcore.conventions.affinities_as_uint8`, computed where the
     affinities are (on a GPU, a quarter of the float32 bytes then cross to the host).
     """
-    return affinities.float().clamp(0.0, 1.0).mul_(UINT8_SCALE).round_().to(torch.uint8)  # one new tensor
+    return affinities.float().clamp(0.0, 1.0).mul_(UINT8_SCALE).round_().to(torch.uint8)  # in place after the clamp
 
 
 @torch.no_grad()
@@ -218,11 +218,25 @@ def predict_patch(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[Se
                   quantize: bool = False) -> np.ndarray:
     """Affinities of one (z, y, x) float32 patch, or of a batch (N, z, y, x) of equal patches.
 
-    Returns (C, z, y, x) float32, or (N, C, z, y, x) for a batch; the model runs in eval mode.
-    y and x are reflect-padded at their far end to a multiple of ``model.xy_multiple`` and the
-    result cropped back, so any patch size is accepted. ``crop`` (z, y, x slices of the patch)
-    keeps only that box and ``quantize`` returns :func:`quantize_affinities` uint8; both happen on
-    ``device`` before the copy to the host.
+    The model runs in eval mode. y and x are reflect-padded at their far end to a multiple of
+    ``model.xy_multiple`` and the result cropped back, so any patch size is accepted.
+
+    Parameters
+    ----------
+    model, image, offsets
+        The network, the (z, y, x) or (N, z, y, x) input in [0, 1], and the affinity offsets.
+    device, autocast_dtype, channels_last
+        Where and how the network runs (``autocast_dtype`` None = fp32).
+    crop
+        (z, y, x) slices of the patch to keep (e.g. a block without its halo); None keeps it all.
+    quantize
+        Return :func:`quantize_affinities` uint8 instead of float32.
+
+    Returns
+    -------
+    (C, z', y', x') affinities, or (N, C, z', y', x') for a batch, where (z', y', x') is the
+    ``crop``'s shape (the patch's without one); float32, or uint8 with ``quantize``. Crop and
+    quantisation happen on ``device``, before the copy to the host.
     """
     batched = image.ndim == 4
     images = image if batched else image[None]
@@ -258,8 +272,8 @@ def predict_volume(model: ResidualUNet3D, image: np.ndarray, offsets: Sequence[S
     for index in range(grid.n_blocks):
         begin, end = grid.block(index).begin, grid.block(index).end
         context = pad_context(image, begin, end, halo)
-        affinities = predict_patch(model, context, offsets, device=device, autocast_dtype=autocast_dtype,
-                                   channels_last=channels_last)
         inner = tuple(slice(h, h + e - b) for h, b, e in zip(halo, begin, end))
-        out[(slice(None),) + tuple(slice(b, e) for b, e in zip(begin, end))] = affinities[(slice(None),) + inner]
+        out[(slice(None),) + tuple(slice(b, e) for b, e in zip(begin, end))] = predict_patch(
+            model, context, offsets, device=device, autocast_dtype=autocast_dtype, channels_last=channels_last,
+            crop=inner)
     return out

@@ -187,8 +187,8 @@ class _Predictor:
             return self.resampling.model_patch(self.raw.array, block.begin, block.end, read=read)
         return pad_context(self.raw.array, block.begin, block.end, self.options.halo, read=read)
 
-    def infer(self, images: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-        """(N, C, z, y, x) affinities of a batch (N, z, y, x) of equal-shape context patches of blocks of ``shape``.
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """(N, C, z, y, x) affinities of a batch (N, z, y, x) of equal-shape context patches.
 
         With resampling: of the whole patches (float32, on the model grid). Otherwise of the
         blocks alone (the halo cropped off); without TTA the crop and, for uint8 output, the
@@ -198,7 +198,8 @@ class _Predictor:
 
         run = partial(predict_patch, self.model, offsets=self.offsets, device=self.device,
                       autocast_dtype=self.autocast_dtype, channels_last=self.channels_last)
-        inner = None if self.resampling is not None else tuple(slice(h, h + n) for h, n in zip(self.options.halo, shape))
+        inner = None if self.resampling is not None else tuple(  # a context patch is its block plus the halo
+            slice(h, n - h) for h, n in zip(self.options.halo, images.shape[1:]))
         if not self.options.tta:
             return run(images, crop=inner, quantize=inner is not None and self.options.dtype == "uint8")
         total = np.zeros((len(images), len(self.offsets)) + images.shape[1:], np.float32)
@@ -232,7 +233,7 @@ class _Predictor:
             by_shape.setdefault(image.shape, []).append(index)
         for indices in by_shape.values():
             with self.lock:  # one network call at a time; reading overlaps it in other threads
-                affinities = self.infer(np.stack([images[i] for i in indices]), self.grid.block(indices[0]).shape)
+                affinities = self.infer(np.stack([images[i] for i in indices]))
             for index, prediction in zip(indices, affinities):
                 self.write(index, prediction)
         return group

@@ -12,9 +12,10 @@ import torch
 from tiny_models import LocalConvModel
 
 from corrseg3d.checkpoint import save_checkpoint
-from corrseg3d.inference import inference_model, predict_patch, predict_volume, quantize_affinities
+from corrseg3d.inference import inference_model, pad_context, predict_patch, predict_volume, quantize_affinities
 from corrseg3d.model import ResidualUNet3D
 from corrseg3d.targets import label_affinities
+from emcore.blocks import BlockGrid
 from emcore.conventions import PEA_OFFSETS, affinities_as_uint8
 from emcore.store import create_volume, open_volume
 from pipeline.predict import PredictError, PredictOptions, _unflip_affinities, main, predict
@@ -104,22 +105,52 @@ def volume(tmp_path):
     return str(tmp_path / "v.zarr"), raw
 
 
-def test_store_output_equals_in_memory_tiling(tmp_path, volume):
+@pytest.mark.parametrize("dtype", ["float16", "uint8"])
+def test_store_output_equals_in_memory_tiling(tmp_path, volume, dtype):
+    """Cropped (and, for uint8, quantised) in predict_patch, the stored blocks equal the host-side conversion."""
     store, raw = volume
     model = _tiny_checkpoint(tmp_path / "m.pt")
     options = PredictOptions(checkpoint=str(tmp_path / "m.pt"), block=(4, 32, 32), halo=(4, 32, 32),
-                             dtype="float16", precision="fp32", device="cpu")
+                             dtype=dtype, precision="fp32", device="cpu")
     predict(store, options=options, progress=False, scheduler="synchronous")
     stored = open_volume(store + "/affinities")
-    assert stored.shape == (12, 10, 48, 72) and stored.dtype == np.float16
+    assert stored.shape == (12, 10, 48, 72) and stored.dtype == np.dtype(dtype)
     assert stored.attrs["offsets"] == [list(o) for o in PEA_OFFSETS]
     assert stored.voxel_size == (30.0, 6.0, 6.0)
     expected = predict_volume(model, raw.astype(np.float32) / 255, PEA_OFFSETS, block=(4, 32, 32),
                               halo=(4, 32, 32), device=CPU, channels_last=True)
-    np.testing.assert_array_equal(stored[:], expected.astype(np.float16))
+    np.testing.assert_array_equal(stored[:], expected.astype(np.float16) if dtype == "float16"
+                                  else affinities_as_uint8(expected))
     batched = PredictOptions(**{**options.__dict__, "batch_size": 3})
     predict(store, out_location=store + "/batched", options=batched, progress=False)
-    np.testing.assert_allclose(open_volume(store + "/batched")[:], stored[:], atol=2e-3)
+    np.testing.assert_allclose(open_volume(store + "/batched")[:].astype(np.float32), stored[:].astype(np.float32),
+                               atol=2e-3 if dtype == "float16" else 1)
+
+
+@pytest.mark.slow
+def test_tta_store_equals_the_mean_of_the_unflipped_predictions(tmp_path, volume):
+    """--tta, batches of 2 with edge blocks: each stored block is the mean of its context's 8 flipped
+    predictions mapped back to the original frame, cropped to the block."""
+    store, raw = volume
+    model = _tiny_checkpoint(tmp_path / "m.pt")
+    block, halo = (8, 48, 48), (4, 32, 32)  # 2 x 1 x 2 blocks, three of them edge blocks of two shapes
+    options = PredictOptions(checkpoint=str(tmp_path / "m.pt"), block=block, halo=halo, tta=True,
+                             dtype="float16", precision="fp32", device="cpu", batch_size=2)
+    predict(store, options=options, progress=False, scheduler="synchronous")
+    image = raw.astype(np.float32) / 255
+    fused = inference_model(model)
+    expected = np.zeros((12,) + image.shape, np.float32)
+    grid = BlockGrid(image.shape, block)
+    for index in range(grid.n_blocks):
+        begin, end = grid.block(index).begin, grid.block(index).end
+        context = pad_context(image, begin, end, halo)
+        total = np.zeros((12,) + context.shape, np.float32)
+        for axes in [tuple(a for a, bit in zip(range(3), bits) if bit) for bits in np.ndindex(2, 2, 2)]:
+            flipped = np.ascontiguousarray(np.flip(context, axes)) if axes else context
+            total += _unflip_affinities(predict_patch(fused, flipped, PEA_OFFSETS, device=CPU), axes, PEA_OFFSETS)
+        inner = tuple(slice(h, h + e - b) for h, b, e in zip(halo, begin, end))
+        expected[(slice(None),) + grid.block(index).slices] = (total / 8)[(slice(None),) + inner]
+    np.testing.assert_allclose(open_volume(store + "/affinities")[:].astype(np.float32), expected, atol=1e-3)
 
 
 def test_uint8_output_and_task_split(tmp_path, volume):

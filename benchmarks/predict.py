@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -214,15 +213,14 @@ def _run_child(variant: str, store: str, args: argparse.Namespace, *, block: str
 
 
 def _device_name(device: str) -> str:
-    """``cpu`` with the processor's model name (``/proc/cpuinfo``), or the CUDA device's name."""
+    """``cpu`` with the processor's model name, or the CUDA device's name."""
     import torch
+
+    from corrseg3d.inference import cpu_model_name
 
     if device.startswith("cuda"):
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-             if line.startswith("model name")]
-    return f"cpu ({names[0] if names else platform.machine()})"
+    return f"cpu ({cpu_model_name()})"
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 from corrseg3d.config import Config, SourceConfig
-from corrseg3d.inference import cpu_has_native_bf16
+from corrseg3d.inference import cpu_has_native_bf16, cpu_model_name
 from corrseg3d.model import build_model
 from corrseg3d.sampler import TrainingPatches, collate
 from corrseg3d.train import build_optimizer, train_step
@@ -91,7 +90,7 @@ def main() -> None:
                                      max_seconds=args.max_seconds)))
         return
     results = dict(patch=list(patch), batch=1, iterations=args.iterations, threads=args.threads,
-                   torch=torch.__version__, cpu=platform.processor() or platform.machine(),
+                   torch=torch.__version__, cpu=cpu_model_name(),
                    cpu_capability=torch.backends.cpu.get_cpu_capability(), native_bf16=cpu_has_native_bf16(),
                    note="shared CPU: other jobs may run concurrently (see load_average_1min)", variants={})
     for name in args.variants.split(","):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import platform
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,6 +35,7 @@ from .model import ResidualUNet3D, model_config
 __all__ = [
     "resolve_device",
     "cpu_has_native_bf16",
+    "cpu_model_name",
     "resolve_precision",
     "autocast",
     "model_affinities",
@@ -77,6 +79,16 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_model_name() -> str:
+    """The CPU's ``model name`` (Linux ``/proc/cpuinfo``), else the machine type (e.g. ``x86_64``)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.machine()
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

@@ -8,7 +8,7 @@ Usage::
                                        [--isbi-slices 16-19] [--name NAME]
 
 1. **Held-out synthetic volume** (a seed never used for training): ``pipeline.predict`` ->
-   ``pipeline.segment`` (blockwise mutex watershed, strides 1x4x4, optional size merging) ->
+   ``pipeline.segment`` (its defaults: multicut of the region graph, size merging; or ``--method``) ->
    ``pipeline.evaluate`` (GT 0 ignored, VOI in bits), plus, per offset, the ROC AUC of the stored
    affinities as a same-object/different-object classifier (:mod:`corrseg3d.separability`): it
    shows which offsets the merge or split errors come from.
@@ -24,16 +24,16 @@ Usage::
    slice against the connected components of the membrane-free label.
 
 ``--method`` (and ``--threshold``) segment the synthetic and FIB volumes with another
-``pipeline.segment`` method instead of the default; ISBI stays per-slice mutex watershed.
+``pipeline.segment`` method than the default; ISBI stays per-slice mutex watershed.
 
 Appends a record to ``benchmarks/results/model_quality.json`` (keyed by ``--name``) and prints it.
 
 ``--segment-sweep`` instead chooses ``pipeline.segment``'s defaults on the *validation* volumes of
 ``configs/em-mixed.yaml`` (FIB gala-test at 30x10x10 nm and the synthetic seed-0 slices 48-63,
 never the held-out test volumes): the checkpoint predicts each volume once, then every
-combination of :data:`SWEEP_MIN_SIZES` and :data:`SWEEP_STRIDES` is segmented by blockwise mutex
-watershed and scored, and so are the whole-volume methods (waterz at each
-:data:`SWEEP_WATERZ_THRESHOLDS`, multicut) at each min size; the table goes to
+combination of :data:`SWEEP_MIN_SIZES` and :data:`SWEEP_STRIDES` is segmented by mutex watershed
+and scored, and so are waterz at each :data:`SWEEP_WATERZ_THRESHOLDS` and multicut at each
+:data:`SWEEP_MULTICUT_BETAS`, at each min size; the table goes to
 ``benchmarks/results/segment_defaults.json``.
 """
 
@@ -66,7 +66,8 @@ RESULTS = Path(__file__).parent / "results" / "model_quality.json"
 SWEEP_RESULTS = Path(__file__).parent / "results" / "segment_defaults.json"
 SWEEP_MIN_SIZES = (0, 100, 300, 1000)
 SWEEP_STRIDES = ((1, 2, 2), (1, 4, 4), (1, 8, 8))
-SWEEP_WATERZ_THRESHOLDS = (0.3, 0.5, 0.7)
+SWEEP_WATERZ_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+SWEEP_MULTICUT_BETAS = (0.4, 0.5, 0.6)
 KEYS = ("voi_split", "voi_merge", "voi", "arand")
 #: Held-out FIB volumes at 30x10x10 nm: name -> [start, stop) slices of the z-step-3 store.
 FIB_HELDOUT = {"medulla-ts2-z0-150": (30, 50), "gala-test": (0, None), "gala-train": (0, None),
@@ -136,13 +137,16 @@ def heldout_fib_isotropic(checkpoint: str, source: str, segment_options: Segment
 
 
 def sweep_options() -> list[SegmentOptions]:
-    """The post-processing the sweep compares: blockwise mutex watershed at every
-    (:data:`SWEEP_MIN_SIZES`, :data:`SWEEP_STRIDES`), and the whole-volume methods (waterz at
-    every :data:`SWEEP_WATERZ_THRESHOLDS`, multicut) at every min size."""
-    mws = [SegmentOptions(min_size=m, strides=s) for m in SWEEP_MIN_SIZES for s in SWEEP_STRIDES]
+    """The post-processing the sweep compares: mutex watershed at every (:data:`SWEEP_MIN_SIZES`,
+    :data:`SWEEP_STRIDES`), waterz at every :data:`SWEEP_WATERZ_THRESHOLDS` and min size, and
+    multicut at every :data:`SWEEP_MULTICUT_BETAS` and min size (all with ``pipeline.segment``'s
+    default block)."""
+    mws = [SegmentOptions(method="mws", min_size=m, strides=s) for m in SWEEP_MIN_SIZES for s in SWEEP_STRIDES]
     waterz = [SegmentOptions(method="waterz", threshold=t, min_size=m) for t in SWEEP_WATERZ_THRESHOLDS
               for m in SWEEP_MIN_SIZES]
-    return mws + waterz + [SegmentOptions(method="multicut", min_size=m) for m in SWEEP_MIN_SIZES]
+    multicut = [SegmentOptions(method="multicut", beta=b, min_size=m) for b in SWEEP_MULTICUT_BETAS
+                for m in SWEEP_MIN_SIZES]
+    return mws + waterz + multicut
 
 
 def segment_sweep(checkpoint: str, fib_source: str, work: Path) -> dict:
@@ -156,7 +160,7 @@ def segment_sweep(checkpoint: str, fib_source: str, work: Path) -> dict:
         predict(store, options=PredictOptions(checkpoint=checkpoint), progress=False)
         for options in sweep_options():
             rows.append({"volume": name, "method": options.method, "min_size": options.min_size,
-                         "strides": list(options.strides), "threshold": options.threshold,
+                         "strides": list(options.strides), "threshold": options.threshold, "beta": options.beta,
                          **segment_scores(store, options)})
             print(json.dumps(rows[-1]))
     return {"checkpoint": checkpoint, "rows": rows}
@@ -210,7 +214,8 @@ def main() -> None:
     options = SegmentOptions(method=args.method, threshold=args.threshold, min_size=args.min_size)
     record = {"checkpoint": checkpoint, "segment": {"method": options.method, "min_size": options.min_size,
                                                     "strides": list(options.strides), "threshold": options.threshold
-                                                    if options.method == "waterz" else None},
+                                                    if options.method == "waterz" else None,
+                                                    "beta": options.beta if options.method == "multicut" else None},
               "synthetic": {"shape": shape, "seed": args.seed, "min_size": args.min_size,
                             **heldout_synthetic(checkpoint, shape, args.seed, options, work)}}
     if Path(args.fib).is_dir():

@@ -1,8 +1,9 @@
 """Benchmark: blockwise segment pipeline vs whole-volume MWS vs elf blockwise_mutex_watershed.
 
-Contenders: ``pipeline`` (``pipeline.segment``, min_size 0), ``pipeline_min_size`` (with size
-merging), ``whole_mws`` (bioimage-cpp's mutex watershed on the whole volume, float weights),
-``whole_mws_uint8`` (this project's uint8 kernel, :mod:`emcore.mws_uint8`, on the whole volume:
+Contenders: ``pipeline`` (``pipeline.segment --method mws``, min_size 0), ``pipeline_min_size``
+(with size merging), ``pipeline_multicut`` (``pipeline.segment``'s default method, multicut of the
+region graph of per-slice supervoxels, with size merging), ``whole_mws`` (bioimage-cpp's mutex
+watershed on the whole volume, float weights), ``whole_mws_uint8`` (this project's uint8 kernel, :mod:`emcore.mws_uint8`, on the whole volume:
 the same partition as ``whole_mws`` on the same quantised weights) and ``elf_blockwise``.
 
 Same synthetic noisy affinities (pipeline.synth labels + pipeline.noisy_affinities, generated once
@@ -36,14 +37,12 @@ from emcore.conventions import PEA_OFFSETS  # noqa: E402
 from emcore.metrics import segmentation_scores  # noqa: E402
 from emcore.store import create_volume, open_volume  # noqa: E402
 
-CONTENDERS = ("pipeline", "pipeline_min_size", "whole_mws", "whole_mws_uint8", "elf_blockwise")
+CONTENDERS = ("pipeline", "pipeline_min_size", "pipeline_multicut", "whole_mws", "whole_mws_uint8", "elf_blockwise")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "segment_{shape}{tag}.json")
 
 
 def make_data(store: str, shape: tuple[int, ...], seed: int) -> None:
-    """Synthetic labels + noisy affinities, written once."""
-    if os.path.exists(os.path.join(store, "affinities")):
-        return
+    """Synthetic labels + noisy affinities (run in a child process, only when the store has none)."""
     from pipeline.noisy_affinities import noisy_affinities
     from pipeline.synth import generate
 
@@ -61,7 +60,8 @@ def run_child(name: str, store: str, block: tuple[int, ...], halo: tuple[int, ..
     affinities = open_volume(f"{store}/affinities")
     load = os.getloadavg()[0]
     if name.startswith("pipeline"):
-        options = SegmentOptions(block=block, halo=halo, min_size=min_size if name == "pipeline_min_size" else 0)
+        options = SegmentOptions(method="multicut" if name == "pipeline_multicut" else "mws", block=block, halo=halo,
+                                 min_size=0 if name == "pipeline" else min_size)
         start = time.perf_counter()
         segment(store, options, output_name=name, fragments_name=f"{name}_fragments", overwrite=True,
                 num_workers=workers, progress=False)
@@ -117,10 +117,15 @@ def main() -> None:
     block = tuple(int(v) for v in args.block.split(","))
     halo = tuple(int(v) for v in args.halo.split(",")) if args.halo else None
     store = f"/tmp/bench_segment_{'x'.join(map(str, shape))}_s{args.seed}.zarr"
+    if args.child == "data":
+        make_data(store, shape, args.seed)
+        return
     if args.child:
         print(json.dumps(run_child(args.child, store, block, halo, args.min_size, args.workers)))
         return
-    make_data(store, shape, args.seed)
+    if not os.path.exists(os.path.join(store, "affinities")):
+        # generated in a child: a forked contender inherits its parent's ru_maxrss high-water mark
+        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", "data"], check=True)
     # numba compiles the uint8 MWS kernel on its first call after an install or an edit (~10 s) and
     # caches it on disk; compile once here so that no contender's time includes it.
     from emcore.mws_uint8 import mutex_watershed_uint8

@@ -14,8 +14,10 @@ to the fragments array (chunk-aligned) and a small table file ``tables/<b>.npz``
   cross the lower face), for the region adjacency across block faces.
 
 Methods: ``mws`` (mutex watershed, :mod:`emcore.mws`), ``waterz`` (mean-affinity agglomeration
-of the NN channels at ``threshold``) and ``multicut`` (elf multicut on per-slice watershed
-supervoxels, the paper's "LMC", docs/method.md §11). Affinities: (C, z, y, x), 1 = same object.
+of the NN channels at ``threshold``) and ``multicut`` (per-slice watershed supervoxels; the
+multicut itself, the paper's "LMC" (docs/method.md §11), partitions the region graph of all
+blocks in the stitch step, :func:`pipeline.regiongraph.multicut`). Affinities: (C, z, y, x),
+1 = same object.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def segment_labels(affs: np.ndarray, params: FragmentParams, *, origin: tuple[in
         unassigned, _ = ndimage.label(seg == 0)  # waterz leaves voxels without edges at 0
         return _consecutive(np.where(seg == 0, unassigned.astype(np.uint64) + seg.max(), seg))
     if params.method == "multicut":
-        return _consecutive(_multicut(affinities_as_float(affs[:3])))
+        return _slice_supervoxels(affinities_as_float(affs[:3]))
     raise ValueError(f"unknown method {params.method!r}: use one of {', '.join(METHODS)}")
 
 
@@ -138,27 +140,18 @@ def _consecutive(seg: np.ndarray) -> np.ndarray:
     return inverse.reshape(seg.shape).astype(np.uint64) + np.uint64(1)
 
 
-def _multicut(nn_affs: np.ndarray) -> np.ndarray:
-    """Plain multicut on per-slice distance-transform watershed supervoxels (docs/method.md §11)."""
-    from elf.segmentation.features import compute_affinity_features, compute_boundary_mean_and_length, compute_rag
-    from elf.segmentation.multicut import multicut_kernighan_lin, transform_probabilities_to_costs
+def _slice_supervoxels(nn_affs: np.ndarray) -> np.ndarray:
+    """Distance-transform watershed supervoxels of every z slice (1..n, uint64) on the in-plane boundaries."""
     from elf.segmentation.watershed import distance_transform_watershed
 
-    boundaries = 1.0 - nn_affs
-    heights = np.maximum(boundaries[1], boundaries[2])
+    heights = np.maximum(1.0 - nn_affs[1], 1.0 - nn_affs[2])
     supervoxels = np.zeros(heights.shape, dtype=np.uint64)
     next_id = 0
     for z, height in enumerate(heights):
         slice_labels, max_id = distance_transform_watershed(height, threshold=0.25, sigma_seeds=2.0)
         supervoxels[z] = slice_labels.astype(np.uint64) + np.uint64(next_id)
         next_id += int(max_id) + 1
-    supervoxels = _consecutive(supervoxels) - np.uint64(1)
-    rag = compute_rag(supervoxels)
-    probs = compute_affinity_features(rag, supervoxels, boundaries, [[-1, 0, 0], [0, -1, 0], [0, 0, -1]])[:, 0]
-    sizes = compute_boundary_mean_and_length(rag, supervoxels, heights)[:, 1]
-    costs = transform_probabilities_to_costs(probs, edge_sizes=sizes)
-    node_labels = multicut_kernighan_lin(rag, costs)
-    return np.asarray(node_labels)[supervoxels]
+    return _consecutive(supervoxels)
 
 
 def pair_statistics(u: np.ndarray, v: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:

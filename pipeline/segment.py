@@ -1,12 +1,13 @@
-"""``python -m pipeline.segment vol.zarr``: affinities -> fragments -> stitched, size-merged segmentation.
+"""``python -m pipeline.segment vol.zarr``: affinities -> fragments -> region graph -> segmentation.
 
 Phases (each resumable, each splittable over SLURM array tasks with ``--task-index/--num-tasks``):
 
 1. ``fragments`` (per block, :mod:`pipeline.fragments`): segment block + halo, write the inner
    block of ``vol.zarr/fragments`` (uint64, ids ``block << 32 | local``) and a small table.
 2. ``stitch``: per block, mutual-majority face joins and cross-face adjacency from the tables
-   (:func:`pipeline.stitch.stitch_faces`); then, once all blocks are in, the global union-find and
-   size merging on small tables -> lookup table (:func:`pipeline.stitch.build_lookup`).
+   (:func:`pipeline.stitch.stitch_faces`); then, once all blocks are in, the global union-find,
+   agglomeration (waterz, or ``--agglomerate``) or multicut (``--method multicut``) of the region
+   graph, and size merging on small tables -> lookup table (:func:`pipeline.stitch.build_lookup`).
 3. ``relabel`` (per block, :mod:`pipeline.relabel`): fragments -> ``vol.zarr/segmentation``.
 
 Work files live in ``vol.zarr/.corrseg3d/segment/<output>/``: ``config.json`` (parameters and input
@@ -44,18 +45,22 @@ from .runstate import claim_outputs, dataset_path, mark_complete, require_finish
 from .stage import PhaseProgress
 from .stitch import StitchParams, build_lookup, stitch_faces
 
-__all__ = ["DEFAULT_MIN_SIZE", "SegmentError", "SegmentOptions", "PHASES", "check_options", "segment", "main"]
+__all__ = ["DEFAULT_METHOD", "DEFAULT_MIN_SIZE", "SegmentError", "SegmentOptions", "PHASES", "check_options", "segment",
+           "main"]
 
 PHASES = ("fragments", "stitch", "relabel")
-# Default mutex-watershed block: the smallest multiple of the affinity chunk covering this shape.
+# Default block (every method): the smallest multiple of the affinity chunk covering this shape.
 # With the default halo 4x32x32 a block then segments 1.56x its voxels instead of 1.95x at
-# 32x256x256 (faster at ~0.2 GiB more per worker; README, Segmentation benchmark).
+# 32x256x256 (measured with mutex watershed: faster at ~0.2 GiB more per worker; README,
+# Segmentation benchmark).
 MIN_DEFAULT_BLOCK = (32, 512, 512)
 OUTPUT_DTYPES = ("uint64", "uint32")
-#: Default size merging (voxels), chosen on validation volumes (real FIB-SEM gala-test at
-#: 30x10x10 nm and a synthetic slab) with the shipped weights: among min sizes 0/100/300/1000 and
-#: strides 1x2x2/1x4x4/1x8x8 it gave the lowest mean VOI (1.86 against 2.09 without size merging,
-#: ARAND 0.310 against 0.308); ``benchmarks/model_quality.py --segment-sweep`` re-measures it.
+#: Default method and size merging (voxels), chosen on the validation volumes (real FIB-SEM
+#: gala-test at 30x10x10 nm and a synthetic slab) with the shipped weights: multicut with min size
+#: 300 gave a mean VOI of 1.14 (ARAND 0.14) against 1.22 for the best waterz (threshold 0.6) and
+#: 1.46 for the best mutex watershed (strides 1x4x4, min size 300); min size 1000 was 0.01 lower
+#: in VOI and 0.005 higher in ARAND. ``benchmarks/model_quality.py --segment-sweep`` re-measures it.
+DEFAULT_METHOD = "multicut"
 DEFAULT_MIN_SIZE = 300
 #: Storage chunks of float affinities whose values are checked before anything is written.
 SAMPLE_CHUNKS = 16
@@ -73,17 +78,23 @@ class SegmentOptions:
     command line (``--NAME``; :mod:`pipeline.options`).
     """
 
-    method: Literal["mws", "waterz", "multicut"] = option("mws", "segmentation method")
+    method: Literal["mws", "waterz", "multicut"] = option(DEFAULT_METHOD, "segmentation method")
     block: tuple[int, int, int] | None = option(
-        None, "z,y,x block (default: the smallest multiple of the affinity chunk covering 32,512,512; whole "
-        "volume for waterz/multicut)", example="32,512,512")
+        None, "z,y,x block (default: the smallest multiple of the affinity chunk covering 32,512,512)",
+        example="32,512,512")
     halo: tuple[int, int, int] | None = option(
         None, "z,y,x halo (default: max offset rounded up to a power of two, e.g. 4,32,32)", example="4,32,32")
-    strides: tuple[int, int, int] = option((1, 4, 4), "mutex edge strides", example="1,4,4")
+    strides: tuple[int, int, int] = option((1, 4, 4), "mutex edge strides (mws)", example="1,4,4")
     randomize_strides: int | None = option(
         None, "sample mutex edges at random (probability 1/prod(strides)), deterministic for SEED", metavar="SEED")
-    threshold: float = option(0.5, "waterz merge threshold")
+    threshold: float = option(0.5, "waterz merge threshold: merge while 1 - mean boundary affinity is below it")
+    beta: float = option(0.5, "multicut boundary bias: above 0.5 cuts more, below joins more")
     majority: float = option(0.5, "face join rule: overlap > MAJORITY of both labels' halo voxels")
+    agglomerate: float | None = option(
+        None, "after stitching, merge adjacent segments in order of mean NN affinity on their boundary while it "
+        "exceeds THRESHOLD (hierarchical, on the region graph of all blocks; default: none for mws, "
+        "1 - --threshold for waterz, which so continues every block's agglomeration over the whole volume)",
+        metavar="THRESHOLD")
     min_size: int = option(DEFAULT_MIN_SIZE, "merge segments smaller than this many voxels (0: off)")
     merge_floor: float = option(0.0, "a small segment merges only if its best neighbour's mean NN affinity "
                                 "exceeds this")
@@ -112,12 +123,19 @@ def check_options(options: SegmentOptions) -> None:
     if not 0.5 <= options.majority < 1.0:
         raise SegmentError(f"--majority (segment.majority) {options.majority} must be in [0.5, 1): "
                            "below 0.5 one label may join several")
+    if options.method == "multicut" and options.agglomerate is not None:
+        raise SegmentError("--agglomerate (segment.agglomerate) does not apply to --method multicut, which partitions "
+                           "the region graph by a multicut: drop one of them")
     if options.min_size < 0:
         raise SegmentError(f"--min-size (segment.min_size) {options.min_size} must be >= 0 "
                            "(a voxel count; 0 = no size merging)")
+    if not 0.0 < options.beta < 1.0:
+        raise SegmentError(f"--beta (segment.beta) {options.beta} must be in (0, 1): the multicut cost bias is "
+                           "log((1 - beta) / beta)")
     for flag, key, value in (("--threshold", "threshold", options.threshold),
+                             ("--agglomerate", "agglomerate", options.agglomerate),
                              ("--merge-floor", "merge_floor", options.merge_floor)):
-        if not 0.0 <= value <= 1.0:
+        if value is not None and not 0.0 <= value <= 1.0:
             raise SegmentError(f"{flag} (segment.{key}) {value} must be in [0, 1]: it is compared with "
                                "affinities (1 = same object)")
     if options.randomize_strides is not None and options.randomize_strides < 0:
@@ -169,8 +187,9 @@ def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_nam
         summary["fragments"] = run(partial(compute_fragments, params), mine, records=records["fragments"],
                                    desc="fragments")
     if phase in (None, "stitch"):  # a lone stitch phase checked its fragments above; in a full run they just ran
-        params = StitchParams(majority=options.majority, min_size=options.min_size, merge_floor=options.merge_floor,
-                              consecutive=options.consecutive, **common)
+        params = StitchParams(majority=options.majority, agglomerate=options.agglomerate,
+                              multicut=options.method == "multicut", beta=options.beta, min_size=options.min_size,
+                              merge_floor=options.merge_floor, consecutive=options.consecutive, **common)
         summary["faces"] = run(partial(stitch_faces, params), mine, records=records["stitch"], desc="stitch faces")
         if not os.path.exists(lookup_done) and len(records["stitch"].done(range(grid.n_blocks))) == grid.n_blocks:
             summary["segments"] = build_lookup(params)
@@ -318,16 +337,16 @@ def _check_sample(affinities: Volume) -> None:
 
 
 def _resolve(options: SegmentOptions, affinities: Volume, offsets: Sequence[Sequence[int]]) -> SegmentOptions:
-    """Fill defaults: block = smallest chunk multiple covering MIN_DEFAULT_BLOCK (the whole volume for
-    waterz/multicut), halo = the largest offset rounded up to a power of two."""
+    """Fill defaults: block = smallest chunk multiple covering MIN_DEFAULT_BLOCK, halo = the largest
+    offset rounded up to a power of two, agglomerate = 1 - threshold for waterz."""
     shape = affinities.spatial_shape
-    block = options.block
-    if block is None:
-        block = shape if options.method != "mws" else tuple(
-            c * -(-m // c) for c, m in zip(affinities.chunks[1:], MIN_DEFAULT_BLOCK))
+    block = options.block or tuple(c * -(-m // c) for c, m in zip(affinities.chunks[1:], MIN_DEFAULT_BLOCK))
     block = tuple(min(int(b), s) for b, s in zip(block, shape))
     halo = options.halo or tuple(1 << (m - 1).bit_length() for m in max_offset(offsets))
-    return replace(options, block=block, halo=tuple(int(h) for h in halo))
+    agglomerate = options.agglomerate
+    if agglomerate is None and options.method == "waterz":
+        agglomerate = 1.0 - options.threshold
+    return replace(options, block=block, halo=tuple(int(h) for h in halo), agglomerate=agglomerate)
 
 
 def _identity(affinities: Volume, offsets: Sequence[Sequence[int]]) -> dict[str, Any]:
@@ -369,9 +388,9 @@ def _require_done(folder: str, n_blocks: int, phase: str) -> None:
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="python -m pipeline.segment",
-        description="Blockwise mutex watershed (or waterz / multicut) of vol.zarr/affinities with halo-overlap "
-                    "stitching and size merging -> vol.zarr/segmentation (uint64). --method waterz and multicut "
-                    "run on the whole volume by default (it must fit in memory); give --block to tile them.")
+        description="Blockwise segmentation of vol.zarr/affinities (multicut by default, or mutex watershed or "
+                    "waterz): per-block fragments with halo-overlap stitching, multicut or agglomeration on the "
+                    "region graph of all blocks, and size merging -> vol.zarr/segmentation (uint64).")
     parser.add_argument("store", help="zarr store with the affinities, e.g. vol.zarr")
     parser.add_argument("--input", default="affinities", help="affinity dataset (default affinities)")
     parser.add_argument("--output", default="segmentation", help="segmentation dataset (default segmentation)")

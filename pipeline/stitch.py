@@ -14,11 +14,14 @@ Two steps, neither reads the fragment or affinity volumes:
    same slabs give the region adjacency across the face: (A label on the last plane of A, B label
    on the first plane of B) with the sum/count of the NN affinities of those links.
 2. :func:`build_lookup` (global, small tables only): union-find (``connected_components``) over
-   all joined pairs, then **size merging**: every segment smaller than ``min_size`` voxels (global
-   size, summed over blocks) merges into the adjacent segment of highest mean NN affinity on their
-   shared boundary, if that mean exceeds ``merge_floor``; rounds repeat on the merged graph until
-   no small segment has such a neighbour. Segment id = smallest fragment id of the segment, or
-   1..K in that order with ``consecutive``.
+   all joined pairs, then **agglomeration** if ``agglomerate`` is set (adjacent segments merge in
+   order of their mean NN affinity on the shared boundary while it exceeds ``agglomerate``,
+   :func:`pipeline.regiongraph.agglomerate`) or a **multicut** of the region graph if ``multicut``
+   (:func:`pipeline.regiongraph.multicut`, boundary bias ``beta``), then **size merging**: every
+   segment smaller than ``min_size`` voxels (global size, summed over blocks) merges into the
+   adjacent segment of highest mean NN affinity on their shared boundary, if that mean exceeds
+   ``merge_floor``; rounds repeat on the merged graph until no small segment has such a neighbour.
+   Segment id = smallest fragment id of the segment, or 1..K in that order with ``consecutive``.
 
 Node numbering: fragment ``b << 32 | l`` of block ``b`` (``l`` in 1..n_b) is node
 ``node_offsets[b] + l - 1``; the lookup table stores one value per node so pass 2 maps a block
@@ -32,16 +35,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from emcore.blocks import BlockGrid, save_npz_atomic
 from emcore.conventions import FRAGMENT_ID_SHIFT, LOCAL_ID_MASK, fragment_block, fragment_ids, fragment_local
 
 from .fragments import load_slab, pair_statistics, table_path
+from .regiongraph import agglomerate, components, merge_small_segments, multicut
 
-__all__ = ["StitchParams", "stitch_faces", "build_lookup", "merge_small_segments", "face_path", "lookup_path"]
-
+__all__ = ["StitchParams", "stitch_faces", "build_lookup", "face_path", "lookup_path"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class StitchParams:
     shape: tuple[int, int, int]
     block_shape: tuple[int, int, int]
     majority: float = 0.5
+    agglomerate: float | None = None
+    multicut: bool = False
+    beta: float = 0.5
     min_size: int = 0
     merge_floor: float = 0.0
     consecutive: bool = False
@@ -123,7 +127,8 @@ def mutual_majority(a: np.ndarray, b: np.ndarray, majority: float = 0.5) -> np.n
 
 
 def build_lookup(params: StitchParams) -> dict[str, int]:
-    """Global step: union-find over joined pairs + size merging -> ``lookup.npz``; returns counts."""
+    """Global step: union-find over joined pairs, agglomeration or multicut, size merging -> ``lookup.npz``;
+    returns counts."""
     n_blocks = params.grid.n_blocks
     n_labels, sizes, edges, sums, counts, merges = [], [], [], [], [], []
     for index in range(n_blocks):
@@ -142,17 +147,23 @@ def build_lookup(params: StitchParams) -> dict[str, int]:
     n_nodes = int(node_offsets[-1])
     to_node = _node_mapper(node_offsets)
     joined = to_node(np.concatenate(merges).reshape(-1, 2))
-    components = _components(n_nodes, joined)
+    segments = components(n_nodes, joined)
     node_sizes = np.concatenate(sizes).astype(np.int64)
     edge_nodes = to_node(np.concatenate(edges).reshape(-1, 2))
-    n_stitched = len(np.unique(components[node_sizes > 0]))
-    segments = merge_small_segments(components, node_sizes, edge_nodes, np.concatenate(sums),
-                                    np.concatenate(counts), min_size=params.min_size,
-                                    merge_floor=params.merge_floor)
+    edge_sum, edge_count = np.concatenate(sums), np.concatenate(counts)
+    n_stitched = len(np.unique(segments[node_sizes > 0]))
+    if params.multicut:
+        segments = multicut(segments, edge_nodes, edge_sum, edge_count, beta=params.beta)
+    elif params.agglomerate is not None:
+        segments = agglomerate(segments, edge_nodes, edge_sum, edge_count, threshold=params.agglomerate)
+    n_partitioned = len(np.unique(segments[node_sizes > 0]))
+    segments = merge_small_segments(segments, node_sizes, edge_nodes, edge_sum, edge_count,
+                                    min_size=params.min_size, merge_floor=params.merge_floor)
     values = _segment_ids(segments, node_offsets, node_sizes, params.consecutive)
     save_npz_atomic(lookup_path(params.workdir), {"node_offsets": node_offsets, "values": values})
     n_final = len(np.unique(segments[node_sizes > 0]))
-    return {"fragments": int((node_sizes > 0).sum()), "stitched": n_stitched, "segments": n_final}
+    return {"fragments": int((node_sizes > 0).sum()), "stitched": n_stitched, "partitioned": n_partitioned,
+            "segments": n_final}
 
 
 def _node_mapper(node_offsets: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -160,68 +171,6 @@ def _node_mapper(node_offsets: np.ndarray) -> Callable[[np.ndarray], np.ndarray]
     def to_node(ids: np.ndarray) -> np.ndarray:
         return node_offsets[fragment_block(ids).astype(np.int64)] + fragment_local(ids).astype(np.int64) - 1
     return to_node
-
-
-def _components(n_nodes: int, pairs: np.ndarray) -> np.ndarray:
-    """Connected component of every node given undirected ``pairs`` (k, 2) of node indices."""
-    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n_nodes, n_nodes))
-    return connected_components(graph, directed=False)[1].astype(np.int64)
-
-
-def merge_small_segments(labels: np.ndarray, sizes: np.ndarray, edges: np.ndarray, edge_sum: np.ndarray,
-                         edge_count: np.ndarray, *, min_size: int, merge_floor: float) -> np.ndarray:
-    """Merge segments below ``min_size`` into their best neighbour, in rounds, until none can.
-
-    Parameters
-    ----------
-    labels
-        (n,) segment index 0..S-1 of every node.
-    sizes
-        (n,) voxel count of every node; segment size is the sum over its nodes.
-    edges, edge_sum, edge_count
-        (m, 2) adjacent node pairs with the sum and count of NN affinities on their boundary.
-    min_size, merge_floor
-        A segment with fewer than ``min_size`` voxels merges into the neighbour with the highest
-        mean affinity when that mean is above ``merge_floor`` (ties: smaller segment index).
-
-    Returns
-    -------
-    (n,) segment index of every node after merging (not consecutive).
-    """
-    labels = labels.copy()
-    u, v = labels[edges[:, 0]], labels[edges[:, 1]]
-    edge_sum, edge_count = edge_sum.astype(np.float64), edge_count.astype(np.float64)
-    while min_size > 0:
-        n_segments = int(labels.max(initial=-1)) + 1
-        segment_sizes = np.bincount(labels, weights=sizes, minlength=n_segments)
-        u, v, edge_sum, edge_count = _reduce_edges(u, v, edge_sum, edge_count, n_segments)
-        mean = edge_sum / np.maximum(edge_count, 1)
-        source = np.concatenate([u, v])
-        target = np.concatenate([v, u])
-        score = np.concatenate([mean, mean])
-        candidate = (segment_sizes[source] < min_size) & (segment_sizes[source] > 0) & (score > merge_floor)
-        if not candidate.any():
-            break
-        source, target, score = source[candidate], target[candidate], score[candidate]
-        order = np.lexsort((target, -score, source))
-        first = np.ones(len(order), bool)
-        first[1:] = source[order][1:] != source[order][:-1]
-        best = order[first]
-        pairs = np.stack([source[best], target[best]], axis=1)
-        merged = _components(n_segments, pairs)
-        labels, u, v = merged[labels], merged[u], merged[v]
-    return labels
-
-
-def _reduce_edges(u: np.ndarray, v: np.ndarray, edge_sum: np.ndarray, edge_count: np.ndarray,
-                  n_segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Sum edge statistics per unordered segment pair, dropping pairs inside one segment."""
-    lo, hi = np.minimum(u, v), np.maximum(u, v)
-    keep = lo != hi
-    keys, inverse = np.unique(lo[keep] * n_segments + hi[keep], return_inverse=True)
-    inverse = inverse.ravel()
-    return (keys // n_segments, keys % n_segments, np.bincount(inverse, weights=edge_sum[keep], minlength=len(keys)),
-            np.bincount(inverse, weights=edge_count[keep], minlength=len(keys)))
 
 
 def _segment_ids(segments: np.ndarray, node_offsets: np.ndarray, node_sizes: np.ndarray,

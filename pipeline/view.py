@@ -51,6 +51,9 @@ DEFAULT_BIND = "127.0.0.1"
 LAYOUTS = ("4panel", "xy", "xz", "yz", "xy-3d")
 #: Seconds a screenshot may take (page load plus every visible chunk).
 SCREENSHOT_TIMEOUT = 120.0
+#: Seconds Ctrl-C waits for Neuroglancer's server to close; its close waits for every open
+#: connection, and a connected browser's pending request can hold it open indefinitely.
+STOP_TIMEOUT = 5.0
 
 
 def start_server(bind: str = DEFAULT_BIND, port: int = 0) -> str:
@@ -113,7 +116,8 @@ def make_viewer(sources: ViewSources, *, position: Sequence[float] | None = None
 
 
 def wait_until_interrupted() -> None:
-    """Serve until Ctrl-C, then stop the server."""
+    """Serve until Ctrl-C, then stop the server, waiting at most :data:`STOP_TIMEOUT` seconds (the
+    server thread is a daemon: the process exits even if a browser keeps a connection open)."""
     import neuroglancer
 
     try:
@@ -121,7 +125,9 @@ def wait_until_interrupted() -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        neuroglancer.server.stop()
+        stopper = threading.Thread(target=neuroglancer.server.stop, daemon=True)
+        stopper.start()
+        stopper.join(STOP_TIMEOUT)
 
 
 def screenshot_png(viewer: Any, size: Sequence[int], *, timeout: float = SCREENSHOT_TIMEOUT) -> bytes:

@@ -138,6 +138,10 @@ ROWS = [
     ("segment", "vol.zarr --output other --min-size -5", "--min-size (segment.min_size) -5 must be >= 0", {}),
     ("segment", "vol.zarr --output other --majority 0.3", "must be in [0.5, 1)", {}),
     ("segment", "vol.zarr --output other --merge-floor 2", "must be in [0, 1]", {}),
+    ("segment", "vol.zarr --output other --method mws --agglomerate 1.5", "--agglomerate (segment.agglomerate) 1.5 "
+     "must be in [0, 1]", {}),
+    ("segment", "vol.zarr --output other --agglomerate 0.5", "does not apply to --method multicut", {}),
+    ("segment", "vol.zarr --output other --beta 1", "--beta (segment.beta) 1.0 must be in (0, 1)", {}),
     ("segment", "vol.zarr --output other --phase stitch", "finish --phase fragments first", {}),
     ("segment", "vol.zarr --output other --task-index 0 --num-tasks 2", "need --phase", {}),
     # evaluate

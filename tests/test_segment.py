@@ -42,7 +42,7 @@ def data():
 def blockwise(data, tmp_path_factory):
     labels, affs = data
     store = _write_store(tmp_path_factory.mktemp("seg") / "vol.zarr", labels, affs)
-    segment(store, SegmentOptions(block=(16, 128, 128), min_size=0), progress=False)
+    segment(store, SegmentOptions(method="mws", block=(16, 128, 128), min_size=0), progress=False)
     seg = open_volume(f"{store}/segmentation")[...]
     fragments = open_volume(f"{store}/fragments")[...]
     return store, seg, fragments, mutex_watershed(affs, OFFSETS)
@@ -89,7 +89,7 @@ def test_labels_only_in_a_halo_are_never_joined(blockwise):
 def test_single_block_equals_plain_mutex_watershed(data, blockwise, tmp_path):
     labels, affs = data
     store = _write_store(tmp_path / "one.zarr", labels[:16, :128], affs[:, :16, :128])
-    segment(store, SegmentOptions(block=(16, 128, 256), min_size=0), progress=False)
+    segment(store, SegmentOptions(method="mws", block=(16, 128, 256), min_size=0), progress=False)
     seg = open_volume(f"{store}/segmentation")[...]
     plain = mutex_watershed(affs[:, :16, :128], OFFSETS)
     pairs = np.unique(np.stack([seg.ravel(), plain.ravel()]), axis=1)
@@ -114,7 +114,7 @@ def test_size_merging_removes_small_segments_with_a_qualifying_neighbour(data, b
     labels, affs = data
     store, unmerged, _, _ = blockwise
     min_size, floor = 300, 0.2
-    segment(store, SegmentOptions(block=(16, 128, 128), min_size=min_size, merge_floor=floor),
+    segment(store, SegmentOptions(method="mws", block=(16, 128, 128), min_size=min_size, merge_floor=floor),
             output_name="merged", fragments_name="merged_fragments", progress=False)
     seg = open_volume(f"{store}/merged")[...]
     ids, sizes = np.unique(seg, return_counts=True)
@@ -128,7 +128,7 @@ def test_size_merging_removes_small_segments_with_a_qualifying_neighbour(data, b
 def test_task_split_phases_equal_one_run(data, blockwise, tmp_path):
     labels, affs = data
     store = _write_store(tmp_path / "tasks.zarr", labels, affs)
-    options = SegmentOptions(block=(16, 128, 128), min_size=0)
+    options = SegmentOptions(method="mws", block=(16, 128, 128), min_size=0)
     for early in ("stitch", "relabel"):
         with pytest.raises(SegmentError, match="first"):
             segment(store, options, phase=early, progress=False)
@@ -148,14 +148,22 @@ def test_seeded_random_strides_do_not_depend_on_the_block(data):
 
 
 @pytest.mark.parametrize("method", ["waterz", "multicut"])
-def test_other_methods_segment_the_whole_volume(data, tmp_path, method):
+def test_other_methods_blockwise_match_the_whole_volume(data, tmp_path, method):
+    """The region-graph step (waterz's agglomeration continued, or the multicut) sees every block's
+    fragments at once, so 8 blocks segment as well as one."""
     labels, affs = data
     crop = (slice(None), slice(0, 16), slice(0, 128), slice(0, 128))
     store = _write_store(tmp_path / "m.zarr", labels[crop[1:]], affs[crop])
-    segment(store, SegmentOptions(method=method, consecutive=True, min_size=50), progress=False)
-    seg = open_volume(f"{store}/segmentation")[...]
-    assert seg.min() >= 1 and seg.max() == len(np.unique(seg))
-    assert segmentation_scores(seg, labels[crop[1:]])["arand"] < 0.3
+    scores = {}
+    for block in ((16, 128, 128), (8, 64, 64)):
+        segment(store, SegmentOptions(method=method, block=block, consecutive=True, min_size=50), overwrite=True,
+                progress=False)
+        seg = open_volume(f"{store}/segmentation")[...]
+        assert seg.min() >= 1 and seg.max() == len(np.unique(seg))
+        scores[block] = segmentation_scores(seg, labels[crop[1:]])
+    whole, tiled = scores.values()
+    assert whole["arand"] < 0.3
+    assert abs(tiled["voi"] - whole["voi"]) <= 0.02 and abs(tiled["arand"] - whole["arand"]) <= 0.01, scores
 
 
 def _cli(store, *extra):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.stitch import merge_small_segments, mutual_majority
+from pipeline.regiongraph import merge_small_segments
+from pipeline.stitch import mutual_majority
 
 
 def test_mutual_majority_joins_agreeing_labels_only():

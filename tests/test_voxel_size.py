@@ -149,8 +149,8 @@ def test_same_tissue_at_two_voxel_sizes_gives_the_same_segmentation(tmp_path, mo
     predict(coarse, options=PredictOptions(block=(16, 80, 80), **options), progress=False)
     affinities = open_volume(f"{fine}/affinities")
     assert affinities.attrs["resampled"] is True and open_volume(f"{coarse}/affinities").attrs["resampled"] is False
-    for store in (fine, coarse):
-        segment(store, SegmentOptions(min_size=10), progress=False)
+    for store in (fine, coarse):  # mutex watershed: the method that reads the rescaled long-range offsets
+        segment(store, SegmentOptions(method="mws", min_size=10), progress=False)
     seg_fine = open_volume(f"{fine}/segmentation")[:]
     seg_coarse = open_volume(f"{coarse}/segmentation")[:]
     mapped = seg_coarse[_nearest(seg_coarse.shape, labels.shape, [1 / r for r in RATIO])]

@@ -1,0 +1,81 @@
+"""Agglomeration on the region graph: against a brute-force reference and against waterz."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emcore.store import open_volume
+from pipeline.noisy_affinities import noisy_affinities
+from pipeline.regiongraph import agglomerate
+from pipeline.segment import SegmentOptions, segment
+from pipeline.synth import generate
+from test_segment import _write_store
+
+
+def _brute_force(n, edges, sums, counts, threshold):
+    """Merge the adjacent pair of highest mean affinity, recomputing every mean from scratch."""
+    labels = np.arange(n)
+    while True:
+        totals = {}
+        for (a, b), s, c in zip(edges, sums, counts):
+            la, lb = sorted((labels[a], labels[b]))
+            if la != lb:
+                entry = totals.setdefault((la, lb), [0.0, 0.0])
+                entry[0] += s
+                entry[1] += c
+        if not totals:
+            return labels
+        (la, lb), (s, c) = max(totals.items(), key=lambda item: item[1][0] / item[1][1])
+        if s / c <= threshold:
+            return labels
+        labels[labels == lb] = la
+
+
+def _same_partition(a, b):
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("threshold", [0.2, 0.5, 0.8])
+def test_agglomeration_equals_brute_force_merging(seed, threshold):
+    rng = np.random.default_rng(seed)
+    n = 60
+    edges = rng.integers(0, n, (200, 2))
+    edges = edges[edges[:, 0] != edges[:, 1]]
+    counts = rng.integers(1, 30, len(edges))
+    sums = counts * rng.random(len(edges))
+    ours = agglomerate(np.arange(n), edges, sums, counts, threshold=threshold)
+    assert _same_partition(ours, _brute_force(n, edges, sums, counts, threshold))
+
+
+def test_agglomeration_respects_given_segments_and_keeps_lone_nodes():
+    edges = np.array([[0, 1], [1, 2], [2, 3]])
+    sums, counts = np.array([9.0, 1.0, 9.0]), np.array([10, 10, 10])
+    merged = agglomerate(np.array([0, 0, 1, 2, 3]), edges, sums, counts, threshold=0.5)
+    # nodes 0 and 1 are one segment already (their edge is inside it); 2-3 merge; 1-2 stays cut; node 4 has no edge
+    assert merged[0] == merged[1] != merged[2] == merged[3] != merged[4]
+    assert np.array_equal(agglomerate(np.array([0, 1, 2, 3, 4]), edges, sums, counts, threshold=1.0), np.arange(5))
+
+
+@pytest.mark.parametrize("threshold", [0.4, 0.7])
+def test_blockwise_agglomeration_equals_waterz_on_the_stitched_fragments(tmp_path, threshold):
+    """Every voxel link is counted once (inside a block or across a face), so the blockwise result is
+    waterz's mean-affinity agglomeration (threshold 1 - t) given the stitched fragments."""
+    waterz = pytest.importorskip("waterz")
+    _, labels = generate((16, 128, 128), seed=3)
+    rng = np.random.default_rng(3)
+    affs = np.clip(noisy_affinities(labels, seed=3) / 255 + rng.normal(0, 0.01, (12,) + labels.shape), 0, 1)
+    store = _write_store(tmp_path / "agg.zarr", labels, affs.astype(np.float32))
+    options = SegmentOptions(method="mws", block=(8, 64, 64), min_size=0)
+    segment(store, options, output_name="stitched", fragments_name="fragments", progress=False)
+    segment(store, SegmentOptions(method="mws", block=(8, 64, 64), min_size=0, agglomerate=threshold), output_name="agglomerated",
+            fragments_name="fragments2", progress=False)
+    stitched = open_volume(f"{store}/stitched")[...]
+    ours = open_volume(f"{store}/agglomerated")[...]
+    nn = np.ascontiguousarray(open_volume(f"{store}/affinities")[:3])
+    consecutive = np.unique(stitched, return_inverse=True)[1].reshape(stitched.shape).astype(np.uint64) + 1
+    theirs = next(iter(waterz.agglomerate(nn, [1 - threshold], fragments=consecutive)))
+    assert len(np.unique(ours)) < len(np.unique(stitched))
+    assert _same_partition(ours, theirs)

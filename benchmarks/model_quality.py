@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/model_quality.py [--checkpoint PATH] [--shape 32,256,256] [--seed 1000] [--min-size 300]
-                                       [--method mws|waterz|multicut] [--threshold 0.5]
+                                       [--method mws|waterz|multicut] [--threshold 0.5] [--tta]
                                        [--fib ../shared/data/fib25] [--isbi ../shared/data/isbi2012]
                                        [--isbi-slices 16-19] [--name NAME]
 
@@ -90,9 +90,9 @@ def segment_scores(store: str, options: SegmentOptions) -> dict:
     return {k: report["scores"][k] for k in KEYS}
 
 
-def score_store(store: str, checkpoint: str, segment_options: SegmentOptions) -> dict:
+def score_store(store: str, predict_options: PredictOptions, segment_options: SegmentOptions) -> dict:
     """predict -> segment -> evaluate ``store`` (``raw`` and ``labels``); scores and per-offset AUC."""
-    predict(store, options=PredictOptions(checkpoint=checkpoint), progress=False)
+    predict(store, options=predict_options, progress=False)
     scores = segment_scores(store, segment_options)
     affinities = open_volume(f"{store}/affinities")
     per_offset = affinity_separability(affinities[:], open_volume(f"{store}/labels")[:],
@@ -100,11 +100,11 @@ def score_store(store: str, checkpoint: str, segment_options: SegmentOptions) ->
     return {**scores, "per_offset": per_offset}
 
 
-def heldout_synthetic(checkpoint: str, shape: tuple[int, ...], seed: int, segment_options: SegmentOptions,
-                      work: Path) -> dict:
+def heldout_synthetic(predict_options: PredictOptions, shape: tuple[int, ...], seed: int,
+                      segment_options: SegmentOptions, work: Path) -> dict:
     store = str(work / "heldout.zarr")
     write_synthetic(store, shape, seed=seed)
-    return score_store(store, checkpoint, segment_options)
+    return score_store(store, predict_options, segment_options)
 
 
 def fib_stores(source: str, work: Path, volumes: dict[str, tuple[int, int | None]], *, z_step: int = 3) -> dict[str, str]:
@@ -120,20 +120,22 @@ def fib_stores(source: str, work: Path, volumes: dict[str, tuple[int, int | None
     return stores
 
 
-def heldout_fib(checkpoint: str, source: str, segment_options: SegmentOptions, work: Path, *, z_step: int = 3,
-                volumes: dict[str, tuple[int, int | None]] = FIB_HELDOUT) -> dict:
+def heldout_fib(predict_options: PredictOptions, source: str, segment_options: SegmentOptions, work: Path, *,
+                z_step: int = 3, volumes: dict[str, tuple[int, int | None]] = FIB_HELDOUT) -> dict:
     """Score FIB ``volumes`` (name -> [start, stop) slices after keeping every ``z_step``-th slice)."""
     scores = {}
     for name, store in fib_stores(source, work, volumes, z_step=z_step).items():
         shape = open_volume(f"{store}/raw").shape
-        scores[name] = {"slices": list(volumes[name]), "shape": list(shape), **score_store(store, checkpoint, segment_options)}
+        scores[name] = {"slices": list(volumes[name]), "shape": list(shape),
+                        **score_store(store, predict_options, segment_options)}
     return scores
 
 
-def heldout_fib_isotropic(checkpoint: str, source: str, segment_options: SegmentOptions, work: Path) -> dict:
+def heldout_fib_isotropic(predict_options: PredictOptions, source: str, segment_options: SegmentOptions,
+                          work: Path) -> dict:
     """Score :data:`FIB_ISOTROPIC_HELDOUT` at the source's own 10x10x10 nm."""
     name, slices = FIB_ISOTROPIC_HELDOUT
-    return heldout_fib(checkpoint, source, segment_options, work, z_step=1, volumes={name: slices})
+    return heldout_fib(predict_options, source, segment_options, work, z_step=1, volumes={name: slices})
 
 
 def sweep_options() -> list[SegmentOptions]:
@@ -200,6 +202,8 @@ def main() -> None:
     parser.add_argument("--fib", default=str(shared / "fib25"))
     parser.add_argument("--isbi", default=str(shared / "isbi2012"))
     parser.add_argument("--isbi-slices", default="16-19")
+    parser.add_argument("--tta", action="store_true",
+                        help="pipeline.predict --tta for the synthetic and FIB volumes (8x slower; ISBI without)")
     parser.add_argument("--segment-sweep", action="store_true",
                         help="choose segment defaults on the validation volumes instead (segment_defaults.json)")
     args = parser.parse_args()
@@ -212,15 +216,16 @@ def main() -> None:
     first, last = (int(v) for v in args.isbi_slices.split("-"))
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     options = SegmentOptions(method=args.method, threshold=args.threshold, min_size=args.min_size)
-    record = {"checkpoint": checkpoint, "segment": {"method": options.method, "min_size": options.min_size,
-                                                    "strides": list(options.strides), "threshold": options.threshold
-                                                    if options.method == "waterz" else None,
-                                                    "beta": options.beta if options.method == "multicut" else None},
+    predict_options = PredictOptions(checkpoint=checkpoint, tta=args.tta)
+    record = {"checkpoint": checkpoint, "tta": args.tta,
+              "segment": {"method": options.method, "min_size": options.min_size, "strides": list(options.strides),
+                          "threshold": options.threshold if options.method == "waterz" else None,
+                          "beta": options.beta if options.method == "multicut" else None},
               "synthetic": {"shape": shape, "seed": args.seed, "min_size": args.min_size,
-                            **heldout_synthetic(checkpoint, shape, args.seed, options, work)}}
+                            **heldout_synthetic(predict_options, shape, args.seed, options, work)}}
     if Path(args.fib).is_dir():
-        record["fib25"] = heldout_fib(checkpoint, args.fib, options, work)
-        record["fib25_10nm"] = heldout_fib_isotropic(checkpoint, args.fib, options, work)
+        record["fib25"] = heldout_fib(predict_options, args.fib, options, work)
+        record["fib25_10nm"] = heldout_fib_isotropic(predict_options, args.fib, options, work)
     if Path(args.isbi).is_dir():
         record["isbi2012"] = {"slices": [first, last], **heldout_isbi(checkpoint, args.isbi, (first, last), work)}
     print(json.dumps(record, indent=2))

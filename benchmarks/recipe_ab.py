@@ -10,7 +10,7 @@ number of iterations) with ``configs/em-mixed.yaml`` plus :data:`COMMON` (the da
 learning rate the A/B was measured with: one section series of the medulla volume) and the row's
 overrides (:data:`ROWS`), then
 scores its last checkpoint exactly as ``benchmarks/model_quality.py`` scores the shipped weights
-(``pipeline.predict`` -> ``pipeline.segment`` with its defaults -> ``pipeline.evaluate`` on the
+(``pipeline.predict`` -> ``pipeline.segment`` with mutex watershed, :data:`SEGMENT` -> ``pipeline.evaluate`` on the
 held-out FIB-SEM volumes at 30x10x10 nm, the held-out synthetic volume, ISBI slices 16-19; per-offset
 ROC AUC of the affinities). Training validation is switched off so that every row spends its
 budget on the same thing.
@@ -45,7 +45,11 @@ from model_quality import FIB_ISOTROPIC_HELDOUT, heldout_fib, heldout_fib_isotro
 
 from corrseg3d.checkpoint import read_checkpoint
 from corrseg3d.train import load_config, train
+from pipeline.predict import PredictOptions
 from pipeline.segment import SegmentOptions
+
+#: The A/B table was measured with mutex watershed, pipeline.segment's default until the multicut.
+SEGMENT = SegmentOptions(method="mws")
 
 RESULTS = Path(__file__).parent / "results" / "recipe_ab.json"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "em-mixed.yaml"
@@ -106,9 +110,10 @@ def training_seconds(run: Path) -> float:
 
 def score_row(checkpoint: Path, fib: str, isbi: str) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
-    return {"synthetic": heldout_synthetic(str(checkpoint), (32, 256, 256), 1000, SegmentOptions(), work),
-            "fib25": heldout_fib(str(checkpoint), fib, SegmentOptions(), work),
-            "fib25_10nm": heldout_fib_isotropic(str(checkpoint), fib, SegmentOptions(), work),
+    predict_options = PredictOptions(checkpoint=str(checkpoint))
+    return {"synthetic": heldout_synthetic(predict_options, (32, 256, 256), 1000, SEGMENT, work),
+            "fib25": heldout_fib(predict_options, fib, SEGMENT, work),
+            "fib25_10nm": heldout_fib_isotropic(predict_options, fib, SEGMENT, work),
             "isbi2012": heldout_isbi(str(checkpoint), isbi, (16, 19), work)}
 
 
@@ -148,8 +153,8 @@ def main() -> None:
         if results.get(name, {}).get("iterations") == args.iterations:
             scores, checkpoint = results[name]["scores"], Path(args.runs) / name / "last.pt"
             if "fib25_10nm" not in scores and checkpoint.exists():  # a row scored before the isotropic volume
-                scores["fib25_10nm"] = heldout_fib_isotropic(str(checkpoint), args.fib, SegmentOptions(),
-                                                             Path(tempfile.mkdtemp(prefix="bench-ab-")))
+                scores["fib25_10nm"] = heldout_fib_isotropic(PredictOptions(checkpoint=str(checkpoint)), args.fib,
+                                                             SEGMENT, Path(tempfile.mkdtemp(prefix="bench-ab-")))
                 RESULTS.write_text(json.dumps(results, indent=2))
             continue
         checkpoint = train_row(name, args.iterations, Path(args.runs), args.threads)

@@ -3,11 +3,12 @@
 Contenders: ``pipeline`` (``pipeline.segment --method mws``, min_size 0), ``pipeline_min_size``
 (with size merging), ``pipeline_multicut`` (``pipeline.segment``'s default method, multicut of the
 region graph of per-slice supervoxels, with size merging), ``whole_mws`` (bioimage-cpp's mutex
-watershed on the whole volume, float weights), ``whole_mws_uint8`` (this project's uint8 kernel, :mod:`emcore.mws_uint8`, on the whole volume:
-the same partition as ``whole_mws`` on the same quantised weights) and ``elf_blockwise``.
+watershed on the whole volume, float weights), ``whole_mws_uint8`` (this project's uint8 kernel,
+:mod:`emcore.mws_uint8`, on the whole volume: the same partition as ``whole_mws`` on the same
+quantised weights) and ``elf_blockwise``.
 
 Same synthetic noisy affinities (pipeline.synth labels + pipeline.noisy_affinities, generated once
-under /tmp), each contender in its own subprocess so peak RSS (ru_maxrss, inputs and libraries
+under /tmp, in a child process), each contender in its own subprocess so peak RSS (ru_maxrss, inputs and libraries
 included) belongs to it alone. Times cover the segmentation call only (not data generation, not
 scoring). Contenders whose known memory need exceeds the budget are skipped above
 ``--max-whole-voxels`` (whole-volume bic needs ~160 B/voxel; elf blockwise peaked at 22 GB on

@@ -40,6 +40,14 @@ def reduce_edges(u: np.ndarray, v: np.ndarray, edge_sum: np.ndarray, edge_count:
             np.bincount(inverse, weights=edge_count[keep], minlength=len(keys)))
 
 
+def _segment_graph(labels: np.ndarray, edges: np.ndarray, edge_sum: np.ndarray,
+                   edge_count: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Number of segments and the segment pairs (u < v) with float64 boundary sums and counts."""
+    n_segments = int(labels.max(initial=-1)) + 1
+    return (n_segments, *reduce_edges(labels[edges[:, 0]], labels[edges[:, 1]], edge_sum.astype(np.float64),
+                                      edge_count.astype(np.float64), n_segments))
+
+
 def agglomerate(labels: np.ndarray, edges: np.ndarray, edge_sum: np.ndarray, edge_count: np.ndarray, *,
                 threshold: float) -> np.ndarray:
     """Hierarchical agglomeration by mean boundary affinity, stopping at ``threshold``.
@@ -64,9 +72,7 @@ def agglomerate(labels: np.ndarray, edges: np.ndarray, edge_sum: np.ndarray, edg
     -------
     (n,) segment index of every node after merging (a subset of the input indices).
     """
-    n_segments = int(labels.max(initial=-1)) + 1
-    u, v, sums, counts = reduce_edges(labels[edges[:, 0]], labels[edges[:, 1]], edge_sum.astype(np.float64),
-                                      edge_count.astype(np.float64), n_segments)
+    n_segments, u, v, sums, counts = _segment_graph(labels, edges, edge_sum, edge_count)
     boundary: dict[int, dict[int, tuple[float, float]]] = {}
     for a, b, total, count in zip(u.tolist(), v.tolist(), sums.tolist(), counts.tolist()):
         boundary.setdefault(a, {})[b] = boundary.setdefault(b, {})[a] = (total, count)
@@ -105,18 +111,26 @@ def multicut(labels: np.ndarray, edges: np.ndarray, edge_sum: np.ndarray, edge_c
     """Partition the segments by a multicut of their region graph (elf, Kernighan-Lin from a greedy start).
 
     The cut probability of two adjacent segments is ``p = 1 - sum / count`` (one minus their mean
-    boundary affinity); the edge cost is ``log((1 - p) / p) + log((1 - beta) / beta)`` (positive:
-    join, negative: cut; ``p`` clipped to [0.001, 0.999]) times ``count / max(count)``, so long
-    boundaries weigh more (elf's ``transform_probabilities_to_costs`` with edge sizes). ``beta``
-    is the boundary bias: above 0.5 cuts more, below 0.5 joins more. Other parameters and the
-    return value as :func:`agglomerate`.
+    boundary affinity), mapped linearly onto [0.001, 0.999]; the edge cost is
+    ``log((1 - p) / p) + log((1 - beta) / beta)`` (positive: join, negative: cut) times
+    ``count / max(count)``, so long boundaries weigh more (elf's ``transform_probabilities_to_costs``
+    with edge sizes).
+
+    Parameters
+    ----------
+    labels, edges, edge_sum, edge_count
+        The region graph, as for :func:`agglomerate`.
+    beta
+        Boundary bias in (0, 1): above 0.5 cuts more, below 0.5 joins more.
+
+    Returns
+    -------
+    (n,) segment index of every node after the multicut (segments without edges stay apart).
     """
     from bioimage_cpp.graph import UndirectedGraph
     from elf.segmentation.multicut import multicut_kernighan_lin, transform_probabilities_to_costs
 
-    n_segments = int(labels.max(initial=-1)) + 1
-    u, v, sums, counts = reduce_edges(labels[edges[:, 0]], labels[edges[:, 1]], edge_sum.astype(np.float64),
-                                      edge_count.astype(np.float64), n_segments)
+    n_segments, u, v, sums, counts = _segment_graph(labels, edges, edge_sum, edge_count)
     if len(u) == 0:
         return labels.copy()
     graph = UndirectedGraph(n_segments, np.stack([u, v], axis=1).astype(np.uint64), True)

@@ -92,9 +92,9 @@ class SegmentOptions:
     majority: float = option(0.5, "face join rule: overlap > MAJORITY of both labels' halo voxels")
     agglomerate: float | None = option(
         None, "after stitching, merge adjacent segments in order of mean NN affinity on their boundary while it "
-        "exceeds THRESHOLD (hierarchical, on the region graph of all blocks; default: none for mws, "
+        "exceeds MEAN (hierarchical, on the region graph of all blocks; default: none for mws, "
         "1 - --threshold for waterz, which so continues every block's agglomeration over the whole volume)",
-        metavar="THRESHOLD")
+        metavar="MEAN")
     min_size: int = option(DEFAULT_MIN_SIZE, "merge segments smaller than this many voxels (0: off)")
     merge_floor: float = option(0.0, "a small segment merges only if its best neighbour's mean NN affinity "
                                 "exceeds this")
@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "segments" in summary:
         counts = summary["segments"]
         print(f"segment: {counts['fragments']} fragments -> {counts['stitched']} stitched -> "
-              f"{counts['segments']} segments", file=sys.stderr)
+              f"{counts['partitioned']} after {options.method} -> {counts['segments']} segments", file=sys.stderr)
     return 0
 
 

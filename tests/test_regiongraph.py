@@ -7,7 +7,7 @@ import pytest
 
 from emcore.store import open_volume
 from pipeline.noisy_affinities import noisy_affinities
-from pipeline.regiongraph import agglomerate
+from pipeline.regiongraph import agglomerate, multicut
 from pipeline.segment import SegmentOptions, segment
 from pipeline.synth import generate
 from test_segment import _write_store
@@ -59,6 +59,17 @@ def test_agglomeration_respects_given_segments_and_keeps_lone_nodes():
     assert np.array_equal(agglomerate(np.array([0, 1, 2, 3, 4]), edges, sums, counts, threshold=1.0), np.arange(5))
 
 
+def test_multicut_bias_decides_a_borderline_boundary_and_lone_nodes_stay_apart():
+    edges = np.array([[0, 1], [1, 2]])
+    sums, counts = np.array([6.0, 0.5]), np.array([10, 10])  # mean affinities 0.6 and 0.05
+    joined = multicut(np.arange(4), edges, sums, counts, beta=0.3)
+    cut = multicut(np.arange(4), edges, sums, counts, beta=0.7)
+    assert joined[0] == joined[1] != joined[2] != joined[3]
+    assert len(set(cut.tolist())) == 4
+    assert np.array_equal(multicut(np.array([0, 1, 1]), np.zeros((0, 2), np.int64), np.zeros(0), np.zeros(0)),
+                          [0, 1, 1])
+
+
 @pytest.mark.parametrize("threshold", [0.4, 0.7])
 def test_blockwise_agglomeration_equals_waterz_on_the_stitched_fragments(tmp_path, threshold):
     """Every voxel link is counted once (inside a block or across a face), so the blockwise result is
@@ -70,8 +81,8 @@ def test_blockwise_agglomeration_equals_waterz_on_the_stitched_fragments(tmp_pat
     store = _write_store(tmp_path / "agg.zarr", labels, affs.astype(np.float32))
     options = SegmentOptions(method="mws", block=(8, 64, 64), min_size=0)
     segment(store, options, output_name="stitched", fragments_name="fragments", progress=False)
-    segment(store, SegmentOptions(method="mws", block=(8, 64, 64), min_size=0, agglomerate=threshold), output_name="agglomerated",
-            fragments_name="fragments2", progress=False)
+    segment(store, SegmentOptions(method="mws", block=(8, 64, 64), min_size=0, agglomerate=threshold),
+            output_name="agglomerated", fragments_name="fragments2", progress=False)
     stitched = open_volume(f"{store}/stitched")[...]
     ours = open_volume(f"{store}/agglomerated")[...]
     nn = np.ascontiguousarray(open_volume(f"{store}/affinities")[:3])

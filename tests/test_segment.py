@@ -138,6 +138,20 @@ def test_task_split_phases_equal_one_run(data, blockwise, tmp_path):
     np.testing.assert_array_equal(open_volume(f"{store}/segmentation")[...], blockwise[1])
 
 
+def test_task_split_multicut_equals_one_run(data, tmp_path):
+    """The global multicut runs once, in whichever stitch task completes the set of blocks."""
+    labels, affs = data
+    crop = (slice(None), slice(0, 16), slice(0, 128), slice(0, 128))
+    options = SegmentOptions(method="multicut", block=(8, 64, 64), min_size=50)
+    one = _write_store(tmp_path / "one.zarr", labels[crop[1:]], affs[crop])
+    split = _write_store(tmp_path / "split.zarr", labels[crop[1:]], affs[crop])
+    segment(one, options, progress=False)
+    for phase in ("fragments", "stitch", "relabel"):
+        for task in range(3):
+            segment(split, options, phase=phase, task_index=task, num_tasks=3, scheduler="synchronous", progress=False)
+    np.testing.assert_array_equal(open_volume(f"{split}/segmentation")[...], open_volume(f"{one}/segmentation")[...])
+
+
 def test_seeded_random_strides_do_not_depend_on_the_block(data):
     _, affs = data
     floats = affs[:, :8, :64, :64].astype(np.float32) / 255

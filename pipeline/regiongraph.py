@@ -74,10 +74,11 @@ def agglomerate(labels: np.ndarray, edges: np.ndarray, edge_sum: np.ndarray, edg
     """
     n_segments, u, v, sums, counts = _segment_graph(labels, edges, edge_sum, edge_count)
     boundary: dict[int, dict[int, tuple[float, float]]] = {}
+    queue = []
     for a, b, total, count in zip(u.tolist(), v.tolist(), sums.tolist(), counts.tolist()):
         boundary.setdefault(a, {})[b] = boundary.setdefault(b, {})[a] = (total, count)
-    queue = [(-total / count, a, b) for a, b, total, count in zip(u.tolist(), v.tolist(), sums.tolist(),
-                                                                  counts.tolist()) if total / count > threshold]
+        if total / count > threshold:
+            queue.append((-total / count, a, b))
     heapq.heapify(queue)
     merged_into = np.arange(n_segments)
     while queue:

@@ -30,6 +30,7 @@ from typing import Any, Literal, Sequence, Union
 import yaml
 
 from emcore.conventions import PEA_OFFSETS, validate_offsets
+from emcore.regiongraph import DEFAULT_BETA, DEFAULT_MIN_SIZE
 
 __all__ = [
     "ConfigError",
@@ -221,17 +222,24 @@ class ValidVolumeConfig:
 
 @dataclass
 class ValidationConfig:
-    """Validation by the real post-processing: affinities -> mutex watershed -> VOI/ARAND.
+    """Validation by the real post-processing: affinities -> segmentation -> VOI/ARAND.
 
     Volumes are predicted with :func:`corrseg3d.inference.predict_volume`: blocks of ``block``
     voxels, each with ``halo`` voxels of context (reflect-padded at the volume border), the same
-    tiling as ``pipeline.predict``. The best checkpoint by mean VOI is kept.
+    tiling as ``pipeline.predict``. ``method: multicut`` segments them as ``pipeline.segment``'s
+    default does (:func:`emcore.regiongraph.multicut_segmentation`: per-slice supervoxels,
+    multicut with boundary bias ``beta``, size merging below ``min_size`` voxels); ``mws`` runs
+    mutex watershed with ``mws_strides``. Volumes with 2D labels are segmented slice by slice by
+    mutex watershed (in-plane channels) either way. The best checkpoint by mean VOI is kept.
     """
 
     every: int = 1000
     volumes: list[ValidVolumeConfig] = field(default_factory=list)
     block: tuple[int, int, int] = (32, 256, 256)
     halo: tuple[int, int, int] = (8, 48, 48)
+    method: Literal["multicut", "mws"] = "multicut"
+    beta: float = DEFAULT_BETA
+    min_size: int = DEFAULT_MIN_SIZE
     mws_strides: tuple[int, int, int] = (1, 4, 4)
 
 
@@ -261,6 +269,9 @@ class Config:
             raise ConfigError("loss.epm needs model.pyramid_heads: true (or set loss.epm: false)")
         if any(p % 16 for p in self.data.patch[1:]):
             raise ConfigError("data.patch must be a multiple of 16 in y and x")
+        if not 0.0 < self.validation.beta < 1.0:
+            raise ConfigError(f"validation.beta must be in (0, 1) (the multicut cost bias is log((1 - beta) / beta)), "
+                              f"got {self.validation.beta}")
         for path, value, least in _lower_bounds(self):
             if value < least:
                 raise ConfigError(f"{path} must be >= {least}, got {value}")
@@ -277,7 +288,8 @@ def _lower_bounds(config: Config) -> list[tuple[str, float, float]]:
     bounds = [("train.iterations", train.iterations, 1), ("train.batch_size", train.batch_size, 1),
               ("train.num_workers", train.num_workers, 0), ("train.threads", train.threads, 0),
               ("train.log_every", train.log_every, 1), ("train.checkpoint_every", train.checkpoint_every, 1),
-              ("validation.every", config.validation.every, 1), ("optim.lr", config.optim.lr, 0)]
+              ("validation.every", config.validation.every, 1), ("validation.min_size", config.validation.min_size, 0),
+              ("optim.lr", config.optim.lr, 0)]
     bounds += [(f"data.patch.{i}", v, 1) for i, v in enumerate(data.patch)]
     bounds += [(f"data.context.{i}", v, 0) for i, v in enumerate(data.context)]
     return bounds

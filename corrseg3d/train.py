@@ -2,8 +2,8 @@
 
 This is the training *application*. Unlike the model library it imports ``pipeline``:
 :mod:`emcore.store` (through :mod:`corrseg3d.sampler`) to read volumes, and
-:mod:`emcore.mws` and :mod:`emcore.metrics` because validation runs the real
-post-processing (lead's decision; no other ``corrseg3d`` module may do so).
+:mod:`emcore.regiongraph`, :mod:`emcore.mws` and :mod:`emcore.metrics` because validation runs
+the real post-processing (lead's decision; no other ``corrseg3d`` module may do so).
 
 One iteration (docs/method.md §4, §7, §9): forward the batch, forward the CCM view
 (train mode, so BatchNorm running statistics also see the masked, jittered view, as in the reference;
@@ -26,8 +26,10 @@ Validation (every ``validation.every`` iterations and at the end): affinities fr
 :func:`corrseg3d.correlation.embedding_to_affinities` (or the affinity head's output) over the
 whole validation volume through the project's one inference path,
 :func:`corrseg3d.inference.predict_volume` (blocks of ``validation.block`` with ``validation.halo``
-context, as ``pipeline.predict`` does); then :func:`emcore.mws.mutex_watershed` and :func:`emcore.metrics.segmentation_scores`
-against the un-widened labels (GT 0 ignored). Volumes with ``labels_2d`` are segmented and
+context, as ``pipeline.predict`` does); then ``pipeline.segment``'s default, the multicut of per-slice
+supervoxels (:func:`emcore.regiongraph.multicut_segmentation`; ``validation.method: mws`` for
+:func:`emcore.mws.mutex_watershed`), and :func:`emcore.metrics.segmentation_scores` against the
+un-widened labels (GT 0 ignored). Volumes with ``labels_2d`` are segmented by mutex watershed and
 scored slice by slice.
 
 A folder that already holds a run is never overwritten by accident: without ``--resume`` or
@@ -56,9 +58,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from emcore.conventions import raw_to_float
+from emcore.conventions import affinities_as_float, raw_to_float
 from emcore.metrics import segmentation_scores
 from emcore.mws import mutex_watershed
+from emcore.regiongraph import multicut_segmentation
 from emcore.store import open_volume
 
 from .ccm import invert_flips
@@ -71,8 +74,8 @@ from .model import ResidualUNet3D, build_model
 from .preflight import check_disjoint, check_out, check_slices, discard_run
 from .sampler import TrainingPatches, make_loader, volume_is_2d
 
-__all__ = ["RESUMABLE_CHANGES", "segment", "validate", "load_validation_volumes", "training_voxel_size",
-           "source_voxel_sizes", "RunLog",
+__all__ = ["RESUMABLE_CHANGES", "segment", "validation_segmentation", "validate", "load_validation_volumes",
+           "training_voxel_size", "source_voxel_sizes", "RunLog",
            "build_optimizer", "train_step", "train", "main"]
 
 #: Config keys (``fnmatch`` patterns) that may differ between a checkpoint and a ``--resume`` run: none of
@@ -100,6 +103,14 @@ def segment(affinities: np.ndarray, offsets: Sequence[Sequence[int]], *, strides
     return _unique_per_slice(np.stack(slices))
 
 
+def validation_segmentation(affinities: np.ndarray, offsets: Sequence[Sequence[int]], config: ValidationConfig, *,
+                            labels_2d: bool) -> np.ndarray:
+    """Segment a validation volume by ``config.method`` (2D labels: per-slice mutex watershed)."""
+    if config.method == "multicut" and not labels_2d:
+        return multicut_segmentation(affinities_as_float(affinities[:3]), beta=config.beta, min_size=config.min_size)
+    return segment(affinities, offsets, strides=config.mws_strides, per_slice=labels_2d)
+
+
 def validate(model: ResidualUNet3D, volumes: Sequence[dict[str, Any]], config: ValidationConfig, *,
              offsets: Sequence[Sequence[int]], device: torch.device, autocast_dtype: torch.dtype | None,
              channels_last: bool) -> dict[str, Any]:
@@ -112,7 +123,7 @@ def validate(model: ResidualUNet3D, volumes: Sequence[dict[str, Any]], config: V
     for volume in volumes:
         affinities = predict_volume(model, volume["image"], offsets, block=config.block, halo=config.halo,
                                     device=device, autocast_dtype=autocast_dtype, channels_last=channels_last)
-        seg = segment(affinities, offsets, strides=config.mws_strides, per_slice=volume["labels_2d"])
+        seg = validation_segmentation(affinities, offsets, config, labels_2d=volume["labels_2d"])
         gt = _unique_per_slice(volume["labels"]) if volume["labels_2d"] else volume["labels"]
         scores = segmentation_scores(seg, gt)
         per_volume[volume["name"]] = {k: scores[k] for k in ("voi_split", "voi_merge", "voi", "arand")}

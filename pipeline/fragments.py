@@ -16,7 +16,7 @@ to the fragments array (chunk-aligned) and a small table file ``tables/<b>.npz``
 Methods: ``mws`` (mutex watershed, :mod:`emcore.mws`), ``waterz`` (mean-affinity agglomeration
 of the NN channels at ``threshold``) and ``multicut`` (per-slice watershed supervoxels; the
 multicut itself, the paper's "LMC" (docs/method.md §11), partitions the region graph of all
-blocks in the stitch step, :func:`pipeline.regiongraph.multicut`). Affinities: (C, z, y, x),
+blocks in the stitch step, :func:`emcore.regiongraph.multicut`). Affinities: (C, z, y, x),
 1 = same object.
 """
 
@@ -30,12 +30,14 @@ from numcodecs import Zstd
 from scipy import ndimage
 
 from emcore.blocks import Block, BlockGrid, save_npz_atomic
-from emcore.conventions import FRAGMENT_ID_SHIFT, LOCAL_ID_MASK, affinities_as_float, fragment_ids
+from emcore.conventions import affinities_as_float, fragment_ids
 from emcore.mws import check_affinity_values, mutex_watershed
+from emcore.regiongraph import region_adjacency
 from emcore.store import open_volume
+from emcore.supervoxels import consecutive_labels, slice_supervoxels
 
 __all__ = ["FragmentParams", "METHODS", "compute_fragments", "segment_labels", "sample_mutex_edges", "load_slab",
-           "pair_statistics", "table_path"]
+           "table_path"]
 
 METHODS = ("mws", "waterz", "multicut")
 SIDES = {-1: "lo", 1: "hi"}
@@ -85,7 +87,7 @@ def compute_fragments(params: FragmentParams, index: int) -> None:
     n_labels = int(labels.max(initial=0))
     tables = {"n_labels": np.int64(n_labels),
               "sizes": np.bincount(local.ravel(), minlength=n_labels + 1).astype(np.int64)}
-    tables.update(_inner_edges(local, nn_affs[(slice(None),) + inner]))
+    tables.update(region_adjacency(local, nn_affs[(slice(None),) + inner]))
     tables.update(_face_tables(grid, block, begin, labels, nn_affs, params.halo))
     save_npz_atomic(table_path(params.workdir, index), tables)
 
@@ -106,9 +108,9 @@ def segment_labels(affs: np.ndarray, params: FragmentParams, *, origin: tuple[in
 
         seg = next(iter(waterz.agglomerate(np.ascontiguousarray(affinities_as_float(affs[:3])), [params.threshold])))
         unassigned, _ = ndimage.label(seg == 0)  # waterz leaves voxels without edges at 0
-        return _consecutive(np.where(seg == 0, unassigned.astype(np.uint64) + seg.max(), seg))
+        return consecutive_labels(np.where(seg == 0, unassigned.astype(np.uint64) + seg.max(), seg))
     if params.method == "multicut":
-        return _slice_supervoxels(affinities_as_float(affs[:3]))
+        return slice_supervoxels(affinities_as_float(affs[:3]))
     raise ValueError(f"unknown method {params.method!r}: use one of {', '.join(METHODS)}")
 
 
@@ -132,59 +134,6 @@ def sample_mutex_edges(affs: np.ndarray, strides: tuple[int, ...], seed: int, or
         mixed ^= mixed >> np.uint64(29)
         sampled[channel][mixed % keep_one_in != 0] = dropped
     return sampled
-
-
-def _consecutive(seg: np.ndarray) -> np.ndarray:
-    """Relabel any integer labels to 1..n (uint64)."""
-    _, inverse = np.unique(seg, return_inverse=True)
-    return inverse.reshape(seg.shape).astype(np.uint64) + np.uint64(1)
-
-
-def _slice_supervoxels(nn_affs: np.ndarray) -> np.ndarray:
-    """Distance-transform watershed supervoxels of every z slice (1..n, uint64) on the in-plane boundaries."""
-    from elf.segmentation.watershed import distance_transform_watershed
-
-    heights = np.maximum(1.0 - nn_affs[1], 1.0 - nn_affs[2])
-    supervoxels = np.zeros(heights.shape, dtype=np.uint64)
-    next_id = 0
-    for z, height in enumerate(heights):
-        slice_labels, max_id = distance_transform_watershed(height, threshold=0.25, sigma_seeds=2.0)
-        supervoxels[z] = slice_labels.astype(np.uint64) + np.uint64(next_id)
-        next_id += int(max_id) + 1
-    return _consecutive(supervoxels)
-
-
-def pair_statistics(u: np.ndarray, v: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """Unordered label pairs (u != v) with the sum and count of ``weights`` per pair (sorted)."""
-    keep = (u != v) & (u > 0) & (v > 0)
-    u, v, weights = u[keep], v[keep], weights[keep]
-    lo, hi = np.minimum(u, v).astype(np.uint64), np.maximum(u, v).astype(np.uint64)
-    if len(lo) == 0:
-        return {"edges": np.zeros((0, 2), np.uint64), "edge_sum": np.zeros(0), "edge_count": np.zeros(0, np.int64)}
-    if hi.max() < 1 << 32:  # local labels: one 64-bit key per pair sorts ~3x faster than rows
-        keys, inverse = np.unique((lo << FRAGMENT_ID_SHIFT) | hi, return_inverse=True)
-        unique = np.stack([keys >> FRAGMENT_ID_SHIFT, keys & LOCAL_ID_MASK], axis=1)
-    else:
-        unique, inverse = np.unique(np.stack([lo, hi], axis=1), axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    return {"edges": unique,
-            "edge_sum": np.bincount(inverse, weights=weights.astype(np.float64), minlength=len(unique)),
-            "edge_count": np.bincount(inverse, minlength=len(unique)).astype(np.int64)}
-
-
-def _inner_edges(local: np.ndarray, nn_affs: np.ndarray) -> dict[str, np.ndarray]:
-    """Adjacent local label pairs inside the inner block with NN affinity sums/counts."""
-    us, vs, ws = [], [], []
-    for axis in range(3):
-        here = [slice(None)] * 3
-        there = [slice(None)] * 3
-        here[axis], there[axis] = slice(1, None), slice(None, -1)
-        u, v = local[tuple(here)], local[tuple(there)]
-        crossing = u != v  # only links between two labels count; gather just those
-        us.append(u[crossing])
-        vs.append(v[crossing])
-        ws.append(nn_affs[axis][tuple(here)][crossing])
-    return pair_statistics(np.concatenate(us), np.concatenate(vs), np.concatenate(ws))
 
 
 def _face_tables(grid: BlockGrid, block: Block, begin: tuple[int, ...], labels: np.ndarray,

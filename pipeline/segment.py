@@ -35,6 +35,7 @@ from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks, write_json_atomic
 from emcore.conventions import max_offset, validate_offsets
 from emcore.mws import check_affinity_values
+from emcore.regiongraph import DEFAULT_BETA, DEFAULT_MIN_SIZE
 from emcore.store import StoreError, Volume, check_write_alignment, create_volume, open_volume
 
 from .data import parse_numbers
@@ -55,13 +56,9 @@ PHASES = ("fragments", "stitch", "relabel")
 # Segmentation benchmark).
 MIN_DEFAULT_BLOCK = (32, 512, 512)
 OUTPUT_DTYPES = ("uint64", "uint32")
-#: Default method and size merging (voxels), chosen on the validation volumes (real FIB-SEM
-#: gala-test at 30x10x10 nm and a synthetic slab) with the shipped weights: multicut with min size
-#: 300 gave a mean VOI of 1.14 (ARAND 0.14) against 1.22 for the best waterz (threshold 0.6) and
-#: 1.46 for the best mutex watershed (strides 1x4x4, min size 300); min size 1000 was 0.01 lower
-#: in VOI and 0.005 higher in ARAND. ``benchmarks/model_quality.py --segment-sweep`` re-measures it.
+#: Default method, chosen on the validation volumes with the shipped weights (its boundary bias and
+#: size merging, and the measurements: :data:`emcore.regiongraph.DEFAULT_MIN_SIZE`).
 DEFAULT_METHOD = "multicut"
-DEFAULT_MIN_SIZE = 300
 #: Storage chunks of float affinities whose values are checked before anything is written.
 SAMPLE_CHUNKS = 16
 
@@ -88,7 +85,7 @@ class SegmentOptions:
     randomize_strides: int | None = option(
         None, "sample mutex edges at random (probability 1/prod(strides)), deterministic for SEED", metavar="SEED")
     threshold: float = option(0.5, "waterz merge threshold: merge while 1 - mean boundary affinity is below it")
-    beta: float = option(0.5, "multicut boundary bias: above 0.5 cuts more, below joins more")
+    beta: float = option(DEFAULT_BETA, "multicut boundary bias: above 0.5 cuts more, below joins more")
     majority: float = option(0.5, "face join rule: overlap > MAJORITY of both labels' halo voxels")
     agglomerate: float | None = option(
         None, "after stitching, merge adjacent segments in order of mean NN affinity on their boundary while it "

@@ -16,8 +16,8 @@ Two steps, neither reads the fragment or affinity volumes:
 2. :func:`build_lookup` (global, small tables only): union-find (``connected_components``) over
    all joined pairs, then **agglomeration** if ``agglomerate`` is set (adjacent segments merge in
    order of their mean NN affinity on the shared boundary while it exceeds ``agglomerate``,
-   :func:`pipeline.regiongraph.agglomerate`) or a **multicut** of the region graph if ``multicut``
-   (:func:`pipeline.regiongraph.multicut`, boundary bias ``beta``), then **size merging**: every
+   :func:`emcore.regiongraph.agglomerate`) or a **multicut** of the region graph if ``multicut``
+   (:func:`emcore.regiongraph.multicut`, boundary bias ``beta``), then **size merging**: every
    segment smaller than ``min_size`` voxels (global size, summed over blocks) merges into the
    adjacent segment of highest mean NN affinity on their shared boundary, if that mean exceeds
    ``merge_floor``; rounds repeat on the merged graph until no small segment has such a neighbour.
@@ -38,9 +38,9 @@ import numpy as np
 
 from emcore.blocks import BlockGrid, save_npz_atomic
 from emcore.conventions import FRAGMENT_ID_SHIFT, LOCAL_ID_MASK, fragment_block, fragment_ids, fragment_local
+from emcore.regiongraph import agglomerate, components, merge_small_segments, multicut, pair_statistics
 
-from .fragments import load_slab, pair_statistics, table_path
-from .regiongraph import agglomerate, components, merge_small_segments, multicut
+from .fragments import load_slab, table_path
 
 __all__ = ["StitchParams", "stitch_faces", "build_lookup", "face_path", "lookup_path"]
 

@@ -40,6 +40,9 @@ def test_unknown_key_names_path_and_closest_key():
     ({"loss": {"offsets": [[0, -1, 0], [-1, 0, 0], [0, 0, -1]]}}, r"loss.offsets: the first three offsets"),
     ({"model": {"pyramid_heads": False}}, r"loss.epm needs model.pyramid_heads"),
     ({"train": []}, r"train: expected a mapping"),
+    ({"validation": {"method": "waterz"}}, r"validation.method: expected one of \['multicut', 'mws'\]"),
+    ({"validation": {"beta": 1.0}}, r"validation.beta must be in \(0, 1\)"),
+    ({"validation": {"min_size": -1}}, r"validation.min_size must be >= 0"),
 ])
 def test_wrong_types_and_values_are_reported(values, message):
     with pytest.raises(ConfigError, match=message):

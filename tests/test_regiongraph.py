@@ -1,4 +1,5 @@
-"""Agglomeration on the region graph: against a brute-force reference and against waterz."""
+"""The region graph: agglomeration against a brute-force reference and waterz, the multicut, and the
+whole-volume multicut segmentation against ``pipeline.segment``."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import numpy as np
 import pytest
 import waterz
 
+from corrseg3d.config import ValidationConfig
+from corrseg3d.train import validation_segmentation
+from emcore.conventions import PEA_OFFSETS
+from emcore.regiongraph import agglomerate, multicut, multicut_segmentation
 from emcore.store import open_volume
 from pipeline.noisy_affinities import noisy_affinities
-from pipeline.regiongraph import agglomerate, multicut
 from pipeline.segment import SegmentOptions, segment
 from pipeline.synth import generate
 from test_segment import _write_store
@@ -90,3 +94,18 @@ def test_blockwise_agglomeration_equals_waterz_on_the_stitched_fragments(tmp_pat
     theirs = next(iter(waterz.agglomerate(nn, [1 - threshold], fragments=stitched.copy())))
     assert len(np.unique(ours)) < len(np.unique(stitched))
     assert _same_partition(ours, theirs)
+
+
+def test_whole_volume_multicut_equals_pipeline_segment_on_one_block(tmp_path):
+    """Training's validation segments as ``pipeline.segment``'s default does: the same partition as
+    the pipeline on one block, through ``validation_segmentation`` (multicut) and directly."""
+    _, labels = generate((12, 96, 96), seed=5)
+    affs = noisy_affinities(labels, seed=5)
+    store = _write_store(tmp_path / "mc.zarr", labels, affs)
+    segment(store, SegmentOptions(method="multicut", block=labels.shape, min_size=60), progress=False)
+    pipeline_result = open_volume(f"{store}/segmentation")[...]
+    ours = multicut_segmentation(affs[:3].astype(np.float32) / 255, min_size=60)
+    validation = validation_segmentation(affs.astype(np.float32) / 255, PEA_OFFSETS, ValidationConfig(min_size=60),
+                                         labels_2d=False)
+    assert 10 < len(np.unique(ours)) and ours.min() == 1 and ours.max() == len(np.unique(ours))
+    assert _same_partition(ours, pipeline_result) and np.array_equal(ours, validation)

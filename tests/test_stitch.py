@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.regiongraph import merge_small_segments
+from emcore.regiongraph import merge_small_segments
 from pipeline.stitch import mutual_majority
 
 

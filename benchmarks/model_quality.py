@@ -53,13 +53,14 @@ from corrseg3d.separability import affinity_separability
 from corrseg3d.train import segment as segment_slices
 from corrseg3d.weights import default_checkpoint
 from emcore.metrics import segmentation_scores
+from emcore.regiongraph import DEFAULT_MIN_SIZE
 from emcore.store import create_volume, open_volume
 from pipeline.evaluate import EvaluateOptions, evaluate
 from pipeline.fib25 import write_fib25
 from pipeline.fragments import METHODS
 from pipeline.imagestack import write_isbi2012
 from pipeline.predict import PredictOptions, predict
-from pipeline.segment import DEFAULT_MIN_SIZE, SegmentOptions, segment
+from pipeline.segment import SegmentOptions, segment
 from pipeline.synth import DEFAULT_VOXEL_SIZE, generate, write_synthetic
 
 RESULTS = Path(__file__).parent / "results" / "model_quality.json"

@@ -3,7 +3,9 @@
 This is the training *application*. Unlike the model library it imports ``pipeline``:
 :mod:`emcore.store` (through :mod:`corrseg3d.sampler`) to read volumes, and
 :mod:`emcore.regiongraph`, :mod:`emcore.mws` and :mod:`emcore.metrics` because validation runs
-the real post-processing (lead's decision; no other ``corrseg3d`` module may do so).
+the real post-processing (lead's decision; no other ``corrseg3d`` module may do so, except
+:mod:`corrseg3d.config`, which takes the segmentation defaults of ``validation`` from
+:mod:`emcore.regiongraph`).
 
 One iteration (docs/method.md §4, §7, §9): forward the batch, forward the CCM view
 (train mode, so BatchNorm running statistics also see the masked, jittered view, as in the reference;
@@ -39,7 +41,10 @@ check: device, precision, checkpoints, volumes and slice ranges; :mod:`corrseg3d
 ``--resume`` continues from ``last.pt`` bit for bit: the checkpoint restores model, optimizer,
 iteration and torch RNG, and every training sample is seeded by its index (see
 :mod:`corrseg3d.sampler`). Only ``train.iterations`` and settings that do not change the
-results (:data:`RESUMABLE_CHANGES`) may differ from the checkpoint's configuration.
+results (:data:`RESUMABLE_CHANGES`) may differ from the checkpoint's configuration. A resumed
+run whose validation settings differ from the checkpoint's (other volumes, tiling or segmentation)
+forgets the earlier best VOI, so its first validation writes ``best.pt`` again: scores of two
+settings do not compare.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from emcore.conventions import affinities_as_float, raw_to_float
+from emcore.conventions import raw_to_float
 from emcore.metrics import segmentation_scores
 from emcore.mws import mutex_watershed
 from emcore.regiongraph import multicut_segmentation
@@ -105,9 +110,26 @@ def segment(affinities: np.ndarray, offsets: Sequence[Sequence[int]], *, strides
 
 def validation_segmentation(affinities: np.ndarray, offsets: Sequence[Sequence[int]], config: ValidationConfig, *,
                             labels_2d: bool) -> np.ndarray:
-    """Segment a validation volume by ``config.method`` (2D labels: per-slice mutex watershed)."""
+    """Segment a validation volume by ``config.method``.
+
+    Parameters
+    ----------
+    affinities
+        (C, z, y, x) affinities of ``offsets``, 1 = same object; float in [0, 1] or uint8 (``round(255 a)``).
+    offsets
+        The model's offsets (the first three are the nearest neighbours in z, y, x).
+    config
+        ``method: multicut``: :func:`emcore.regiongraph.multicut_segmentation` with ``beta`` and
+        ``min_size``; ``mws``: mutex watershed with ``mws_strides``.
+    labels_2d
+        The volume has 2D labels: mutex watershed of each slice on its own, whatever the method.
+
+    Returns
+    -------
+    (z, y, x) uint64 labels (ids of different slices differ for 2D labels).
+    """
     if config.method == "multicut" and not labels_2d:
-        return multicut_segmentation(affinities_as_float(affinities[:3]), beta=config.beta, min_size=config.min_size)
+        return multicut_segmentation(affinities[:3], beta=config.beta, min_size=config.min_size)
     return segment(affinities, offsets, strides=config.mws_strides, per_slice=labels_2d)
 
 
@@ -254,6 +276,14 @@ class RunLog:
         plt.close(figure)
 
 
+def _scored_alike(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a checkpoint's validation VOI compares with this run's: the same ``validation`` settings
+    but ``every`` (a config saved before a setting existed did not score with today's default)."""
+    def scoring(config: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in config.get("validation", {}).items() if k != "every"}, sort_keys=True)
+    return scoring(saved) == scoring(current)
+
+
 def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
     def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         flat = {}
@@ -379,7 +409,9 @@ def train(config: Config, out: str | Path, *, resume: bool = False, overwrite: b
         model.load_state_dict(checkpoint["model_state"])
         optimizer.load_state_dict(checkpoint["optimizer_state"])
         torch.set_rng_state(checkpoint["rng_state"])
-        start, best_voi = checkpoint["iteration"], checkpoint["metrics"].get("best_voi", math.inf)
+        start = checkpoint["iteration"]
+        if _scored_alike(checkpoint["config"], settings):
+            best_voi = checkpoint["metrics"].get("best_voi", math.inf)
     if overwrite:
         discard_run(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .conventions import FRAGMENT_ID_SHIFT, LOCAL_ID_MASK
+from .conventions import FRAGMENT_ID_SHIFT, LOCAL_ID_MASK, affinities_as_float
 from .supervoxels import slice_supervoxels
 
 __all__ = ["DEFAULT_BETA", "DEFAULT_MIN_SIZE", "agglomerate", "components", "merge_small_segments", "multicut",
@@ -43,7 +43,20 @@ DEFAULT_MIN_SIZE = 300
 
 
 def pair_statistics(u: np.ndarray, v: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """Unordered label pairs (u != v) with the sum and count of ``weights`` per pair (sorted)."""
+    """Unordered label pairs with the sum and count of ``weights`` per pair.
+
+    Parameters
+    ----------
+    u, v
+        (k,) labels at the two ends of each voxel link (pairs with ``u == v`` or a 0 are dropped).
+    weights
+        (k,) the link's affinity.
+
+    Returns
+    -------
+    ``edges`` (m, 2) uint64 pairs (low, high), sorted; ``edge_sum`` (m,) float64 and
+    ``edge_count`` (m,) int64 per pair.
+    """
     keep = (u != v) & (u > 0) & (v > 0)
     u, v, weights = u[keep], v[keep], weights[keep]
     lo, hi = np.minimum(u, v).astype(np.uint64), np.maximum(u, v).astype(np.uint64)
@@ -61,9 +74,21 @@ def pair_statistics(u: np.ndarray, v: np.ndarray, weights: np.ndarray) -> dict[s
 
 
 def region_adjacency(labels: np.ndarray, nn_affs: np.ndarray) -> dict[str, np.ndarray]:
-    """Adjacent label pairs of a (z, y, x) label volume with the sum and count of the NN affinities
-    of their voxel links (``nn_affs``: (3, z, y, x), link from voxel ``p`` to ``p - e_axis``):
-    ``edges`` (m, 2) sorted pairs, ``edge_sum``, ``edge_count``. Label 0 has no edges."""
+    """The region graph of a label volume: adjacent label pairs with their boundary statistics.
+
+    Parameters
+    ----------
+    labels
+        (z, y, x) integer labels; 0 has no edges.
+    nn_affs
+        (3, z, y, x) float nearest-neighbour affinities; channel ``axis`` at voxel ``p`` is the
+        link from ``p`` to ``p - e_axis`` (offsets (-1, 0, 0), (0, -1, 0), (0, 0, -1)).
+
+    Returns
+    -------
+    As :func:`pair_statistics`: ``edges``, and the sum and count of the affinities of every
+    voxel link between the two labels (``edge_sum``, ``edge_count``).
+    """
     us, vs, ws = [], [], []
     for axis in range(3):
         here = [slice(None)] * 3
@@ -242,10 +267,21 @@ def multicut_segmentation(nn_affs: np.ndarray, *, beta: float = DEFAULT_BETA,
                           min_size: int = DEFAULT_MIN_SIZE) -> np.ndarray:
     """Segment a volume in memory: per-slice supervoxels, :func:`multicut`, :func:`merge_small_segments`.
 
-    ``nn_affs`` are the (3, z, y, x) nearest-neighbour affinities in [0, 1]. The same steps as
-    ``pipeline.segment --method multicut`` on one block (``merge_floor`` 0); returns labels 1..K
-    (uint64) numbered by their first supervoxel.
+    The same steps as ``pipeline.segment --method multicut`` on one block (``merge_floor`` 0).
+
+    Parameters
+    ----------
+    nn_affs
+        (3, z, y, x) nearest-neighbour affinities (offsets (-1, 0, 0), (0, -1, 0), (0, 0, -1)),
+        1 = same object; float in [0, 1] or uint8 (``round(255 a)``).
+    beta, min_size
+        Multicut boundary bias in (0, 1) and the size (voxels) below which a segment merges.
+
+    Returns
+    -------
+    (z, y, x) uint64 labels 1..K, numbered in the order of their first supervoxel.
     """
+    nn_affs = affinities_as_float(nn_affs)
     supervoxels = slice_supervoxels(nn_affs)
     n_nodes = int(supervoxels.max())
     graph = region_adjacency(supervoxels, nn_affs)

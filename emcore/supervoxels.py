@@ -17,14 +17,25 @@ SEED_SIGMA = 2.0
 
 
 def consecutive_labels(labels: np.ndarray) -> np.ndarray:
-    """Relabel any integer labels to 1..n (uint64) in the order of their values."""
+    """``labels`` (any integer array) relabelled to 1..n (uint64) in the order of their values (0 included)."""
     _, inverse = np.unique(labels, return_inverse=True)
     return inverse.reshape(labels.shape).astype(np.uint64) + np.uint64(1)
 
 
 def slice_supervoxels(nn_affs: np.ndarray) -> np.ndarray:
-    """Distance-transform watershed supervoxels of every z slice (1..n, uint64).
+    """Distance-transform watershed supervoxels of every z slice.
 
+    Parameters
+    ----------
+    nn_affs
+        (3, z, y, x) float nearest-neighbour affinities in [0, 1], 1 = same object.
+
+    Returns
+    -------
+    (z, y, x) uint64 supervoxels 1..n.
+
+    Notes
+    -----
     The height of slice ``z`` is ``max(1 - a_y, 1 - a_x)`` of its in-plane affinities; pixels above
     :data:`BOUNDARY_THRESHOLD` are boundary, seeds are the maxima of the smoothed distance to it
     (elf's ``distance_transform_watershed``). No supervoxel spans two slices, so on anisotropic

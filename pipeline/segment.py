@@ -46,7 +46,7 @@ from .runstate import claim_outputs, dataset_path, mark_complete, require_finish
 from .stage import PhaseProgress
 from .stitch import StitchParams, build_lookup, stitch_faces
 
-__all__ = ["DEFAULT_METHOD", "DEFAULT_MIN_SIZE", "SegmentError", "SegmentOptions", "PHASES", "check_options", "segment",
+__all__ = ["DEFAULT_METHOD", "SegmentError", "SegmentOptions", "PHASES", "check_options", "segment",
            "main"]
 
 PHASES = ("fragments", "stitch", "relabel")

@@ -98,13 +98,13 @@ def test_blockwise_agglomeration_equals_waterz_on_the_stitched_fragments(tmp_pat
 
 def test_whole_volume_multicut_equals_pipeline_segment_on_one_block(tmp_path):
     """Training's validation segments as ``pipeline.segment``'s default does: the same partition as
-    the pipeline on one block, through ``validation_segmentation`` (multicut) and directly."""
+    the pipeline on one block, directly (uint8) and through ``validation_segmentation`` (float)."""
     _, labels = generate((12, 96, 96), seed=5)
     affs = noisy_affinities(labels, seed=5)
     store = _write_store(tmp_path / "mc.zarr", labels, affs)
     segment(store, SegmentOptions(method="multicut", block=labels.shape, min_size=60), progress=False)
     pipeline_result = open_volume(f"{store}/segmentation")[...]
-    ours = multicut_segmentation(affs[:3].astype(np.float32) / 255, min_size=60)
+    ours = multicut_segmentation(affs[:3], min_size=60)  # uint8, as stored
     validation = validation_segmentation(affs.astype(np.float32) / 255, PEA_OFFSETS, ValidationConfig(min_size=60),
                                          labels_2d=False)
     assert 10 < len(np.unique(ours)) and ours.min() == 1 and ours.max() == len(np.unique(ours))

@@ -104,6 +104,19 @@ def test_resume_is_bit_for_bit(volume, tmp_path):
     assert iterations == [2, 4]
 
 
+@pytest.mark.parametrize("validation, rewritten", [({}, False), ({"method": "mws"}, True)])
+def test_resume_keeps_the_best_voi_only_under_the_same_validation(volume, tmp_path, validation, rewritten):
+    """A best VOI measured one way is not compared with scores measured another way."""
+    train(_config(volume, iterations=2), tmp_path, progress=False)
+    checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)
+    checkpoint["metrics"]["best_voi"] = -1.0  # unbeatable, if it still counts
+    torch.save(checkpoint, tmp_path / "last.pt")
+    best_before = read_checkpoint(tmp_path / "best.pt")["iteration"]
+    train(_config(volume, iterations=4, validation=validation), tmp_path, resume=True, progress=False)
+    best_after = read_checkpoint(tmp_path / "best.pt")["iteration"]
+    assert best_before == 2 and (best_after >= 3 if rewritten else best_after == 2)
+
+
 def test_cosine_schedule_runs_from_lr_to_lr_min(volume, tmp_path):
     cosine = {"lr": 1e-3, "lr_schedule": "cosine", "lr_min": 1e-5}
     config = _config(volume, iterations=5, validate=False, optim=cosine)

@@ -27,7 +27,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .conventions import FRAGMENT_ID_SHIFT, LOCAL_ID_MASK, affinities_as_float
-from .supervoxels import slice_supervoxels
+from .supervoxels import consecutive_labels, slice_supervoxels
 
 __all__ = ["DEFAULT_BETA", "DEFAULT_MIN_SIZE", "agglomerate", "components", "merge_small_segments", "multicut",
            "multicut_segmentation", "pair_statistics", "reduce_edges", "region_adjacency"]
@@ -187,7 +187,7 @@ def agglomerate(labels: np.ndarray, edges: np.ndarray, edge_sum: np.ndarray, edg
 
 
 def multicut(labels: np.ndarray, edges: np.ndarray, edge_sum: np.ndarray, edge_count: np.ndarray, *,
-             beta: float = 0.5) -> np.ndarray:
+             beta: float = DEFAULT_BETA) -> np.ndarray:
     """Partition the segments by a multicut of their region graph (elf, Kernighan-Lin from a greedy start).
 
     The cut probability of two adjacent segments is ``p = 1 - sum / count`` (one minus their mean
@@ -279,7 +279,7 @@ def multicut_segmentation(nn_affs: np.ndarray, *, beta: float = DEFAULT_BETA,
 
     Returns
     -------
-    (z, y, x) uint64 labels 1..K, numbered in the order of their first supervoxel.
+    (z, y, x) uint64 labels 1..K (:func:`emcore.supervoxels.consecutive_labels` of the segments).
     """
     nn_affs = affinities_as_float(nn_affs)
     supervoxels = slice_supervoxels(nn_affs)
@@ -290,6 +290,4 @@ def multicut_segmentation(nn_affs: np.ndarray, *, beta: float = DEFAULT_BETA,
     sizes = np.bincount(supervoxels.ravel().astype(np.int64), minlength=n_nodes + 1)[1:]
     segments = merge_small_segments(segments, sizes, edges, graph["edge_sum"], graph["edge_count"],
                                     min_size=min_size, merge_floor=0.0)
-    _, first, numbered = np.unique(segments, return_index=True, return_inverse=True)
-    order = np.argsort(np.argsort(first))
-    return (order[numbered.ravel()].astype(np.uint64) + np.uint64(1))[supervoxels.astype(np.int64) - 1]
+    return consecutive_labels(segments)[supervoxels.astype(np.int64) - 1]

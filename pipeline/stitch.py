@@ -38,7 +38,7 @@ import numpy as np
 
 from emcore.blocks import BlockGrid, save_npz_atomic
 from emcore.conventions import FRAGMENT_ID_SHIFT, LOCAL_ID_MASK, fragment_block, fragment_ids, fragment_local
-from emcore.regiongraph import agglomerate, components, merge_small_segments, multicut, pair_statistics
+from emcore.regiongraph import DEFAULT_BETA, agglomerate, components, merge_small_segments, multicut, pair_statistics
 
 from .fragments import load_slab, table_path
 
@@ -55,7 +55,7 @@ class StitchParams:
     majority: float = 0.5
     agglomerate: float | None = None
     multicut: bool = False
-    beta: float = 0.5
+    beta: float = DEFAULT_BETA
     min_size: int = 0
     merge_floor: float = 0.0
     consecutive: bool = False

@@ -321,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("set-voxel-size", help="record the voxel size (z y x, nm) the model was trained at")
     command.add_argument("path", help="checkpoint file (rewritten in place; weights unchanged)")
-    command.add_argument("voxel_size", nargs=3, type=float, metavar=("Z", "Y", "X"), help="voxel size in nm")
+    for axis in "ZYX":  # three positionals: argparse cannot name the values of one nargs=3 positional
+        command.add_argument(axis.lower(), type=float, metavar=axis, help=f"voxel size along {axis.lower()}, nm")
     command.add_argument("--trained", action="append", default=[], type=parse_voxel_size, metavar="Z,Y,X",
                          help="another voxel size of the training data (repeatable): inputs near it are not resampled")
     command = commands.add_parser("export", help="copy a checkpoint without its optimizer state (to ship or share)")
@@ -332,8 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command.add_argument("--out", required=True, help="output file")
     args = parser.parse_args(argv)
     if args.command == "set-voxel-size":
-        set_voxel_size(args.path, args.voxel_size, args.trained)
-        print(f"{args.path}: voxel_size {' x '.join(f'{v:g}' for v in args.voxel_size)} nm")
+        voxel_size = (args.z, args.y, args.x)
+        set_voxel_size(args.path, voxel_size, args.trained)
+        print(f"{args.path}: voxel_size {' x '.join(f'{v:g}' for v in voxel_size)} nm")
     elif args.command == "export":
         export_weights(args.source, args.path)
         print(f"{args.path}: weights of {args.source} without optimizer state")

@@ -25,7 +25,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Callable, Literal, Sequence, Union
 
 import yaml
 
@@ -428,22 +428,42 @@ def _list_index(node: list, part: str, key: str) -> int:
     return int(part)
 
 
-def read_yaml_mapping(path: str | Path, example: str) -> dict[str, Any]:
+def read_yaml_mapping(path: str | Path, example: str, *,
+                      prepare: Callable[[yaml.Node], None] | None = None) -> dict[str, Any]:
     """The top-level mapping of a YAML file.
+
+    Parameters
+    ----------
+    path
+        The YAML file.
+    example
+        How to get such a file, ending the message when it is missing.
+    prepare
+        Called with the composed node tree before the values are built (to retag nodes).
 
     Raises
     ------
     ConfigError
-        The file is missing (the message ends with ``example``, how to get one), is not valid
-        YAML, or its top level is not a mapping of sections.
+        The file is missing, is not valid YAML (naming the line and column), or its top level is
+        not a mapping of sections.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config {path} does not exist: {example}")
+    loader = yaml.SafeLoader(path.read_text())
     try:
-        values: Any = yaml.safe_load(path.read_text()) or {}
+        node = loader.get_single_node()
+        if node is not None and prepare is not None:
+            prepare(node)
+        values: Any = (loader.construct_document(node) if node is not None else None) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}; put a value that contains ': ' or ends in "
+                          "':' in quotes, e.g. roi: \"0:8,:,:\"") from None
+    finally:
+        loader.dispose()
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return values

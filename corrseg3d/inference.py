@@ -95,8 +95,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     """The autocast dtype for a precision name on ``device`` (None = fp32, no autocast).
 
     ``auto``: bf16 on a CPU with native bf16 (about 2x faster there, docs/conventions.md §4;
-    emulated bf16 on other CPUs is slower than fp32), bf16 on a GPU that supports it, else fp16
-    on a GPU and fp32 on a CPU. fp16 is refused on the CPU.
+    emulated bf16 on other CPUs is far slower than fp32), bf16 on a GPU that supports it, else
+    fp16 on a GPU and fp32 on a CPU. fp16 is refused on the CPU, and so is bf16 on a CPU without
+    native bf16 (:func:`cpu_has_native_bf16`).
+
+    Raises
+    ------
+    ValueError
+        An unknown precision name, or one ``device`` lacks.
     """
     if precision not in ("auto", *_PRECISIONS):
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
@@ -105,7 +111,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_has_native_bf16() else None
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        raise ValueError("precision fp16 needs a CUDA device; use fp32 or auto on the CPU")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        raise ValueError(f"precision bf16 is emulated on this CPU ({cpu_model_name()} has no AVX512-BF16 or AMX-BF16), "
+                         "far slower than fp32: use fp32 or auto")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"precision bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")
     return _PRECISIONS[precision]

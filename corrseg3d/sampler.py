@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from emcore.conventions import raw_to_float, validate_offsets
+from emcore.conventions import check_raw, raw_to_float, validate_offsets
 from emcore.store import Volume, open_volume
 
 from .augment import augment
@@ -134,7 +134,9 @@ class TrainingPatches(Dataset):
         return self._sources
 
     def _open(self, config: SourceConfig) -> _Source:
-        raw, labels = open_volume(config.raw), open_volume(config.labels)
+        raw = open_volume(config.raw)
+        check_raw(raw.location, raw.shape, raw.dtype, "training")
+        labels = open_volume(config.labels)
         if raw.spatial_shape != labels.spatial_shape:
             raise ValueError(f"{config.raw} {raw.spatial_shape} and {config.labels} {labels.spatial_shape} differ in shape")
         start, stop = slice_range(config.slices, raw.spatial_shape[0])

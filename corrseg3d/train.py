@@ -63,7 +63,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from emcore.conventions import raw_to_float
+from emcore.conventions import check_raw, raw_to_float
 from emcore.metrics import segmentation_scores
 from emcore.mws import mutex_watershed
 from emcore.regiongraph import multicut_segmentation
@@ -158,6 +158,7 @@ def load_validation_volumes(config: ValidationConfig) -> list[dict[str, Any]]:
     volumes = []
     for index, spec in enumerate(config.volumes):
         raw, labels = open_volume(spec.raw), open_volume(spec.labels)
+        check_raw(raw.location, raw.shape, raw.dtype, "training")
         if raw.spatial_shape != labels.spatial_shape:
             raise ConfigError(f"validation.volumes.{index}: {spec.raw} {raw.spatial_shape} and {spec.labels} "
                               f"{labels.spatial_shape} differ in shape: give labels of the raw volume")

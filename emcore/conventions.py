@@ -15,7 +15,8 @@ Affinity 1 means "same object". The first three offsets are the nearest neighbou
 arrays hold ``a`` itself.
 
 **Input scale.** The network sees grey values in [0, 1]: uint8 raw data ``r`` becomes
-``r / 255`` (:func:`raw_to_float`); float raw data is taken as already scaled.
+``r / 255`` (:func:`raw_to_float`). Raw data is a 3D (z, y, x) uint8 volume; every reader
+(prediction, training and its validation) refuses anything else (:func:`check_raw`).
 
 **Fragment ids.** Blockwise segmentation numbers the fragments of block ``b`` (its index in
 C order of the block grid) ``1..n_b`` and stores them as the uint64 id
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 Offset = tuple[int, int, int]
 
@@ -92,11 +94,63 @@ def affinities_as_uint8(affinities: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(affinities, 0.0, 1.0) * UINT8_SCALE).astype(np.uint8)
 
 
+def check_raw_dtype(name: str, dtype: DTypeLike, reader: str) -> None:
+    """Refuse raw grey values that are not uint8 (float, uint16, label ids, ...).
+
+    Parameters
+    ----------
+    name
+        The data's location or description, named in the error.
+    dtype
+        The data's dtype.
+    reader
+        What reads the data (``predict``, ``training``), named in the error.
+
+    Raises
+    ------
+    ValueError
+        ``dtype`` is not uint8; the message names the conversion that fixes it.
+    """
+    if np.dtype(dtype) != np.uint8:
+        raise ValueError(f"{name} is {np.dtype(dtype)}: {reader} reads uint8 grey values; convert with "
+                         "`python -m pipeline.data convert` (rescales to uint8)")
+
+
+def check_raw(location: str, shape: Sequence[int], dtype: DTypeLike, reader: str) -> None:
+    """Refuse a raw volume the network cannot read: it must be 3D (z, y, x) and uint8.
+
+    Parameters
+    ----------
+    location
+        The volume's location, named in the error.
+    shape
+        The volume's shape.
+    dtype
+        The volume's dtype.
+    reader
+        What reads the volume (``predict``, ``training``), named in the error.
+
+    Raises
+    ------
+    ValueError
+        The volume is not 3D, or not uint8 (:func:`check_raw_dtype`).
+    """
+    if len(shape) != 3:
+        raise ValueError(f"{location} has shape {tuple(shape)}: {reader} needs a 3D (z, y, x) volume; "
+                         "stack 2D images into a volume with `python -m pipeline.data convert`")
+    check_raw_dtype(location, dtype, reader)
+
+
 def raw_to_float(raw: np.ndarray) -> np.ndarray:
-    """Network input scale: uint8 ``r`` -> float32 ``r / 255``; float data is taken as already in [0, 1]."""
-    if raw.dtype == np.uint8:
-        return raw.astype(np.float32) / np.float32(UINT8_SCALE)
-    return raw.astype(np.float32)
+    """Network input scale: uint8 ``r`` -> float32 ``r / 255``.
+
+    Raises
+    ------
+    ValueError
+        ``raw`` is not uint8 (:func:`check_raw_dtype`): other dtypes have no agreed scale.
+    """
+    check_raw_dtype("raw data", raw.dtype, "the network")
+    return raw.astype(np.float32) / np.float32(UINT8_SCALE)
 
 
 def fragment_ids(block_index: int | np.ndarray, local: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Open inputs and create outputs: zarr (v3 by default, v2 readable) and Neuroglancer precomputed.
+"""Open inputs and create outputs: zarr (v3; v2 read, and written inside a v2 store) and Neuroglancer precomputed.
 
 A *location* names one volume:
 
@@ -18,7 +18,9 @@ Conventions
   carries ``attributes.ome.multiscales``) whose full-resolution array is ``s0``; pipeline
   metadata (affinity offsets, model checksum, ...) lives in the ``s0`` array attributes.
   Plain arrays with funlib-style ``voxel_size``/``offset``/``axis_names``/``units`` attributes
-  (or none) are read as well.
+  (or none) are read as well. A dataset created inside an existing zarr v2 store is written as
+  v2 (the same group layout and attributes, numcodecs Zstd, no shards), so outputs can sit next
+  to a v2 input.
 * The *write granule* of a volume is its shard shape when sharded, else its chunk shape. Two
   writers touching one granule can lose each other's data, so blockwise writers must use blocks
   that are whole multiples of it (:func:`check_write_alignment`).
@@ -32,6 +34,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
@@ -332,18 +335,19 @@ def create_volume(
         if not overwrite:
             raise StoreError(f"{root}/{inner} already exists: pass --overwrite to replace it")
         del group[inner]
+    if group.metadata.zarr_format == 2:
+        if shards:
+            raise StoreError(f"cannot create {location}: {root} is a zarr v2 store, which has no shards; "
+                             "write to a zarr v3 store (a new vol.zarr) instead")
+        layout = {"compressors": numcodecs.Zstd(level=compression_level)}
+    else:
+        layout = {"compressors": [ZstdCodec(level=compression_level)],
+                  "shards": tuple(int(s) for s in shards) if shards else None,
+                  "dimension_names": ["c"] * (len(shape) - 3) + list(SPATIAL_AXES)}
     image = group.create_group(inner)
     image.attrs["ome"] = _ome_metadata(inner.split("/")[-1], len(shape), voxel_size, offset, units)
-    array = image.create_array(
-        SCALE0,
-        shape=shape,
-        dtype=dtype,
-        chunks=tuple(int(c) for c in chunks),
-        shards=tuple(int(s) for s in shards) if shards else None,
-        compressors=[ZstdCodec(level=compression_level)],
-        fill_value=0,
-        dimension_names=(["c"] * (len(shape) - 3) + list(SPATIAL_AXES)),
-    )
+    array = image.create_array(SCALE0, shape=shape, dtype=dtype, chunks=tuple(int(c) for c in chunks), fill_value=0,
+                               **layout)
     if attrs:
         array.attrs.update(attrs)
     return _volume_from_ome_group(image, f"{root}/{inner}")

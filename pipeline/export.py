@@ -251,7 +251,8 @@ def _subcommand_parser() -> ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     pyramid.register(subparsers)
     serve = subparsers.add_parser("serve", help="serve exported layers to Neuroglancer (CORS, gzip decoded)",
-                                  description=make_server.__doc__.split("\n")[0])
+                                  description="Serve the layers below a precomputed destination to Neuroglancer (CORS, range requests, "
+                                              "gzip decoded) until Ctrl-C.")
     serve.add_argument("destination", help="the export destination, precomputed://file:///ABS/OUT")
     serve.add_argument("--host", default="localhost", help="interface to listen on (default localhost)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")

@@ -1,9 +1,11 @@
-"""Ingest image stacks (PNG/TIFF folders, multi-page TIFF, HDF5) and the ISBI 2012 slices.
+"""Ingest image stacks (PNG/TIFF folders, multi-page TIFF, HDF5, zarr) and the ISBI 2012 slices.
 
 Slices are read and written in z-slabs of one storage chunk, so memory is bounded by a slab
 (HDF5 and multi-page TIFF inputs are read per slab too). Raw intensities are written as uint8:
 uint8 input as is, other input rescaled linearly from its [min, max] to [0, 255]. Label stacks
-(``labels=True``) keep their integer type. Axis order is (z, y, x).
+(``labels=True``) keep their integer type. Axis order is (z, y, x). A zarr input (any dtype,
+e.g. uint16 or float32 EM that ``pipeline.predict`` refuses) keeps its stated voxel size unless
+one is given.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from emcore.store import create_volume, removed_on_error, split_location
+from emcore.store import StoreError, create_volume, open_volume, removed_on_error, split_location
 
 from .data import DataError, parse_numbers, refuse_existing
+from .runstate import check_distinct
 
 __all__ = ["open_stack", "convert", "write_isbi2012", "ISBI_VOXEL_SIZE", "register"]
 
@@ -88,22 +91,29 @@ def open_stack(path: str, *, dataset: str = "main") -> Any:
     Parameters
     ----------
     path
-        A folder of PNG/TIFF slices (sorted by file name), a (multi-page) TIFF, or an HDF5 file.
+        A folder of PNG/TIFF slices (sorted by file name), a (multi-page) TIFF, an HDF5 file, or a
+        zarr dataset (``vol.zarr/NAME``; opened as an :class:`emcore.store.Volume`).
     dataset
         Dataset key inside an HDF5 file.
 
     Raises
     ------
     DataError
-        Missing input, no slices, slices of different shapes, missing HDF5 key (lists the keys).
+        Missing input, no slices, slices of different shapes, missing HDF5 key (lists the keys),
+        a zarr dataset that is not (z, y, x).
     """
+    if _is_zarr(path):
+        volume = open_volume(path)
+        if volume.ndim != 3:
+            raise DataError(f"{path} has shape {volume.shape}: expected a (z, y, x) volume")
+        return volume
     if os.path.isdir(path):
         files = sorted(f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(IMAGE_SUFFIXES))
         if not files:
             raise DataError(f"{path} holds no {'/'.join(IMAGE_SUFFIXES)} slices: point INPUT at the slice folder")
         return _FolderStack(files)
     if not os.path.isfile(path):
-        raise DataError(f"input {path} does not exist: give a slice folder, a TIFF or an HDF5 file")
+        raise DataError(f"input {path} does not exist: give a slice folder, a TIFF, an HDF5 file or IN.zarr/NAME")
     if path.lower().endswith((".tif", ".tiff")):
         return _TiffStack(path)
     if path.lower().endswith(HDF5_SUFFIXES):
@@ -121,7 +131,16 @@ def open_stack(path: str, *, dataset: str = "main") -> Any:
             handle.close()
             raise DataError(f"{path}:{dataset} has shape {shape}: expected a (z, y, x) volume")
         return handle[dataset]
-    raise DataError(f"input {path} is not a folder, .tif/.tiff or .h5/.hdf5 file")
+    raise DataError(f"input {path} is not a folder, .tif/.tiff or .h5/.hdf5 file, or IN.zarr/NAME")
+
+
+def _is_zarr(path: str) -> bool:
+    """Whether ``path`` names a zarr location (a ``.zarr`` component, or zarr metadata)."""
+    try:
+        split_location(path)
+    except StoreError:
+        return False
+    return True
 
 
 def _intensity_range(stack: Any, slab: int) -> tuple[float, float]:
@@ -136,7 +155,7 @@ def convert(
     input_path: str,
     out_location: str,
     *,
-    voxel_size: Sequence[float] = ISBI_VOXEL_SIZE,
+    voxel_size: Sequence[float] | None = None,
     dataset: str = "main",
     labels: bool = False,
     overwrite: bool = False,
@@ -150,7 +169,7 @@ def convert(
     out_location
         ``OUT.zarr/NAME``.
     voxel_size
-        (z, y, x) voxel size in nm.
+        (z, y, x) voxel size in nm; default: a zarr input's stated one, else :data:`ISBI_VOXEL_SIZE`.
     dataset
         HDF5 dataset key.
     labels
@@ -165,9 +184,13 @@ def convert(
     if not split_location(out_location)[1]:
         raise DataError(f"{out_location} names no dataset: write to OUT.zarr/NAME, e.g. OUT.zarr/raw")
     stack = open_stack(input_path, dataset=dataset)
+    if voxel_size is None:
+        voxel_size = stack.voxel_size if getattr(stack, "voxel_size_stated", False) else ISBI_VOXEL_SIZE
     kind = np.dtype(stack.dtype)
     if labels and not np.issubdtype(kind, np.integer):
         raise DataError(f"{input_path} holds {kind} values: labels must be integers (drop --labels for raw images)")
+    if _is_zarr(input_path):
+        check_distinct({"stack": input_path}, {"raw": out_location})
     if not overwrite:
         refuse_existing([out_location])
     chunks = tuple(min(c, s) for c, s in zip(SLAB_CHUNKS, stack.shape))
@@ -249,12 +272,12 @@ def write_isbi2012(source: str, out_location: str, *, slices: tuple[int, int] = 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``convert`` and ``isbi2012`` subcommands to ``python -m pipeline.data``."""
-    parser = subparsers.add_parser("convert", help="convert a PNG/TIFF folder, TIFF or HDF5 stack to zarr",
+    parser = subparsers.add_parser("convert", help="convert a PNG/TIFF folder, TIFF, HDF5 or zarr stack to zarr",
                                    description=convert.__doc__.split("\n")[0])
-    parser.add_argument("input", help="slice folder, (multi-page) TIFF or HDF5 file")
+    parser.add_argument("input", help="slice folder, (multi-page) TIFF, HDF5 file or zarr dataset IN.zarr/NAME")
     parser.add_argument("out", help="output dataset, OUT.zarr/NAME")
-    parser.add_argument("--voxel-size", type=parse_numbers(float, 3, "50,4,4"), default=ISBI_VOXEL_SIZE,
-                        help="z,y,x voxel size in nm (default 50,4,4)")
+    parser.add_argument("--voxel-size", type=parse_numbers(float, 3, "50,4,4"), default=None,
+                        help="z,y,x voxel size in nm (default: a zarr input's own, else 50,4,4)")
     parser.add_argument("--dataset", default="main", help="HDF5 dataset key (default main)")
     parser.add_argument("--labels", action="store_true", help="input holds integer labels: keep dtype, no scaling")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")

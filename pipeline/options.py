@@ -73,7 +73,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         if kind is bool:
             if field.default:
                 parser.add_argument("--no-" + field.name.replace("_", "-"), dest=field.name, action="store_false",
-                                    help=text)
+                                    help=f"switch off (on by default): {text}")
             else:
                 parser.add_argument(flag_name(field.name), dest=field.name, action="store_true", help=text)
             continue

@@ -48,7 +48,7 @@ import numpy as np
 
 from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks
-from emcore.conventions import affinities_as_uint8, raw_to_float
+from emcore.conventions import affinities_as_uint8, check_raw, raw_to_float
 from emcore.store import (
     PRECOMPUTED_PREFIX,
     StoreError,
@@ -60,7 +60,7 @@ from emcore.store import (
 )
 
 from .options import add_options, option, options_from_args
-from .runstate import claim_outputs, mark_complete, workdir_for
+from .runstate import check_distinct, claim_outputs, mark_complete, workdir_for
 from .stage import PhaseProgress
 
 if TYPE_CHECKING:
@@ -286,15 +286,6 @@ def _load_model(checkpoint: str | None):
     return model, offsets, metadata, os.path.abspath(path)
 
 
-def _check_input(raw: Volume) -> None:
-    if raw.ndim != 3:
-        raise PredictError(f"{raw.location} has shape {raw.shape}: predict needs a 3D (z, y, x) volume; "
-                           "stack 2D images into a volume with `python -m pipeline.data convert`")
-    if raw.dtype != np.uint8:
-        raise PredictError(f"{raw.location} is {raw.dtype}: predict reads uint8 grey values; convert with "
-                           "`python -m pipeline.data convert` (rescales to uint8)")
-
-
 def _check_options(options: PredictOptions, offsets: Sequence[Sequence[int]]) -> None:
     from corrseg3d.inference import resolve_device, resolve_precision
     from emcore.conventions import max_offset
@@ -393,7 +384,7 @@ def plan_predict(raw_location: str, *, out_location: str | None = None, options:
     """
     check_scheduler(scheduler, num_workers)
     raw = open_volume(raw_location, dataset)
-    _check_input(raw)
+    check_raw(raw.location, raw.shape, raw.dtype, "predict")
     _, offsets, metadata, checkpoint = _load_model(options.checkpoint)
     options = PredictOptions(**{**asdict(options), "checkpoint": checkpoint})
     _check_options(options, offsets)
@@ -407,6 +398,7 @@ def plan_predict(raw_location: str, *, out_location: str | None = None, options:
         out_location = f"{root}/affinities"
     if not split_location(out_location)[1]:
         raise PredictError(f"--out {out_location} names no dataset: write to OUT.zarr/NAME, e.g. OUT.zarr/affinities")
+    check_distinct({"raw": raw.location}, {"affinities": out_location})
     grid = BlockGrid(raw.spatial_shape, options.block)
     blocks = task_blocks(grid.n_blocks, task_index, num_tasks)
     config = {
@@ -474,11 +466,12 @@ class PredictStage:
     dataset: str = "raw"
     phases: ClassVar[tuple[str, ...]] = ("predict",)
 
-    def prepare(self) -> dict[str, int]:
-        """Check, claim and create the output without predicting a block; the number of blocks."""
+    def prepare(self, *, overwrite: bool = False) -> dict[str, int]:
+        """Check, claim and create the output without predicting a block (``overwrite``: discard an
+        earlier one first); the number of blocks."""
         plan = plan_predict(self.raw_location, out_location=self.out_location, options=self.options,
                             scheduler="synchronous", dataset=self.dataset)
-        _claim_output(plan, overwrite=False)
+        _claim_output(plan, overwrite=overwrite)
         return {"predict": plan.grid.n_blocks}
 
     def run_phase(self, phase: str, **kwargs: Any) -> dict[str, Any]:
@@ -546,4 +539,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.predict import main as importable_main  # tasks must pickle by reference for --scheduler processes
+
+    sys.exit(importable_main())

@@ -7,11 +7,13 @@ finished blocks and a rerun with a changed config is refused by the stage (exit 
 mixing two results. The scores go to ``RUN_DIR/scores.json``.
 
 A whole run first checks the whole config (:func:`check_run`: every stage's options, the raw
-volume, the checkpoint, device and precision, the ground truth) and only then starts the first
-stage, so a bad ``segment`` or ``evaluate`` setting is reported before hours of prediction.
-``--restart STAGE`` discards the results of ``predict``, ``segment`` or ``evaluate`` and of every
-later stage, then runs (``--overwrite`` = ``--restart predict``): the way to rerun after a
-config change without deleting folders by hand.
+volume, the checkpoint, device and precision, the ground truth), then claims every stage's
+outputs (:func:`prepare`: a stage whose earlier results were made with another config is
+refused, naming the ``--restart`` that discards it) and only then starts the first stage, so a
+bad ``segment`` or ``evaluate`` setting, or a changed ``segment`` one, is reported before hours of
+prediction. ``--restart STAGE`` discards the results of ``predict``, ``segment`` or ``evaluate``
+and of every later stage, then runs (``--overwrite`` = ``--restart predict``): the way to rerun
+after a config change without deleting folders by hand.
 
 ``--phase P --task-index I --num-tasks N`` runs one phase's share of blocks; this is what each
 SLURM array task of ``python -m pipeline.slurm submit`` executes. ``--cluster slurm`` runs the
@@ -46,12 +48,13 @@ from emcore.store import open_volume
 from .evaluate import evaluate, format_report, parse_roi
 from .predict import PredictStage, plan_predict
 from .runconfig import RunConfig, default_config_yaml, load_run_config, to_dict
+from .runstate import ConfigChangedError
 from .segment import SegmentStage, check_options
 from .slurmlimits import fitted_slurm_defaults
 from .stage import PhaseProgress, Stage
 
 __all__ = ["PHASES", "BLOCK_PHASES", "STAGES", "RunError", "check_run", "run", "run_phase", "stages", "prepare",
-           "phase_progress", "block_progress", "done_blocks", "scores_finished", "dask_cluster", "main"]
+           "phase_progress", "block_progress", "done_blocks", "scores_finished", "dask_cluster", "restart_advice", "main"]
 
 #: Blockwise phases (SLURM array jobs) and all phases in execution order.
 BLOCK_PHASES = PredictStage.phases + SegmentStage.phases
@@ -151,21 +154,48 @@ def _evaluate(config: RunConfig, scheduler: str, *, rescore: bool = False) -> di
     return report
 
 
+@contextlib.contextmanager
+def restart_advice(*, phase: bool = False) -> Iterator[None]:
+    """Give a stage's changed-config refusal the fix of ``pipeline.run`` and ``pipeline.slurm submit``:
+    ``--restart STAGE`` (a stage's own ``--overwrite`` would discard the earlier stages' results
+    too); ``phase``: the refused command ran one phase, which cannot restart."""
+    try:
+        yield
+    except ConfigChangedError as error:
+        how = "run the whole chain (no --phase) with" if phase else "pass"
+        raise RunError(f"{error.reason}: rerun with the original options, or {how} --restart {error.stage} to "
+                       f"discard the {error.stage} results and every later stage's and compute them again") from None
+
+
+def _discarded(restart: str | None) -> set[str]:
+    """The first phases of the stages that restarting ``restart`` discards (none without a restart)."""
+    if restart is None:
+        return set()
+    if restart not in STAGES:
+        raise RunError(f"cannot restart {restart!r}: use one of {', '.join(STAGES)}")
+    names = list(STAGES)
+    return {STAGES[name] for name in names[names.index(restart):]}
+
+
 def run(config: RunConfig, *, scheduler: str | None = None, progress: bool = True,
         restart: str | None = None) -> dict[str, Any]:
-    """Check the whole config, then run every phase in order (evaluate only with ``evaluate.gt``).
+    """Check the whole config and every stage's earlier results, then run every phase in order
+    (evaluate only with ``evaluate.gt``).
 
     ``restart`` (a key of :data:`STAGES`) discards the results of that stage and of every later
     one before they run. Returns per-phase summaries.
+
+    Raises
+    ------
+    RunError
+        Before any stage runs, when a stage that ``restart`` keeps was started with another
+        config (naming the ``--restart`` that discards it), or ``restart`` names no stage.
     """
-    if restart is not None and restart not in STAGES:
-        raise RunError(f"cannot restart {restart!r}: use one of {', '.join(STAGES)}")
     check_run(config, scheduler=scheduler)
     phases = PHASES if config.evaluate.gt is not None else BLOCK_PHASES
-    stages = list(STAGES)
-    discarded = {STAGES[stage] for stage in stages[stages.index(restart):]} if restart else set()
-    return {phase: run_phase(config, phase, scheduler=scheduler, progress=progress, overwrite=phase in discarded)
-            for phase in phases}
+    with restart_advice():
+        prepare(config, restart=restart)
+        return {phase: run_phase(config, phase, scheduler=scheduler, progress=progress) for phase in phases}
 
 
 def stages(config: RunConfig) -> tuple[Stage, ...]:
@@ -179,15 +209,20 @@ def _stage_of(config: RunConfig, phase: str) -> Stage:
     return next(stage for stage in stages(config) if phase in stage.phases)
 
 
-def prepare(config: RunConfig) -> dict[str, int]:
+def prepare(config: RunConfig, *, restart: str | None = None) -> dict[str, int]:
     """Claim and create every output once, running no block; return the block count of each phase.
 
     Array tasks then only open existing outputs, so they never race creating them, and a changed
-    config is refused here, before anything is submitted.
+    config is refused here, before anything is submitted or run. ``restart`` (a key of
+    :data:`STAGES`) first discards the results of that stage and of every later one: their
+    outputs and run state are claimed afresh, and stored scores are deleted.
     """
+    discarded = _discarded(restart)
     counts: dict[str, int] = {}
     for stage in stages(config):
-        counts.update(stage.prepare())
+        counts.update(stage.prepare(overwrite=stage.phases[0] in discarded))
+    if "evaluate" in discarded and os.path.exists(_scores_path(config)):
+        os.remove(_scores_path(config))
     return counts
 
 
@@ -287,9 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with dask_cluster(config) as address:
         scheduler = address or args.scheduler
         if args.phase:
-            summaries = {args.phase: run_phase(config, args.phase, task_index=args.task_index,
-                                               num_tasks=args.num_tasks, scheduler=scheduler,
-                                               progress=not args.no_progress)}
+            with restart_advice(phase=True):
+                summaries = {args.phase: run_phase(config, args.phase, task_index=args.task_index,
+                                                   num_tasks=args.num_tasks, scheduler=scheduler,
+                                                   progress=not args.no_progress)}
         else:
             summaries = run(config, scheduler=scheduler, progress=not args.no_progress, restart=restart)
     if "evaluate" in summaries:

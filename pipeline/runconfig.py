@@ -8,6 +8,11 @@ names as their command-line options). Every key is optional and falls back to th
 checker (:mod:`corrseg3d.config`): an unknown key is an error naming its dotted path and the
 closest valid key, a wrong type names the expected type.
 
+A string-typed key (``str``, ``str | None``, ``list[str]``) takes its value as written, in the file
+(``time: 12:00:00``, ``time: 90``: not YAML 1.1's numbers) and with ``--set`` (``evaluate.roi=0:8,:,:``,
+no YAML parsing; ``null`` still clears an optional one). A file that is not valid YAML is an error
+naming the line and column; there a value with ``: `` or a trailing ``:`` needs quotes (``roi: "0:8,:,:"``).
+
 Relative paths in the file are resolved against the folder of the YAML file, so a run behaves
 the same whatever the working directory (SLURM tasks start in the submit directory).
 """
@@ -15,18 +20,20 @@ the same whatever the working directory (SLURM tasks start in the submit directo
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import textwrap
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import yaml
 
 from corrseg3d.config import ConfigError, apply_overrides, build_dataclass, read_yaml_mapping, to_dict
 
 from .evaluate import EvaluateOptions
-from .options import rename_deprecated_keys
+from .options import _value_type, rename_deprecated_keys
 from .predict import PredictOptions
 from .segment import SegmentOptions
 
@@ -56,6 +63,9 @@ class OutputConfig:
     segmentation: str = "segmentation"
     run_dir: str | None = None
 
+
+#: YAML tags of a string and of null.
+STR_TAG, NULL_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:null"
 
 #: Old spellings of run-config keys, accepted with a warning for one release: section -> {old: new}.
 DEPRECATED_KEYS = {"segment": {"randomize_seed": "randomize_strides"}}
@@ -145,17 +155,61 @@ def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     )
 
 
+def _child_hint(hint: Any, key: str) -> Any:
+    """The type hint of ``key`` inside a value of type ``hint``: a dataclass field, or a list item (``key``
+    an index); None when ``key`` names neither."""
+    kind = _value_type(hint)
+    if dataclasses.is_dataclass(kind):
+        return typing.get_type_hints(kind).get(key)
+    if typing.get_origin(kind) is list and key.isdigit():
+        return typing.get_args(kind)[0]
+    return None
+
+
+def _strings_as_written(node: yaml.Node, hint: Any) -> None:
+    """Tag every plain scalar of a string-typed key below ``node`` (of type ``hint``) as a string, null aside.
+
+    YAML 1.1 would read ``time: 12:00:00`` as the base-60 number 43200 and ``time: 90`` as an int.
+    """
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _strings_as_written(value, _child_hint(hint, str(key.value)))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _strings_as_written(item, _child_hint(hint, str(index)))
+    elif _value_type(hint) is str and node.style is None and node.tag != NULL_TAG:
+        node.tag = STR_TAG
+
+
+def _string_override(item: str) -> str:
+    """The ``key=value`` override ``item`` with a string-typed key's value quoted, so it stays the text
+    given (``slurm.time=12:00:00``, ``evaluate.roi=0:99,:,:``); ``null`` still clears an optional string."""
+    key, sep, text = item.partition("=")
+    hint: Any = RunConfig
+    for part in key.split("."):
+        hint = _child_hint(hint, part)
+    null = yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False)) == NULL_TAG
+    if not sep or _value_type(hint) is not str or (null and hint is not str):
+        return item
+    quoted = yaml.safe_dump(text, default_style='"', width=math.inf).rstrip()
+    return f"{key}={quoted}"
+
+
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Read and validate a run YAML, apply ``key.sub=value`` overrides, make paths absolute.
+
+    String-typed keys take their values as written, in the file and in ``overrides``.
 
     Raises
     ------
     ConfigError
-        Missing file, unknown key (with the closest valid one), wrong type, or no ``input.raw``.
+        Missing file, not valid YAML (with line and column), unknown key (with the closest valid
+        one), wrong type, or no ``input.raw``.
     """
     path = Path(path)
-    values = read_yaml_mapping(path, "write one with `python -m pipeline.run --print-default-config > run.yaml`")
-    values = apply_overrides(values, overrides)
+    values = read_yaml_mapping(path, "write one with `python -m pipeline.run --print-default-config > run.yaml`",
+                               prepare=lambda node: _strings_as_written(node, RunConfig))
+    values = apply_overrides(values, [_string_override(item) for item in overrides])
     for section, renames in DEPRECATED_KEYS.items():
         if isinstance(values.get(section), dict):
             try:

@@ -19,8 +19,8 @@ from typing import Any, Mapping
 from emcore.blocks import write_json_atomic
 from emcore.store import remove_volume, split_location
 
-__all__ = ["RunStateError", "COMPLETE", "workdir_for", "dataset_path", "claim_outputs", "mark_complete",
-           "unfinished_stage", "require_finished"]
+__all__ = ["RunStateError", "ConfigChangedError", "COMPLETE", "workdir_for", "dataset_path", "check_distinct",
+           "claim_outputs", "mark_complete", "unfinished_stage", "require_finished"]
 
 #: File in a stage's work folder written once every block of the stage is done.
 COMPLETE = "complete.json"
@@ -30,16 +30,61 @@ class RunStateError(ValueError):
     """An output exists with a different config, was not written by this stage, or is unfinished."""
 
 
+class ConfigChangedError(RunStateError):
+    """``stage`` (``predict``, ``segment``) started its output with a different config; ``reason`` says which
+    keys differ, the message adds the fix of the stage's own command (callers with other flags replace it)."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{reason}: rerun with the original options, or pass --overwrite to start again")
+        self.stage = stage
+        self.reason = reason
+
+
 def dataset_path(location: str) -> str:
     """Filesystem path of a zarr dataset location (``vol.zarr/NAME`` -> ``vol.zarr/NAME``)."""
     root, inner = split_location(location)
     return os.path.join(root, inner)
 
 
+def _nested(a: str, b: str) -> bool:
+    """Whether filesystem paths ``a`` and ``b`` are the same or one lies inside the other."""
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
+
+
+def check_distinct(inputs: Mapping[str, str], outputs: Mapping[str, str]) -> None:
+    """Refuse outputs that are, hold or lie inside an input dataset or another output.
+
+    Parameters
+    ----------
+    inputs, outputs
+        Dataset locations by role (``vol.zarr/NAME``); inputs that are not zarr (precomputed
+        URLs) cannot clash with a zarr output and are skipped.
+
+    Raises
+    ------
+    RunStateError
+        Naming both datasets; checked before anything is written, so ``--overwrite`` can never
+        delete an input.
+    """
+    paths = [(f"input {role}", location) for role, location in inputs.items() if "://" not in location]
+    for role, location in outputs.items():
+        for other_role, other in paths:
+            if _nested(dataset_path(location), dataset_path(other)):
+                raise RunStateError(f"output {role} {location} would overwrite the {other_role} {other}: "
+                                    "name another output dataset")
+        paths.append((f"output {role}", location))
+
+
 def workdir_for(output_location: str, stage: str) -> str:
     """``vol.zarr/.corrseg3d/<stage>/<output>`` for an output dataset ``vol.zarr/<output>``."""
     root, inner = split_location(output_location)
     return os.path.join(root, ".corrseg3d", stage, inner.replace("/", "_"))
+
+
+def _stage_of(workdir: str) -> str:
+    """The stage owning ``workdir`` (the inverse of :func:`workdir_for`)."""
+    return os.path.basename(os.path.dirname(workdir))
 
 
 def _differences(new: Mapping[str, Any], old: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -70,9 +115,10 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
 
     Raises
     ------
+    ConfigChangedError
+        The work folder holds a different config.
     RunStateError
-        The work folder holds a different config, or an output exists that this stage did not
-        start (no ``config.json``).
+        An output exists that this stage did not start (no ``config.json``).
     """
     path = os.path.join(workdir, "config.json")
     config = json.loads(json.dumps(config))
@@ -86,8 +132,8 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
             previous = json.load(handle)
         changed = _differences(config, previous)
         if changed:
-            raise RunStateError(f"{shown} was started with a different config ({', '.join(changed)} differ): "
-                                "rerun with the original options, or pass --overwrite to start again")
+            raise ConfigChangedError(_stage_of(workdir),
+                                     f"{shown} was started with a different config ({', '.join(changed)} differ)")
     else:
         for location in outputs.values():
             if os.path.exists(dataset_path(location)):

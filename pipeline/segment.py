@@ -42,7 +42,8 @@ from .data import parse_numbers
 from .fragments import METHODS, FragmentParams, compute_fragments
 from .options import add_options, deprecated_flag, option, options_from_args
 from .relabel import RelabelParams, relabel_block
-from .runstate import claim_outputs, dataset_path, mark_complete, require_finished, unfinished_stage, workdir_for
+from .runstate import (check_distinct, claim_outputs, dataset_path, mark_complete, require_finished, unfinished_stage,
+                       workdir_for)
 from .stage import PhaseProgress
 from .stitch import StitchParams, build_lookup, stitch_faces
 
@@ -92,7 +93,8 @@ class SegmentOptions:
         "exceeds MEAN (hierarchical, on the region graph of all blocks; default: none for mws, "
         "1 - --threshold for waterz, which so continues every block's agglomeration over the whole volume)",
         metavar="MEAN")
-    min_size: int = option(DEFAULT_MIN_SIZE, "merge segments smaller than this many voxels (0: off)")
+    min_size: int = option(DEFAULT_MIN_SIZE, "merge segments smaller than this many voxels into the neighbour "
+                                       "with the highest mean NN affinity above --merge-floor (0: off)")
     merge_floor: float = option(0.0, "a small segment merges only if its best neighbour's mean NN affinity "
                                 "exceeds this")
     consecutive: bool = option(False, "relabel segments 1..K")
@@ -238,9 +240,10 @@ def _plan(store: str, options: SegmentOptions, *, input_name: str, output_name: 
     require_finished(affinities.location, allow_incomplete=allow_incomplete)
     offsets = _check_input(affinities)
     options = _resolve(options, affinities, offsets)
+    locations = {"fragments": f"{store}/{fragments_name}", "segmentation": f"{store}/{output_name}"}
+    check_distinct({"affinities": affinities.location}, locations)
     return _Plan(affinities, offsets, options, workdir_for(f"{store}/{output_name}", "segment"),
-                 BlockGrid(affinities.spatial_shape, options.block),
-                 {"fragments": f"{store}/{fragments_name}", "segmentation": f"{store}/{output_name}"})
+                 BlockGrid(affinities.spatial_shape, options.block), locations)
 
 
 def _claim(plan: _Plan, *, overwrite: bool, unfinished_input: bool) -> tuple[Volume, Volume]:
@@ -275,11 +278,11 @@ class SegmentStage:
     def _names(self) -> dict[str, str]:
         return {"input_name": self.input_name, "output_name": self.output_name, "fragments_name": self.fragments_name}
 
-    def prepare(self) -> dict[str, int]:
+    def prepare(self, *, overwrite: bool = False) -> dict[str, int]:
         """Check, claim and create the outputs without running a block (the affinities may still be
-        being predicted); the number of blocks of each phase."""
+        being predicted; ``overwrite``: discard earlier outputs first); the number of blocks of each phase."""
         plan = _plan(self.store, self.options, allow_incomplete=True, **self._names())
-        _claim(plan, overwrite=False, unfinished_input=False)
+        _claim(plan, overwrite=overwrite, unfinished_input=False)
         return dict.fromkeys(PHASES, plan.grid.n_blocks)
 
     def run_phase(self, phase: str, **kwargs: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 them), writes the resolved config and one batch script per phase (from
 ``pipeline/templates/phase.sbatch``, shipped as package data) into the run folder and submits, chained with
 ``--dependency=afterok``: one array job each for ``predict``, ``fragments``, ``stitch`` and
-``relabel``, then an ``evaluate`` job when ground truth is configured. Array task ``I`` runs
+``relabel``, then an ``evaluate`` job when ground truth is configured. Only the ``predict`` jobs
+request ``slurm.gpus``: the other phases run no network. Array task ``I`` runs
 ``python -m pipeline.run RUN/run.yaml --phase P --task-index I --num-tasks N``; with more blocks
 than the cluster's ``MaxArraySize`` each task takes several blocks (``N`` = array size). There is
 no central server and no open port: tasks only share the zarr store and the done records.
@@ -41,7 +42,8 @@ import yaml
 from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.blocks import SCHEDULERS, task_blocks, write_json_atomic
 
-from .run import BLOCK_PHASES, check_run, phase_progress, prepare, scores_finished
+from .predict import PredictStage
+from .run import BLOCK_PHASES, STAGES, check_run, phase_progress, prepare, restart_advice, scores_finished
 from .runconfig import RunConfig, load_run_config, to_dict
 from .slurmlimits import check_request, check_request_format, query_nodes
 
@@ -50,6 +52,8 @@ __all__ = ["SlurmError", "max_array_size", "check_submission", "submit", "resubm
 TEMPLATE = Path(__file__).with_name("templates") / "phase.sbatch"  # package data: works from a wheel
 DEFAULT_MAX_ARRAY = 1001
 EXIT_MARK = "corrseg3d-task-exit"
+#: Phases that run the network, the only ones whose jobs request ``slurm.gpus``.
+GPU_PHASES = PredictStage.phases
 
 
 class SlurmError(ValueError):
@@ -90,12 +94,13 @@ def _array_spec(tasks: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def _directives(config: RunConfig) -> list[str]:
+def _directives(config: RunConfig, phase: str) -> list[str]:
+    """The ``#SBATCH`` lines of ``phase``'s jobs; only prediction (:data:`GPU_PHASES`) asks for ``slurm.gpus``."""
     slurm = config.slurm
     options = [f"--time={slurm.time}", f"--mem={slurm.mem}", f"--cpus-per-task={slurm.cpus}"]
     options += [f"--partition={slurm.partition}"] if slurm.partition else []
     options += [f"--account={slurm.account}"] if slurm.account else []
-    options += [f"--gpus={slurm.gpus}"] if slurm.gpus else []
+    options += [f"--gpus={slurm.gpus}"] if slurm.gpus and phase in GPU_PHASES else []
     return [f"#SBATCH {option}" for option in options + list(slurm.extra)]
 
 
@@ -113,7 +118,7 @@ def _script(config: RunConfig, phase: str, num_tasks: int | None) -> str:
         log, description = f"{phase}-%j.log", f"phase {phase}"
     return TEMPLATE.read_text().format(
         job_name=f"corrseg3d-{phase}", log=os.path.join(run_dir, "logs", log),
-        directives="\n".join(_directives(config)), description=description, run_dir=shlex.quote(run_dir),
+        directives="\n".join(_directives(config, phase)), description=description, run_dir=shlex.quote(run_dir),
         setup="\n".join([f"export OMP_NUM_THREADS={config.slurm.cpus}", *config.slurm.setup]),
         cwd=shlex.quote(run_dir), command=quoted)
 
@@ -185,13 +190,21 @@ def check_submission(config: RunConfig, *, dry_run: bool = False) -> None:
     check_run(config)
 
 
-def submit(config: RunConfig, *, dry_run: bool = False) -> dict[str, Any]:
-    """Check, prepare the outputs and submit every phase as chained jobs; return the submitted job ids."""
+def submit(config: RunConfig, *, dry_run: bool = False, restart: str | None = None) -> dict[str, Any]:
+    """Check, prepare the outputs and submit every phase as chained jobs; return the submitted job ids.
+
+    ``restart`` (``predict``, ``segment``, ``evaluate``) discards that stage's results and every
+    later stage's before submitting, as ``pipeline.run --restart`` does; a stage started with
+    another config is otherwise refused, naming it.
+    """
+    if restart is not None and dry_run:
+        raise SlurmError(f"--restart {restart} discards results and --dry-run must change nothing: drop one of them")
     check_submission(config, dry_run=dry_run)
     limit = max_array_size()
     if config.slurm.max_array is not None:
         limit = min(limit, config.slurm.max_array)
-    blocks = prepare(config)
+    with restart_advice():
+        blocks = prepare(config, restart=restart)
     jobs = []
     for phase in BLOCK_PHASES:
         num_tasks = min(blocks[phase], limit)
@@ -341,10 +354,12 @@ def _parser() -> ArgumentParser:
     for name, kind, text in (("partition", str, "partition"), ("account", str, "account to charge"),
                              ("time", str, "time limit per task, e.g. 04:00:00"), ("mem", str, "memory per task, e.g. 16G"),
                              ("gpus", int, "GPUs per task"), ("cpus", int, "CPUs per task"),
-                             ("max-array", int, "largest array size (default: the cluster's MaxArraySize)")):
+                             ("max-array", int, "largest array size, at most the cluster's MaxArraySize")):
         sub.add_argument(f"--{name}", type=kind, help=f"{text} (default: the config's slurm section)")
     sub.add_argument("--dry-run", action="store_true",
                      help="print the scripts and sbatch commands, submit nothing (the cluster is not asked)")
+    sub.add_argument("--restart", choices=tuple(STAGES),
+                     help="discard this stage's results and every later stage's, then submit (after a config change)")
     for name, text in (("status", "blocks done / failed / pending per phase"),
                        ("resubmit", "submit only what is not done")):
         sub = commands.add_parser(name, help=text)
@@ -361,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_run_config(args.config, args.set)
         given = {key: getattr(args, key) for key in ("partition", "account", "time", "mem", "gpus", "cpus",
                                                      "max_array") if getattr(args, key) is not None}
-        submit(replace(config, slurm=replace(config.slurm, **given)), dry_run=args.dry_run)
+        submit(replace(config, slurm=replace(config.slurm, **given)), dry_run=args.dry_run, restart=args.restart)
         print(f"run folder: {config.run_dir}  (python -m pipeline.slurm status {config.run_dir})")
     elif args.command == "status":
         print(format_status(status(_run_dir(args.run))))

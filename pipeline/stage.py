@@ -5,9 +5,10 @@ outputs, its run-state folder and its done records; the orchestration only calls
 members and never opens a stage's files:
 
 * ``phases``: the stage's blockwise phases in order (each one SLURM array job);
-* ``prepare()``: check everything, claim and create the outputs, run no block; returns the number
-  of blocks of each phase (array tasks then only open existing outputs, so they never race
-  creating them, and a changed configuration is refused before anything is submitted);
+* ``prepare(overwrite=False)``: check everything, claim and create the outputs (``overwrite``:
+  discard earlier ones and their run state first), run no block; returns the number of blocks of
+  each phase (array tasks then only open existing outputs, so they never race creating them, and
+  a changed configuration is refused before anything is submitted);
 * ``run_phase(phase, ...)``: run one phase, or one array task's share of its blocks;
 * ``progress()``: a :class:`PhaseProgress` per phase, None while the stage has never started.
 """
@@ -33,7 +34,7 @@ class Stage(Protocol):
 
     phases: tuple[str, ...]
 
-    def prepare(self) -> dict[str, int]: ...
+    def prepare(self, *, overwrite: bool = False) -> dict[str, int]: ...
 
     def run_phase(self, phase: str, *, task_index: int | None = None, num_tasks: int | None = None,
                   scheduler: str = "threads", num_workers: int | None = None, progress: bool = True,

@@ -131,6 +131,8 @@ ROWS = [
     ("predict", "raw.zarr --checkpoint missing.pt", "does not exist", {}),
     ("predict", "raw.zarr --checkpoint tiny.pt --workers 0", "workers must be >= 1", {}),
     ("predict", "raw.zarr --checkpoint tiny.pt --out plain/affinities", "not a zarr location", {}),
+    ("predict", "vol.zarr --checkpoint tiny.pt --out vol.zarr/raw --overwrite",
+     "output affinities vol.zarr/raw would overwrite the input raw", {}),
     # segment
     ("segment", "partial.zarr", "`python -m pipeline.predict` run has not completed", {}),
     ("segment", "f255.zarr", "must lie in [0, 1]", {}),
@@ -144,6 +146,10 @@ ROWS = [
     ("segment", "vol.zarr --output other --beta 1", "--beta (segment.beta) 1.0 must be in (0, 1)", {}),
     ("segment", "vol.zarr --output other --phase stitch", "finish --phase fragments first", {}),
     ("segment", "vol.zarr --output other --task-index 0 --num-tasks 2", "need --phase", {}),
+    ("segment", "vol.zarr --output affinities --overwrite", "would overwrite the input affinities", {}),
+    ("segment", "vol.zarr --output other --fragments affinities --overwrite", "would overwrite the input affinities",
+     {}),
+    ("segment", "vol.zarr --output other --fragments other", "would overwrite the output fragments", {}),
     # evaluate
     ("evaluate", "vol.zarr/halfseg vol.zarr/labels", "`python -m pipeline.segment` run has not completed", {}),
     ("evaluate", "vol.zarr/segmentation missing.zarr/labels", "does not exist", {}),
@@ -179,6 +185,8 @@ ROWS = [
     ("train", "-c train.yaml data.sources.0.slices=[0,14]", "overlaps validation.volumes.0.slices", {}),
     ("train", "-c train.yaml validation.volumes.0.slices=[10,40]", "reaches outside", {}),
     ("train", "-c train.yaml data.sources.0.raw=missing.zarr/raw train.num_workers=2", "does not exist", {}),
+    ("train", "-c train.yaml data.sources.0.raw=raw.zarr/labels", "raw.zarr/labels is uint64: training reads uint8", {}),
+    ("train", "-c train.yaml validation.volumes.0.raw=raw.zarr/labels", "is uint64: training reads uint8", {}),
     ("train", "-c train.yaml train.init_from=not-a-checkpoint.pt", "is not a corrseg3d checkpoint", {}),
     ("train", "-c train.yaml train.device=cuda", "is not available", {}),
     ("train", "-c train.yaml train.device=gpu", "is not a device name", {}),
@@ -186,7 +194,8 @@ ROWS = [
     ("train", "-c train.yaml --out old-run", "pass --resume to continue that run, --overwrite", {}),
     ("train", "-c train.yaml --out fresh --resume", "nothing to resume", {}),
     # python -m pipeline STAGE
-    ("pipeline", "nosuch", "unknown stage 'nosuch'", {}),
+    ("pipeline", "nosuch", "unknown command 'nosuch': run python -m pipeline COMMAND", {}),
+    ("pipeline", "", "no command: run python -m pipeline COMMAND [ARGS] with one of data,", {}),
     ("pipeline", "segment partial.zarr", "has not completed", {}),
 ]
 

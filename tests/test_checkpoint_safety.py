@@ -120,3 +120,21 @@ def test_average_refuses_different_networks(tmp_path):
     assert not (tmp_path / "soup.pt").exists()
     with pytest.raises(CheckpointError, match="no checkpoint to average"):
         average_checkpoints([], tmp_path / "soup.pt")
+
+
+def test_set_voxel_size_help_names_the_three_axes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        checkpoint_main(["set-voxel-size", "--help"])
+    assert exit_info.value.code == 0
+    assert "path Z Y X" in capsys.readouterr().out
+
+
+def test_set_voxel_size_with_too_few_values_is_a_usage_error(tmp_path, capsys):
+    _tiny_checkpoint(tmp_path / "run.pt", 1)
+    before = (tmp_path / "run.pt").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        checkpoint_main(["set-voxel-size", str(tmp_path / "run.pt"), "30", "10"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the following arguments are required: X") and err.count("\n") == 1
+    assert (tmp_path / "run.pt").read_bytes() == before

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 import zarr
 
-from emcore.store import open_volume
+from emcore.store import create_volume, open_volume
 from pipeline.data import main
 from pipeline.synth import generate
 
@@ -96,6 +96,22 @@ def test_convert_multipage_tiff_rescales_uint16(tmp_path, capsys, stack):
     out = open_volume(f"{tmp_path}/o.zarr/raw")[:]
     assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
     assert np.array_equal(np.argsort(out.ravel(), kind="stable"), np.argsort(values.ravel(), kind="stable"))
+
+
+def test_convert_zarr_uint16_that_predict_refuses(tmp_path, capsys, stack):
+    """A zarr dataset predict refuses (uint16) converts to uint8 like a TIFF, keeping its voxel size."""
+    values = stack.astype(np.uint16) * 4 + 100
+    create_volume(f"{tmp_path}/in.zarr/raw16", values.shape, np.uint16, chunks=values.shape,
+                  voxel_size=(30, 8, 8))[:] = values
+    tifffile.imwrite(tmp_path / "v.tif", values)
+    assert run(capsys, "convert", f"{tmp_path}/in.zarr/raw16", f"{tmp_path}/in.zarr/raw")[0] == 0
+    assert run(capsys, "convert", tmp_path / "v.tif", f"{tmp_path}/t.zarr/raw")[0] == 0
+    out = open_volume(f"{tmp_path}/in.zarr/raw")
+    assert out.voxel_size == (30.0, 8.0, 8.0)
+    np.testing.assert_array_equal(out[:], open_volume(f"{tmp_path}/t.zarr/raw")[:])
+    status, err = run(capsys, "convert", f"{tmp_path}/in.zarr/raw16", f"{tmp_path}/in.zarr/raw16", "--overwrite")
+    assert status == 2 and "would overwrite the input stack" in err
+    assert open_volume(f"{tmp_path}/in.zarr/raw16").dtype == np.uint16
 
 
 def test_convert_hdf5_labels_and_errors(tmp_path, capsys):

@@ -17,6 +17,8 @@ import subprocess
 
 import pytest
 
+from pipeline.__main__ import COMMANDS, main
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILES = ("docker/Dockerfile", "docker/Dockerfile.cuda")
 
@@ -42,6 +44,15 @@ def test_dockerfile_installs_with_make_and_runs_the_pipeline_cli(name):
     assert _install_command(name).startswith("make install VENV=/opt/venv")
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_the_entry_point_runs_every_command(command, capsys):
+    """``python -m pipeline COMMAND --help`` reaches that command's own parser (train and demo included)."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m ")
+
+
 @pytest.mark.slow
 def test_cpu_dockerfile_install_step_in_a_clean_venv(tmp_path):
     context = tmp_path / "context"
@@ -57,7 +68,7 @@ def test_cpu_dockerfile_install_step_in_a_clean_venv(tmp_path):
     python = str(venv / "bin" / "python")
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
     entry = subprocess.run([python, "-m", "pipeline", "--help"], capture_output=True, text=True, cwd=tmp_path)
-    assert entry.returncode == 0 and "STAGE" in entry.stdout
+    assert entry.returncode == 0 and "COMMAND" in entry.stdout
     where = subprocess.run([python, "-c", "import pipeline.run, pipeline.slurm, dask_jobqueue, torch, sys;"
                             "print(pipeline.__file__); print(sys.prefix != sys.base_prefix)"],
                            capture_output=True, text=True, cwd=tmp_path, check=True).stdout.split()

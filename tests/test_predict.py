@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import zarr
 from tiny_models import LocalConvModel
 
 from corrseg3d.checkpoint import save_checkpoint
@@ -19,6 +20,7 @@ from emcore.blocks import BlockGrid
 from emcore.conventions import PEA_OFFSETS, affinities_as_uint8
 from emcore.store import create_volume, open_volume
 from pipeline.predict import PredictError, PredictOptions, _unflip_affinities, main, predict
+from pipeline.segment import SegmentOptions, segment
 from pipeline.synth import generate
 
 CPU = torch.device("cpu")
@@ -203,6 +205,19 @@ def test_resume_after_sigkill_is_bitwise_equal_and_skips_done_blocks(tmp_path):
                                   open_volume(str(tmp_path / "clean.zarr/affinities"))[:])
 
 
+def test_command_line_with_process_workers_equals_threads(tmp_path, volume):
+    """``python -m pipeline.predict --scheduler processes``: its tasks pickle into worker processes."""
+    store, _ = volume
+    _tiny_checkpoint(tmp_path / "m.pt")
+    args = ["--checkpoint", str(tmp_path / "m.pt"), "--block", "8,32,32", "--halo", "4,32,32", "--threads", "1",
+            "--precision", "fp32", "--device", "cpu", "--no-progress"]
+    for name, scheduler in (("threads", "threads"), ("processes", "processes")):
+        result = subprocess.run([sys.executable, "-m", "pipeline.predict", store, "--out", f"{store}/{name}",
+                                 "--scheduler", scheduler, "--workers", "2"] + args, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(open_volume(f"{store}/processes")[:], open_volume(f"{store}/threads")[:])
+
+
 def test_bad_input_gives_one_line_errors_and_writes_nothing(tmp_path, volume, capsys):
     store, _ = volume
     _tiny_checkpoint(tmp_path / "m.pt")
@@ -226,6 +241,17 @@ def test_bad_input_gives_one_line_errors_and_writes_nothing(tmp_path, volume, ca
     assert not os.path.exists(os.path.join(store, "affinities"))
 
 
+def test_bf16_on_a_cpu_that_only_emulates_it_is_refused(tmp_path, volume, monkeypatch, capsys):
+    store, _ = volume
+    _tiny_checkpoint(tmp_path / "m.pt")
+    monkeypatch.setattr("corrseg3d.inference.cpu_has_native_bf16", lambda: False)
+    args = [store, "--checkpoint", str(tmp_path / "m.pt"), "--device", "cpu", "--no-progress", "--precision"]
+    assert main(args + ["bf16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: precision bf16 is emulated on this CPU") and err.endswith(": use fp32 or auto\n")
+    assert err.count("\n") == 1 and sorted(os.listdir(store)) == ["raw", "zarr.json"]
+
+
 def test_checkpoint_with_other_offsets_is_refused(tmp_path, volume, capsys):
     store, _ = volume
     _tiny_checkpoint(tmp_path / "a.pt")
@@ -240,3 +266,24 @@ def test_checkpoint_with_other_offsets_is_refused(tmp_path, volume, capsys):
     np.testing.assert_array_equal(open_volume(store + "/affinities")[:], before)
     with pytest.raises(PredictError, match="uint8 or float16"):
         predict(store, options=PredictOptions(checkpoint=str(tmp_path / "a.pt"), dtype="int8"), progress=False)
+
+
+def test_a_zarr_v2_store_gets_v2_outputs_equal_to_v3_ones(tmp_path, volume):
+    """predict and segment write next to a zarr v2 input as v2 datasets, with the same values as in v3."""
+    store, raw = volume
+    _tiny_checkpoint(tmp_path / "m.pt")
+    old = str(tmp_path / "old.zarr")
+    array = zarr.open_group(old, mode="w", zarr_format=2).create_array("raw", shape=raw.shape, chunks=(8, 32, 32),
+                                                                        dtype="uint8")
+    array[:] = raw
+    array.attrs.update({"voxel_size": [30, 6, 6], "offset": [0, 0, 0]})
+    options = PredictOptions(checkpoint=str(tmp_path / "m.pt"), block=(8, 32, 32), halo=(4, 32, 32), device="cpu")
+    for location in (store, old):
+        predict(location, options=options, progress=False, scheduler="synchronous")
+        segment(location, SegmentOptions(block=(8, 32, 32), min_size=20), progress=False, scheduler="synchronous")
+    assert os.path.exists(os.path.join(old, "affinities", "s0", ".zarray"))
+    assert not os.path.exists(os.path.join(old, "zarr.json"))
+    for name in ("affinities", "segmentation"):
+        written = open_volume(f"{old}/{name}")
+        assert written.voxel_size == (30.0, 6.0, 6.0)
+        np.testing.assert_array_equal(written[:], open_volume(f"{store}/{name}")[:])

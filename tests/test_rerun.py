@@ -51,7 +51,7 @@ def test_run_restarts_a_stage_after_a_config_change(run_inputs, tmp_path, capsys
     segmented = _mtimes(os.path.join(config.store, ".corrseg3d", "segment"))
     capsys.readouterr()
     assert run.main([path, "--set", "segment.min_size=300", "--no-progress"]) == 2
-    assert "pass --overwrite" in capsys.readouterr().err
+    assert "pass --restart segment" in capsys.readouterr().err
     assert run.main([path, "--set", "segment.min_size=300", "--restart", "segment", "--no-progress"]) == 0
     assert _mtimes(os.path.join(config.store, ".corrseg3d", "predict")) == predicted  # predict kept
     after = _mtimes(os.path.join(config.store, ".corrseg3d", "segment"))

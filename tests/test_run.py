@@ -10,8 +10,8 @@ import pytest
 import yaml
 from conftest import assert_same_result, write_run_config
 
-from pipeline import demo
-from pipeline.run import block_progress, main
+from pipeline import demo, slurm
+from pipeline.run import BLOCK_PHASES, block_progress, done_blocks, main, prepare, run_phase
 from pipeline.runconfig import RunConfig, default_config_yaml, load_run_config
 
 
@@ -68,6 +68,33 @@ def test_rerun_does_nothing_and_changed_config_is_refused(reference, capsys):
     assert _records(config.store) == before
     with open(os.path.join(config.run_dir, "scores.json")) as handle:
         assert 0 < json.load(handle)["report"]["scores"]["voi"] < 10
+
+
+def test_changed_segment_config_is_refused_before_predict_resumes(run_inputs, tmp_path, capsys, keep_torch_threads):
+    """A run killed during predict (outputs claimed, 3 of 12 blocks done) rerun with another
+    ``segment.min_size``: refused before any predict block runs, with pipeline.run's fix."""
+    path = write_run_config(tmp_path, "changed", run_inputs)
+    config = load_run_config(path)
+    prepare(config)
+    run_phase(config, "predict", task_index=0, num_tasks=4, progress=False)
+    done = done_blocks(config, "predict")
+    assert len(done) == 3
+    capsys.readouterr()
+    assert main([path, "--set", "segment.min_size=5", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "different config (options.min_size differ)" in err and err.count("\n") == 1
+    assert "pass --restart segment to discard the segment results" in err and "--overwrite" not in err
+    assert done_blocks(config, "predict") == done
+    capsys.readouterr()
+    assert slurm.main(["submit", path, "--set", "segment.min_size=5", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --restart segment" in err and err.count("\n") == 1
+    assert slurm.main(["submit", path, "--set", "segment.min_size=5", "--dry-run", "--restart", "segment"]) == 2
+    assert "drop one of them" in capsys.readouterr().err
+    changed = load_run_config(path, ["segment.min_size=5"])
+    assert set(prepare(changed, restart="segment")) == set(BLOCK_PHASES)  # what submit --restart segment does
+    assert done_blocks(config, "predict") == done
+    prepare(changed)  # the segment outputs are claimed afresh with the new config
 
 
 def test_dask_local_cluster_with_two_processes_equals_local_run(run_inputs, reference, tmp_path, monkeypatch):

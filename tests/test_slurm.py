@@ -72,6 +72,16 @@ def test_dry_run_prints_chained_scripts_and_submits_nothing(run_inputs, tmp_path
     assert block_progress(config)["predict"] == (0, 12)  # outputs claimed, no block run
 
 
+def test_dry_run_requests_gpus_for_predict_only(run_inputs, tmp_path, capsys):
+    path = write_run_config(tmp_path, "gpus", run_inputs)
+    assert main(["submit", path, "--dry-run", "--partition", "gpu", "--gpus", "1"]) == 0
+    printed = re.findall(r"^# \S+/scripts/(\w+)\.sbatch\n(.*?)\n\$ sbatch", capsys.readouterr().out, re.S | re.M)
+    scripts = dict(printed)
+    assert sorted(scripts) == ["evaluate", "fragments", "predict", "relabel", "stitch"]
+    assert [phase for phase, text in printed if "#SBATCH --gpus=1" in text] == ["predict"]
+    assert all("#SBATCH --partition=gpu" in text for text in scripts.values())
+
+
 def test_array_jobs_equal_local_run(slurm_cluster, run_inputs, reference, tmp_path, capsys):
     assert max_array_size() == 1001
     path = write_run_config(tmp_path, "slurm", run_inputs)

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from corrseg3d.checkpoint import load_model, read_checkpoint
-from corrseg3d.config import from_dict
+from corrseg3d.config import from_dict, to_dict
 from corrseg3d.inference import predict_volume, resolve_precision
 from corrseg3d.model import build_model
 from corrseg3d.train import initialise_from, learning_rate, main, train
 from emcore.conventions import PEA_OFFSETS
-from emcore.store import create_volume
+from emcore.store import create_volume, open_volume
 from pipeline.synth import generate
 
 
@@ -67,7 +67,8 @@ def test_training_writes_logs_checkpoints_and_plot(volume, tmp_path):
     ({"train": {"precision": "bf16"}}, {"scm", "ccm", "epm", "total"}),
     ({"loss": {"ccm": False, "class_weight_cap": 1.0, "mean_embedding": 0.5}}, {"scm", "ccm", "epm", "collapse", "total"}),
 ])
-def test_ablation_rows_and_precisions_train(volume, tmp_path, overrides, terms):
+def test_ablation_rows_and_precisions_train(volume, tmp_path, monkeypatch, overrides, terms):
+    monkeypatch.setattr("corrseg3d.inference.cpu_has_native_bf16", lambda: True)  # bf16 runs, emulated or not
     summary = train(_config(volume, iterations=2, validate=False, **overrides), tmp_path, progress=False)
     assert set(summary["last_loss"]) == terms and np.isfinite(summary["last_loss"]["total"])
     assert all(summary["last_loss"][k] == 0 for k in ("ccm", "epm") if k in overrides.get("loss", {}))
@@ -146,12 +147,60 @@ def test_cli_with_overrides(volume, tmp_path):
     assert read_checkpoint(tmp_path / "run" / "last.pt")["config"]["train"]["iterations"] == 1
 
 
-def test_precision_resolution():
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_precision_resolution(monkeypatch, native_bf16):
+    monkeypatch.setattr("corrseg3d.inference.cpu_has_native_bf16", lambda: native_bf16)
     cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) is None and resolve_precision("bf16", cpu) == torch.bfloat16
-    assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("auto", cpu) == (torch.bfloat16 if native_bf16 else None)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device; use fp32 or auto"):
         resolve_precision("fp16", cpu)
+
+
+def test_bf16_is_refused_on_a_cpu_that_only_emulates_it(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("corrseg3d.inference.cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("bf16", cpu) == torch.bfloat16
+    monkeypatch.setattr("corrseg3d.inference.cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match=r"^precision bf16 is emulated on this CPU \(.* has no AVX512-BF16 or "
+                                         r"AMX-BF16\), far slower than fp32: use fp32 or auto$"):
+        resolve_precision("bf16", cpu)
+
+
+def _train_with(volume, tmp_path, override: str) -> int:
+    """Exit status of ``python -m corrseg3d.train`` on a one-iteration config with ``override`` (key=value)."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(to_dict(_config(volume, iterations=1))))
+    return main(["-c", str(config), "--out", str(tmp_path / "run"), "--no-progress", override])
+
+
+def test_training_in_bf16_on_a_cpu_without_it_is_one_error_line(volume, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("corrseg3d.inference.cpu_has_native_bf16", lambda: False)
+    assert _train_with(volume, tmp_path, "train.precision=bf16") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: precision bf16 is emulated") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def float_raw(volume, tmp_path_factory):
+    """``volume``'s raw as float32 grey values in [0, 1] with one NaN: data predict refuses."""
+    raw = open_volume(f"{volume}/raw")[:].astype(np.float32) / 255
+    raw[0, 0, 0] = np.nan
+    location = f"{tmp_path_factory.mktemp('float')}/float.zarr/rawf"
+    create_volume(location, raw.shape, raw.dtype, chunks=(8, 64, 64)).array[...] = raw
+    return location
+
+
+@pytest.mark.parametrize("key", ["data.sources.0.raw", "validation.volumes.0.raw"])
+@pytest.mark.parametrize("dataset", ["float", "labels"])
+def test_raw_that_predict_refuses_stops_training_before_it_starts(volume, float_raw, tmp_path, capsys, dataset, key):
+    location, dtype = (float_raw, "float32") if dataset == "float" else (f"{volume}/labels", "uint64")
+    assert _train_with(volume, tmp_path, f"{key}={location}") == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {location} is {dtype}: training reads uint8 grey values; convert with "
+                   "`python -m pipeline.data convert` (rescales to uint8)\n")
+    assert not (tmp_path / "run").exists()
 
 
 def test_fine_tuning_starts_from_the_given_weights(volume, tmp_path):

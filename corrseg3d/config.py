@@ -450,8 +450,9 @@ def read_yaml_mapping(path: str | Path, example: str, *,
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config {path} does not exist: {example}")
-    loader = yaml.SafeLoader(path.read_text())
+    loader = None
     try:
+        loader = yaml.SafeLoader(path.read_text())
         node = loader.get_single_node()
         if node is not None and prepare is not None:
             prepare(node)
@@ -460,10 +461,12 @@ def read_yaml_mapping(path: str | Path, example: str, *,
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path} is not valid YAML{where}: {problem}; put a value that contains ': ' or ends in "
-                          "':' in quotes, e.g. roi: \"0:8,:,:\"") from None
+        hint = ("; put a value that contains ': ' or ends in ':' in quotes, e.g. roi: \"0:8,:,:\""
+                if "mapping values are not allowed" in problem else "")
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}{hint}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return values

@@ -297,7 +297,7 @@ def create_volume(
     overwrite: bool = False,
     compression_level: int = 3,
 ) -> Volume:
-    """Create an empty volume (zarr v3 OME-Zarr image, or precomputed layer) and return it.
+    """Create an empty volume (zarr v3 OME-Zarr image, v2 inside a v2 store, or precomputed layer) and return it.
 
     Parameters
     ----------
@@ -315,7 +315,8 @@ def create_volume(
     overwrite
         Replace an existing dataset; without it an existing dataset is an error.
     compression_level
-        zstd level (``ZstdCodec``; measured best ratio and speed for EM and affinities).
+        zstd level (``ZstdCodec``, numcodecs ``Zstd`` in v2; measured best ratio and speed for EM and
+        affinities).
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (3, 4):

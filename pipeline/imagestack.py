@@ -143,10 +143,14 @@ def _is_zarr(path: str) -> bool:
     return True
 
 
-def _intensity_range(stack: Any, slab: int) -> tuple[float, float]:
+def _intensity_range(stack: Any, slab: int, name: str) -> tuple[float, float]:
+    """[min, max] of a stack read in z-slabs of ``slab``; NaN is refused (it has no grey value)."""
     low, high = np.inf, -np.inf
     for z0 in range(0, stack.shape[0], slab):
-        block = stack[z0:z0 + slab]
+        block = np.asarray(stack[z0:z0 + slab])
+        if np.issubdtype(block.dtype, np.floating) and np.isnan(block).any():
+            raise DataError(f"{name} holds NaN in slices {z0}-{z0 + len(block) - 1}: replace it by a grey value "
+                            "before converting")
         low, high = min(low, float(block.min())), max(high, float(block.max()))
     return low, high
 
@@ -194,7 +198,7 @@ def convert(
     if not overwrite:
         refuse_existing([out_location])
     chunks = tuple(min(c, s) for c, s in zip(SLAB_CHUNKS, stack.shape))
-    scale = None if labels or kind == np.uint8 else _intensity_range(stack, chunks[0])
+    scale = None if labels or kind == np.uint8 else _intensity_range(stack, chunks[0], input_path)
     with removed_on_error([out_location]):
         volume = create_volume(out_location, stack.shape, kind if labels else np.uint8, chunks=chunks,
                                voxel_size=voxel_size, attrs={"source": os.path.abspath(input_path)},

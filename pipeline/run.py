@@ -48,13 +48,14 @@ from emcore.store import open_volume
 from .evaluate import evaluate, format_report, parse_roi
 from .predict import PredictStage, plan_predict
 from .runconfig import RunConfig, default_config_yaml, load_run_config, to_dict
-from .runstate import ConfigChangedError
+from .runstate import ConfigChangedError, check_distinct
 from .segment import SegmentStage, check_options
 from .slurmlimits import fitted_slurm_defaults
 from .stage import PhaseProgress, Stage
 
 __all__ = ["PHASES", "BLOCK_PHASES", "STAGES", "RunError", "check_run", "run", "run_phase", "stages", "prepare",
-           "phase_progress", "block_progress", "done_blocks", "scores_finished", "dask_cluster", "restart_advice", "main"]
+           "phase_progress", "block_progress", "done_blocks", "scores_finished", "dask_cluster", "restart_advice",
+           "SUBMIT_AGAIN", "main"]
 
 #: Blockwise phases (SLURM array jobs) and all phases in execution order.
 BLOCK_PHASES = PredictStage.phases + SegmentStage.phases
@@ -79,8 +80,9 @@ def check_run(config: RunConfig, *, scheduler: str | None = None) -> None:
     """Check the whole run before its first stage starts; nothing is written.
 
     Covers the scheduler and workers, everything ``predict`` checks (raw volume, checkpoint,
-    options, device and precision), the ``segment`` options, and with ``evaluate.gt`` the ground
-    truth, mask and ROI against the raw volume's shape.
+    options, device and precision), the ``segment`` options, with ``evaluate.gt`` the ground
+    truth, mask and ROI against the raw volume's shape, and that no output is an input or another
+    output (so no ``--restart`` can discard an input).
 
     Raises
     ------
@@ -93,12 +95,15 @@ def check_run(config: RunConfig, *, scheduler: str | None = None) -> None:
                         options=config.predict, scheduler=scheduler,
                         num_workers=config.execution.workers, dataset=config.input.dataset)
     check_options(config.segment)
+    inputs = {"input.raw": plan.raw.location}
     if config.evaluate.gt is not None:
-        _check_ground_truth(config, plan.raw.spatial_shape)
+        inputs.update(_check_ground_truth(config, plan.raw.spatial_shape))
+    check_distinct(inputs, {name: config.location(name) for name in ("affinities", "fragments", "segmentation")})
 
 
-def _check_ground_truth(config: RunConfig, shape: tuple[int, int, int]) -> None:
-    """The ``evaluate`` section against the shape the segmentation will have."""
+def _check_ground_truth(config: RunConfig, shape: tuple[int, int, int]) -> dict[str, str]:
+    """The ``evaluate`` section against the shape the segmentation will have; the locations of the
+    ground truth and mask by config key."""
     options = config.evaluate
     volumes = {"evaluate.gt": open_volume(options.gt, options.gt_dataset)}
     if options.mask is not None:
@@ -114,38 +119,37 @@ def _check_ground_truth(config: RunConfig, shape: tuple[int, int, int]) -> None:
         raise EvaluationError("evaluate.ignore_gt and evaluate.ignore_seg must be labels >= 0")
     if options.roi:
         parse_roi(options.roi, shape)
+    return {key: volume.location for key, volume in volumes.items()}
 
 
 def run_phase(config: RunConfig, phase: str, *, task_index: int | None = None, num_tasks: int | None = None,
-              scheduler: str | None = None, progress: bool = True, overwrite: bool = False,
+              scheduler: str | None = None, progress: bool = True,
               allow_incomplete: bool = False) -> dict[str, Any]:
     """Run ``phase`` (or task ``task_index`` of ``num_tasks`` of it) and return the stage's summary.
 
-    ``overwrite`` discards the stage's earlier results first (predict, fragments: the stage's
-    outputs and run state; evaluate: the stored scores). ``allow_incomplete`` lets the segment
-    phases claim their outputs before the prediction has finished (:func:`prepare`).
+    Earlier results are discarded by :func:`prepare` (``restart``), never here. ``allow_incomplete``
+    lets the segment phases claim their outputs before the prediction has finished (:func:`prepare`).
     """
     scheduler = scheduler or config.execution.scheduler
     if phase in BLOCK_PHASES:
         return _stage_of(config, phase).run_phase(phase, task_index=task_index, num_tasks=num_tasks,
                                                   scheduler=scheduler, num_workers=config.execution.workers,
-                                                  progress=progress, overwrite=overwrite,
-                                                  allow_incomplete=allow_incomplete)
+                                                  progress=progress, allow_incomplete=allow_incomplete)
     if phase == "evaluate":
-        return _evaluate(config, scheduler, rescore=overwrite)
+        return _evaluate(config, scheduler)
     raise RunError(f"unknown phase {phase!r}: use one of {', '.join(PHASES)}")
 
 
-def _evaluate(config: RunConfig, scheduler: str, *, rescore: bool = False) -> dict[str, Any]:
+def _evaluate(config: RunConfig, scheduler: str) -> dict[str, Any]:
     """Score the finished segmentation once; a rerun with the same settings reuses ``scores.json``
-    unless ``rescore``."""
+    (which a restart of ``evaluate`` or an earlier stage deletes)."""
     if config.evaluate.gt is None:
         raise RunError("evaluate.gt is not set: give the ground truth location to score the segmentation")
     progress = block_progress(config)
     if progress.get("relabel") is None or progress["relabel"][0] != progress["relabel"][1]:
         raise RunError(f"the segmentation {config.location('segmentation')} is not finished: run the relabel phase first")
     path = _scores_path(config)
-    if scores_finished(config) and not rescore:
+    if scores_finished(config):
         with open(path) as handle:
             return {**json.load(handle)["report"], "reused": True}
     report = evaluate(config.location("segmentation"), config.evaluate.gt, config.evaluate, scheduler=scheduler)
@@ -155,16 +159,18 @@ def _evaluate(config: RunConfig, scheduler: str, *, rescore: bool = False) -> di
 
 
 @contextlib.contextmanager
-def restart_advice(*, phase: bool = False) -> Iterator[None]:
-    """Give a stage's changed-config refusal the fix of ``pipeline.run`` and ``pipeline.slurm submit``:
-    ``--restart STAGE`` (a stage's own ``--overwrite`` would discard the earlier stages' results
-    too); ``phase``: the refused command ran one phase, which cannot restart."""
+def restart_advice(how: str = "pass") -> Iterator[None]:
+    """Give a stage's changed-config refusal the fix of the whole chain: ``{how} --restart STAGE``
+    (a stage's own ``--overwrite`` would discard the earlier stages' results too)."""
     try:
         yield
     except ConfigChangedError as error:
-        how = "run the whole chain (no --phase) with" if phase else "pass"
         raise RunError(f"{error.reason}: rerun with the original options, or {how} --restart {error.stage} to "
                        f"discard the {error.stage} results and every later stage's and compute them again") from None
+
+
+#: :func:`restart_advice` for commands that cannot restart (one phase, a resubmission).
+SUBMIT_AGAIN = "submit the whole chain again (python -m pipeline.slurm submit, or python -m pipeline.run) with"
 
 
 def _discarded(restart: str | None) -> set[str]:
@@ -322,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with dask_cluster(config) as address:
         scheduler = address or args.scheduler
         if args.phase:
-            with restart_advice(phase=True):
+            with restart_advice(SUBMIT_AGAIN):
                 summaries = {args.phase: run_phase(config, args.phase, task_index=args.task_index,
                                                    num_tasks=args.num_tasks, scheduler=scheduler,
                                                    progress=not args.no_progress)}

@@ -43,7 +43,8 @@ from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.blocks import SCHEDULERS, task_blocks, write_json_atomic
 
 from .predict import PredictStage
-from .run import BLOCK_PHASES, STAGES, check_run, phase_progress, prepare, restart_advice, scores_finished
+from .run import (BLOCK_PHASES, STAGES, SUBMIT_AGAIN, check_run, phase_progress, prepare, restart_advice,
+                  scores_finished)
 from .runconfig import RunConfig, load_run_config, to_dict
 from .slurmlimits import check_request, check_request_format, query_nodes
 
@@ -130,8 +131,9 @@ class _Job:
     num_tasks: int | None
 
 
-def _submit_chain(config: RunConfig, jobs: Sequence[_Job], *, dry_run: bool) -> dict[str, Any]:
-    """Write and submit ``jobs`` in order, each after the previous one succeeded; record them."""
+def _submit_chain(config: RunConfig, jobs: Sequence[_Job], *, dry_run: bool, fresh: bool = False) -> dict[str, Any]:
+    """Write and submit ``jobs`` in order, each after the previous one succeeded; record them (``fresh``:
+    as the run's first submission, forgetting the earlier ones, after a restart discarded their results)."""
     run_dir = config.run_dir
     for folder in ("scripts", "logs"):
         os.makedirs(os.path.join(run_dir, folder), exist_ok=True)
@@ -158,7 +160,7 @@ def _submit_chain(config: RunConfig, jobs: Sequence[_Job], *, dry_run: bool) -> 
                                 "num_tasks": job.num_tasks}
         previous = job_id
     if not dry_run:
-        record = _load_jobs(run_dir, missing_ok=True)
+        record = {"submissions": []} if fresh else _load_jobs(run_dir, missing_ok=True)
         record["submissions"].append(submitted)
         write_json_atomic(os.path.join(run_dir, "jobs.json"), record)
     return submitted
@@ -198,13 +200,15 @@ def submit(config: RunConfig, *, dry_run: bool = False, restart: str | None = No
     another config is otherwise refused, naming it.
     """
     if restart is not None and dry_run:
-        raise SlurmError(f"--restart {restart} discards results and --dry-run must change nothing: drop one of them")
+        raise SlurmError(f"--restart {restart} discards results and --dry-run discards nothing: drop one of them")
     check_submission(config, dry_run=dry_run)
+    queue = _active_queue(config.run_dir, f"submit with --restart {restart}") if restart is not None else {}
     limit = max_array_size()
     if config.slurm.max_array is not None:
         limit = min(limit, config.slurm.max_array)
     with restart_advice():
         blocks = prepare(config, restart=restart)
+    _cancel_waiting(queue)
     jobs = []
     for phase in BLOCK_PHASES:
         num_tasks = min(blocks[phase], limit)
@@ -213,7 +217,7 @@ def submit(config: RunConfig, *, dry_run: bool = False, restart: str | None = No
         jobs.append(_Job("evaluate", None, None))
     if dry_run:
         print("# dry run: outputs were created and claimed; nothing was submitted\n")
-    return _submit_chain(config, jobs, dry_run=dry_run)
+    return _submit_chain(config, jobs, dry_run=dry_run, fresh=restart is not None)
 
 
 def _queue() -> dict[str, tuple[str, str]]:
@@ -299,6 +303,28 @@ def format_status(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _active_queue(run_dir: str, then: str) -> dict[str, tuple[str, str]]:
+    """The queued jobs of the run in ``run_dir`` (``{"JOB_TASK" or "JOB": (state, reason)}``), refusing
+    while one of them is running or waiting for resources (``then``: what to do once they are gone)."""
+    submissions = _load_jobs(run_dir, missing_ok=True)["submissions"]
+    ours = {entry["job"] for submission in submissions for entry in submission.values()}
+    if not ours:
+        return {}
+    queue = {key: value for key, value in _queue().items() if key.split("_")[0] in ours}
+    active = sorted(key for key, (state, reason) in queue.items() if not reason.startswith("Dependency"))
+    if active:
+        raise SlurmError(f"jobs {', '.join(active)} of this run are still running or queued: wait for them "
+                         f"(python -m pipeline.slurm status) or scancel them, then {then}")
+    return queue
+
+
+def _cancel_waiting(queue: dict[str, tuple[str, str]]) -> None:
+    """scancel the jobs of :func:`_active_queue`'s ``queue``: all wait on a dependency of an earlier chain."""
+    waiting = sorted({key.split("_")[0] for key in queue})
+    if waiting:
+        _slurm(["scancel", *waiting])
+
+
 def resubmit(run_dir: str, *, dry_run: bool = False) -> dict[str, Any]:
     """Submit only the tasks owning unfinished blocks (same task split as before), chained again.
 
@@ -308,16 +334,11 @@ def resubmit(run_dir: str, *, dry_run: bool = False) -> dict[str, Any]:
     config = load_run_config(os.path.join(run_dir, "run.yaml"))
     submissions = _load_jobs(run_dir)["submissions"]
     check_submission(config, dry_run=dry_run)
-    ours = {entry["job"] for submission in submissions for entry in submission.values()}
-    queue = {key: value for key, value in _queue().items() if key.split("_")[0] in ours}
-    active = sorted(key for key, (state, reason) in queue.items() if not reason.startswith("Dependency"))
-    if active:
-        raise SlurmError(f"jobs {', '.join(active)} of this run are still running or queued: wait for them "
-                         "(python -m pipeline.slurm status) or scancel them, then resubmit")
-    waiting = sorted({key.split("_")[0] for key in queue})
-    if waiting and not dry_run:
-        _slurm(["scancel", *waiting])
-    blocks = prepare(config)
+    queue = _active_queue(run_dir, "resubmit")
+    if not dry_run:
+        _cancel_waiting(queue)
+    with restart_advice(SUBMIT_AGAIN):
+        blocks = prepare(config)
     num_tasks = {phase: submissions[0][phase]["num_tasks"] for phase in BLOCK_PHASES}
     progress = phase_progress(config)
     jobs = []

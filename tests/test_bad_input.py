@@ -162,6 +162,10 @@ ROWS = [
     ("run", "no-gt.yaml", "missing.zarr does not exist", {}),
     ("run", "fp16.yaml", "fp16 needs a CUDA device", {}),
     ("run", "run.yaml --set segment.min_sise=5", "did you mean 'segment.min_size'", {}),
+    ("run", "run.yaml --set output.store=raw.zarr --set output.segmentation=raw --overwrite",
+     "raw.zarr/raw would overwrite the input input.raw", {}),
+    ("slurm", "submit run.yaml --set output.store=raw.zarr --set output.fragments=labels --dry-run",
+     "would overwrite the input evaluate.gt", {}),
     ("run", "run.yaml --restart segment --phase fragments", "without --phase", {}),
     ("run", "bad.yaml", "is not valid YAML", {}),
     # slurm

@@ -112,6 +112,11 @@ def test_convert_zarr_uint16_that_predict_refuses(tmp_path, capsys, stack):
     status, err = run(capsys, "convert", f"{tmp_path}/in.zarr/raw16", f"{tmp_path}/in.zarr/raw16", "--overwrite")
     assert status == 2 and "would overwrite the input stack" in err
     assert open_volume(f"{tmp_path}/in.zarr/raw16").dtype == np.uint16
+    floats = values.astype(np.float32)
+    floats[1, 2, 3] = np.nan
+    create_volume(f"{tmp_path}/in.zarr/nan", floats.shape, np.float32, chunks=floats.shape)[:] = floats
+    status, err = run(capsys, "convert", f"{tmp_path}/in.zarr/nan", f"{tmp_path}/in.zarr/fromnan")
+    assert status == 2 and "holds NaN in slices 0-" in err and not (tmp_path / "in.zarr" / "fromnan").exists()
 
 
 def test_convert_hdf5_labels_and_errors(tmp_path, capsys):

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -47,6 +48,7 @@ __all__ = [
     "check_scheduler",
     "write_json_atomic",
     "save_npz_atomic",
+    "load_npz",
 ]
 
 SCHEDULERS = ("threads", "processes", "synchronous")
@@ -178,6 +180,18 @@ def save_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
     tmp = f"{path}.tmp{os.getpid()}.{time.monotonic_ns()}.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+#: Serialises :func:`load_npz`: numpy parses each .npy header with ``ast.literal_eval``, which
+#: CPython 3.11 can fail with "SystemError: AST constructor recursion depth mismatch" when several
+#: threads parse at once (python/cpython gh-106905), as blockwise tasks under the threads scheduler do.
+_NPZ_LOCK = threading.Lock()
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz file ``path`` (written by :func:`save_npz_atomic`), read at once."""
+    with _NPZ_LOCK, np.load(path) as arrays:
+        return {name: arrays[name] for name in arrays.files}
 
 
 class DoneRecords:

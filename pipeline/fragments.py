@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 from numcodecs import Zstd
@@ -164,7 +165,7 @@ def _face_tables(grid: BlockGrid, block: Block, begin: tuple[int, ...], labels: 
     return tables
 
 
-def load_slab(tables: np.lib.npyio.NpzFile, axis: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+def load_slab(tables: Mapping[str, np.ndarray], axis: int, side: int) -> tuple[np.ndarray, np.ndarray]:
     """Decode the label slab of one face: (labels uint32, begin (3,) global origin)."""
     key = f"slab_{axis}_{SIDES[side]}"
     shape = tuple(tables[f"{key}_shape"])

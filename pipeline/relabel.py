@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from emcore.blocks import BlockGrid
+from emcore.blocks import BlockGrid, load_npz
 from emcore.conventions import fragment_local
 from emcore.store import open_volume
 
@@ -36,8 +36,8 @@ class RelabelParams:
 @lru_cache(maxsize=2)
 def _lookup(path: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
     """The lookup table, loaded once per process (and again only if the file changed)."""
-    with np.load(path) as table:
-        return table["node_offsets"], table["values"]
+    table = load_npz(path)
+    return table["node_offsets"], table["values"]
 
 
 def relabel_block(params: RelabelParams, index: int) -> None:

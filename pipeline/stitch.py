@@ -36,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from emcore.blocks import BlockGrid, save_npz_atomic
+from emcore.blocks import BlockGrid, load_npz, save_npz_atomic
 from emcore.conventions import FRAGMENT_ID_SHIFT, LOCAL_ID_MASK, fragment_block, fragment_ids, fragment_local
 from emcore.regiongraph import DEFAULT_BETA, agglomerate, components, merge_small_segments, multicut, pair_statistics
 
@@ -78,28 +78,28 @@ def stitch_faces(params: StitchParams, index: int) -> None:
     grid = params.grid
     block = grid.block(index)
     merges, us, vs, ws = [], [], [], []
-    with np.load(table_path(params.workdir, index)) as mine:
-        b_sizes = mine["sizes"]
-        for axis in range(3):
-            lower = grid.neighbour(block, axis, -1)
-            if lower is None:
-                continue
-            b_slab, begin = load_slab(mine, axis, -1)
-            with np.load(table_path(params.workdir, lower)) as theirs:
-                a_slab, a_begin = load_slab(theirs, axis, 1)
-                a_sizes = theirs["sizes"]
-            if a_slab.shape != b_slab.shape or not np.array_equal(begin, a_begin):
-                raise ValueError(f"face tables of blocks {lower} and {index} disagree: rerun pass 1 with --overwrite")
-            pairs = mutual_majority(a_slab.ravel(), b_slab.ravel(), params.majority)
-            pairs = pairs[(a_sizes[pairs[:, 0]] > 0) & (b_sizes[pairs[:, 1]] > 0)]
-            merges.append(np.stack([fragment_ids(lower, pairs[:, 0]), fragment_ids(index, pairs[:, 1])], axis=1))
-            plane = [slice(bg - o, e - o) for bg, e, o in zip(block.begin, block.end, begin)]
-            plane[axis] = block.begin[axis] - int(begin[axis])
-            b_plane = tuple(plane)
-            plane[axis] -= 1
-            us.append(fragment_ids(lower, a_slab[tuple(plane)].ravel()))
-            vs.append(fragment_ids(index, b_slab[b_plane].ravel()))
-            ws.append(mine[f"face_aff_{axis}"].ravel())
+    mine = load_npz(table_path(params.workdir, index))
+    b_sizes = mine["sizes"]
+    for axis in range(3):
+        lower = grid.neighbour(block, axis, -1)
+        if lower is None:
+            continue
+        b_slab, begin = load_slab(mine, axis, -1)
+        theirs = load_npz(table_path(params.workdir, lower))
+        a_slab, a_begin = load_slab(theirs, axis, 1)
+        a_sizes = theirs["sizes"]
+        if a_slab.shape != b_slab.shape or not np.array_equal(begin, a_begin):
+            raise ValueError(f"face tables of blocks {lower} and {index} disagree: rerun pass 1 with --overwrite")
+        pairs = mutual_majority(a_slab.ravel(), b_slab.ravel(), params.majority)
+        pairs = pairs[(a_sizes[pairs[:, 0]] > 0) & (b_sizes[pairs[:, 1]] > 0)]
+        merges.append(np.stack([fragment_ids(lower, pairs[:, 0]), fragment_ids(index, pairs[:, 1])], axis=1))
+        plane = [slice(bg - o, e - o) for bg, e, o in zip(block.begin, block.end, begin)]
+        plane[axis] = block.begin[axis] - int(begin[axis])
+        b_plane = tuple(plane)
+        plane[axis] -= 1
+        us.append(fragment_ids(lower, a_slab[tuple(plane)].ravel()))
+        vs.append(fragment_ids(index, b_slab[b_plane].ravel()))
+        ws.append(mine[f"face_aff_{axis}"].ravel())
     empty = np.zeros(0, np.uint64)
     stats = pair_statistics(np.concatenate(us or [empty]), np.concatenate(vs or [empty]),
                             np.concatenate(ws or [np.zeros(0)]))
@@ -132,17 +132,13 @@ def build_lookup(params: StitchParams) -> dict[str, int]:
     n_blocks = params.grid.n_blocks
     n_labels, sizes, edges, sums, counts, merges = [], [], [], [], [], []
     for index in range(n_blocks):
-        with np.load(table_path(params.workdir, index)) as table:
-            n_labels.append(int(table["n_labels"]))
-            sizes.append(table["sizes"][1:])
-            edges.append(fragment_ids(index, table["edges"]))
-            sums.append(table["edge_sum"])
-            counts.append(table["edge_count"])
-        with np.load(face_path(params.workdir, index)) as face:
-            merges.append(face["merges"])
-            edges.append(face["edges"])
-            sums.append(face["edge_sum"])
-            counts.append(face["edge_count"])
+        table, face = load_npz(table_path(params.workdir, index)), load_npz(face_path(params.workdir, index))
+        n_labels.append(int(table["n_labels"]))
+        sizes.append(table["sizes"][1:])
+        edges += [fragment_ids(index, table["edges"]), face["edges"]]
+        sums += [table["edge_sum"], face["edge_sum"]]
+        counts += [table["edge_count"], face["edge_count"]]
+        merges.append(face["merges"])
     node_offsets = np.concatenate([[0], np.cumsum(n_labels)]).astype(np.int64)
     n_nodes = int(node_offsets[-1])
     to_node = _node_mapper(node_offsets)

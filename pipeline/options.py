@@ -44,7 +44,7 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _value_type(hint: Any) -> Any:
+def value_type(hint: Any) -> Any:
     """The type of a field without ``None`` (``int | None`` -> ``int``)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
@@ -68,7 +68,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one option per field of the options dataclass ``cls`` to ``parser`` (see module docstring)."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        kind = _value_type(hints[field.name])
+        kind = value_type(hints[field.name])
         text = field.metadata["help"]
         if kind is bool:
             if field.default:

@@ -33,7 +33,7 @@ import yaml
 from corrseg3d.config import ConfigError, apply_overrides, build_dataclass, read_yaml_mapping, to_dict
 
 from .evaluate import EvaluateOptions
-from .options import _value_type, rename_deprecated_keys
+from .options import value_type, rename_deprecated_keys
 from .predict import PredictOptions
 from .segment import SegmentOptions
 
@@ -158,7 +158,7 @@ def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
 def _child_hint(hint: Any, key: str) -> Any:
     """The type hint of ``key`` inside a value of type ``hint``: a dataclass field, or a list item (``key``
     an index); None when ``key`` names neither."""
-    kind = _value_type(hint)
+    kind = value_type(hint)
     if dataclasses.is_dataclass(kind):
         return typing.get_type_hints(kind).get(key)
     if typing.get_origin(kind) is list and key.isdigit():
@@ -177,19 +177,20 @@ def _strings_as_written(node: yaml.Node, hint: Any) -> None:
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _strings_as_written(item, _child_hint(hint, str(index)))
-    elif _value_type(hint) is str and node.style is None and node.tag != NULL_TAG:
+    elif value_type(hint) is str and node.style is None and node.tag != NULL_TAG:
         node.tag = STR_TAG
 
 
 def _string_override(item: str) -> str:
     """The ``key=value`` override ``item`` with a string-typed key's value quoted, so it stays the text
-    given (``slurm.time=12:00:00``, ``evaluate.roi=0:99,:,:``); ``null`` still clears an optional string."""
+    given (``slurm.time=12:00:00``, ``evaluate.roi=0:99,:,:``); ``null`` stays null (it clears an optional
+    string and is refused for a required one)."""
     key, sep, text = item.partition("=")
     hint: Any = RunConfig
     for part in key.split("."):
         hint = _child_hint(hint, part)
     null = yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False)) == NULL_TAG
-    if not sep or _value_type(hint) is not str or (null and hint is not str):
+    if not sep or value_type(hint) is not str or null:
         return item
     quoted = yaml.safe_dump(text, default_style='"', width=math.inf).rstrip()
     return f"{key}={quoted}"

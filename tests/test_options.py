@@ -10,7 +10,7 @@ import yaml
 
 from pipeline import evaluate, predict, segment
 from pipeline.evaluate import EvaluateOptions
-from pipeline.options import _value_type, flag_name, options_from_args
+from pipeline.options import value_type, flag_name, options_from_args
 from pipeline.predict import PredictOptions
 from pipeline.runconfig import ConfigError, load_run_config
 from pipeline.segment import SegmentOptions
@@ -25,7 +25,7 @@ STRINGS = {"checkpoint": "/data/weights.pt", "mask": "/data/mask.zarr", "roi": "
 
 def other_value(field: dataclasses.Field, hint: typing.Any) -> typing.Any:
     """A valid value of ``field`` different from its default."""
-    kind = _value_type(hint)
+    kind = value_type(hint)
     if kind is bool:
         return not field.default
     if typing.get_origin(kind) is typing.Literal:

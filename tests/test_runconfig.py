@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline.run import main
-from pipeline.runconfig import load_run_config, to_dict
+from pipeline.runconfig import ConfigError, load_run_config, to_dict
 
 BASE = "input: {raw: vol.zarr/raw}\n"
 
@@ -45,6 +45,13 @@ def test_set_takes_a_string_value_as_given(tmp_path):
     assert (config.evaluate.roi, config.evaluate.mask, config.slurm.account) == ("0:99,:,:", None, "007")
     assert (config.slurm.setup, config.slurm.extra) == (["a", "sleep 1:00"], ["--qos=long"])
     assert (config.segment.min_size, config.predict.block) == (5, (8, 32, 32))
+
+
+def test_null_for_a_required_string_is_refused(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(BASE)
+    with pytest.raises(ConfigError, match="slurm.time: expected str"):
+        load_run_config(path, ["slurm.time=null"])
 
 
 def test_unquoted_roi_is_one_error_naming_line_column_and_quotes(tmp_path, capsys):

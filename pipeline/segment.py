@@ -240,6 +240,11 @@ def _plan(store: str, options: SegmentOptions, *, input_name: str, output_name: 
     require_finished(affinities.location, allow_incomplete=allow_incomplete)
     offsets = _check_input(affinities)
     options = _resolve(options, affinities, offsets)
+    reach = max_offset(offsets)
+    if options.method == "mws" and any(h < r for h, r in zip(options.halo, reach)):
+        raise SegmentError(f"--halo (segment.halo) {','.join(map(str, options.halo))} is smaller than the largest "
+                           f"offset {','.join(map(str, reach))}: mutex watershed would lose the long-range edges "
+                           "that cross block borders; use at least that")
     locations = {"fragments": f"{store}/{fragments_name}", "segmentation": f"{store}/{output_name}"}
     check_distinct({"affinities": affinities.location}, locations)
     return _Plan(affinities, offsets, options, workdir_for(f"{store}/{output_name}", "segment"),

@@ -146,6 +146,8 @@ ROWS = [
     ("segment", "vol.zarr --output other --beta 1", "--beta (segment.beta) 1.0 must be in (0, 1)", {}),
     ("segment", "vol.zarr --output other --phase stitch", "finish --phase fragments first", {}),
     ("segment", "vol.zarr --output other --task-index 0 --num-tasks 2", "need --phase", {}),
+    ("segment", "vol.zarr --output other --method mws --halo 1,1,1",
+     "--halo (segment.halo) 1,1,1 is smaller than the largest offset 4,27,27", {}),
     ("segment", "vol.zarr --output affinities --overwrite", "would overwrite the input affinities", {}),
     ("segment", "vol.zarr --output other --fragments affinities --overwrite", "would overwrite the input affinities",
      {}),

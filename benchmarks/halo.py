@@ -31,6 +31,7 @@ import torch
 from corrseg3d.checkpoint import load_model
 from corrseg3d.inference import predict_volume
 from corrseg3d.weights import default_checkpoint
+from emcore.conventions import raw_to_float
 from pipeline.synth import generate
 
 RESULTS = Path(__file__).parent / "results" / "halo.json"
@@ -50,7 +51,7 @@ def main() -> None:
     block = tuple(int(v) for v in args.block.split(","))
     checkpoint = args.checkpoint or default_checkpoint()
     model, offsets, _ = load_model(checkpoint)
-    image = generate(shape, seed=args.seed)[0].astype(np.float32) / 255
+    image = raw_to_float(generate(shape, seed=args.seed)[0])
     device = torch.device("cpu")
 
     def quantised(**tiling) -> np.ndarray:

@@ -52,6 +52,7 @@ from corrseg3d.inference import predict_volume, resolve_precision
 from corrseg3d.separability import affinity_separability
 from corrseg3d.train import segment as segment_slices
 from corrseg3d.weights import default_checkpoint
+from emcore.conventions import raw_to_float
 from emcore.metrics import segmentation_scores
 from emcore.regiongraph import DEFAULT_MIN_SIZE
 from emcore.store import create_volume, open_volume
@@ -174,7 +175,7 @@ def heldout_isbi(checkpoint: str, source: str, slices: tuple[int, int], work: Pa
     write_isbi2012(source, store)
     model, offsets, _ = load_model(checkpoint)
     device = torch.device("cpu")
-    image = open_volume(store + "/raw")[:].astype(np.float32) / 255
+    image = raw_to_float(open_volume(store + "/raw")[:])
     affinities = predict_volume(model, image, offsets, block=image.shape, halo=(8, 48, 48), device=device,
                                 autocast_dtype=resolve_precision("auto", device), channels_last=True)
     labels = open_volume(store + "/labels")[:]

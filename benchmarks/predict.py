@@ -81,13 +81,13 @@ def run_reference(raw_location: str, out_location: str, checkpoint: str, crop: t
 
     from corrseg3d.checkpoint import load_model
     from corrseg3d.inference import predict_patch
-    from emcore.conventions import affinities_as_uint8
+    from emcore.conventions import affinities_as_uint8, raw_to_float
     from emcore.store import create_volume, open_volume
 
     model, offsets, _ = load_model(checkpoint)
     model.to(device)
     raw = open_volume(raw_location)
-    image = np.pad(raw[tuple(slice(0, n) for n in crop)].astype(np.float32) / 255, [(p, p) for p in PAD],
+    image = np.pad(raw_to_float(raw[tuple(slice(0, n) for n in crop)]), [(p, p) for p in PAD],
                    mode="reflect")
     total = np.zeros((len(offsets),) + image.shape, np.float32)
     norm = np.zeros(image.shape, np.float32)
@@ -194,9 +194,10 @@ def _child(args: argparse.Namespace) -> None:
 
 def _agreement(prediction: np.ndarray, labels: np.ndarray, offsets) -> dict[str, float]:
     from corrseg3d.targets import label_affinities
+    from emcore.conventions import affinities_as_float
 
     truth, valid = label_affinities(labels, offsets)
-    predicted = prediction.astype(np.float32) / 255
+    predicted = affinities_as_float(prediction)
     return {"accuracy": float(((predicted > 0.5) == truth.astype(bool))[valid].mean()),
             "mae": float(np.abs(predicted - truth)[valid].mean())}
 

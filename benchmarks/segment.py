@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from emcore.conventions import PEA_OFFSETS  # noqa: E402
+from emcore.conventions import PEA_OFFSETS, affinities_as_float  # noqa: E402
 from emcore.metrics import segmentation_scores  # noqa: E402
 from emcore.store import create_volume, open_volume  # noqa: E402
 
@@ -74,7 +74,7 @@ def run_child(name: str, store: str, block: tuple[int, ...], halo: tuple[int, ..
         if name == "whole_mws":
             from bioimage_cpp.segmentation import mutex_watershed
 
-            weights = affs.astype(np.float32) / 255  # attractive: affinity; repulsive: 1 - affinity
+            weights = affinities_as_float(affs)  # attractive: affinity; repulsive: 1 - affinity
             del affs
             np.subtract(np.float32(1), weights[3:], out=weights[3:])
             seg = mutex_watershed(weights, affinities.attrs["offsets"], 3, strides=[1, 4, 4], randomized_strides=False)
@@ -85,7 +85,7 @@ def run_child(name: str, store: str, block: tuple[int, ...], halo: tuple[int, ..
         else:
             from elf.segmentation.mutex_watershed import blockwise_mutex_watershed
 
-            boundaries = 1.0 - affs.astype(np.float32) / 255  # elf: boundary convention for all channels
+            boundaries = 1.0 - affinities_as_float(affs)  # elf: boundary convention for all channels
             del affs
             seg = blockwise_mutex_watershed(boundaries, affinities.attrs["offsets"], [1, 4, 4], list(block),
                                             n_threads=workers)

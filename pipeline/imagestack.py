@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from emcore.store import StoreError, create_volume, open_volume, removed_on_error, split_location
+from emcore.store import StoreError, Volume, create_volume, open_volume, removed_on_error, split_location
 
 from .data import DataError, parse_numbers, refuse_existing
 from .runstate import check_distinct
@@ -193,7 +193,7 @@ def convert(
     kind = np.dtype(stack.dtype)
     if labels and not np.issubdtype(kind, np.integer):
         raise DataError(f"{input_path} holds {kind} values: labels must be integers (drop --labels for raw images)")
-    if _is_zarr(input_path):
+    if isinstance(stack, Volume):
         check_distinct({"stack": input_path}, {"raw": out_location})
     if not overwrite:
         refuse_existing([out_location])

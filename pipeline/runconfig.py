@@ -33,7 +33,7 @@ import yaml
 from corrseg3d.config import ConfigError, apply_overrides, build_dataclass, read_yaml_mapping, to_dict
 
 from .evaluate import EvaluateOptions
-from .options import value_type, rename_deprecated_keys
+from .options import rename_deprecated_keys, value_type
 from .predict import PredictOptions
 from .segment import SegmentOptions
 

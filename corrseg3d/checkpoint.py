@@ -181,12 +181,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file: {fix}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path} is not a corrseg3d checkpoint: it holds Python objects besides tensors and "
-                              f"plain data, which are never unpickled; {fix}") from None
-    except Exception:  # torch's weights-only unpickler fails in many ways on foreign bytes
-        raise CheckpointError(f"{path} is not a corrseg3d checkpoint (torch cannot read it as a weights file): "
-                              f"{fix}") from None
+    except Exception as error:  # torch's weights-only unpickler fails in many ways on foreign bytes
+        objects = isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error)
+        cause = ("it holds Python objects besides tensors and plain data, which are never unpickled" if objects
+                 else "torch cannot read it as a weights file")
+        raise CheckpointError(f"{path} is not a corrseg3d checkpoint ({cause}): {fix}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (found {found!r}): {fix}")

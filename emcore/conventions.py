@@ -68,6 +68,18 @@ def max_offset(offsets: Sequence[Sequence[int]]) -> Offset:
     return tuple(max(abs(o[axis]) for o in offsets) for axis in range(3))  # type: ignore[return-value]
 
 
+def halo_shortfall(halo: Sequence[int], offsets: Sequence[Sequence[int]]) -> str:
+    """Why ``halo`` (z, y, x) misses partner voxels of ``offsets``, or ``""`` when it covers them.
+
+    A halo covers the offsets when it is at least :func:`max_offset` along every axis; otherwise the
+    text reads e.g. ``"2,8,8 is smaller than the largest offset 4,27,27"``.
+    """
+    reach = max_offset(offsets)
+    if all(h >= r for h, r in zip(halo, reach)):
+        return ""
+    return f"{','.join(map(str, halo))} is smaller than the largest offset {','.join(map(str, reach))}"
+
+
 #: uint8 level of affinity 1 (and of the brightest input grey value).
 UINT8_SCALE = 255
 #: Bits of a fragment id that hold the block-local label; the block index sits above them.

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -44,6 +45,7 @@ __all__ = [
     "Volume",
     "open_volume",
     "create_volume",
+    "member_names",
     "check_write_alignment",
     "split_location",
     "remove_volume",
@@ -206,8 +208,19 @@ def open_volume(location: str, dataset: str | None = None, *, mode: str = "r") -
     return _volume_from_array(node, shown)
 
 
+def member_names(group: zarr.Group) -> list[str]:
+    """Sorted names of the arrays and groups directly in ``group``.
+
+    Folders that are no zarr node, such as this project's run state ``.corrseg3d``, are skipped
+    without zarr's warning about them.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Object at .* is not recognized as a component")
+        return sorted(name for name, _ in group.members())
+
+
 def _list_datasets(group: zarr.Group) -> str:
-    names = sorted(name for name, _ in group.members())
+    names = member_names(group)
     return "has: " + ", ".join(names) if names else "it is empty"
 
 

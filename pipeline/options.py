@@ -123,13 +123,14 @@ def rename_deprecated_keys(values: Mapping[str, Any], renames: Mapping[str, str]
     Raises
     ------
     ValueError
-        When both the old and the new key are given.
+        When both the old and the new key are given. A new key set to null (as a default
+        configuration written by ``--print-default-config`` has it) gives way to the old one.
     """
     result = dict(values)
     for old, new in renames.items():
         if old not in result:
             continue
-        if new in result:
+        if result.get(new) is not None:
             raise ValueError(f"{where}.{old} and {where}.{new} are the same setting: keep only {where}.{new}")
         warnings.warn(f"{where}.{old} is deprecated and will be removed in the next release: use {where}.{new}",
                       FutureWarning, stacklevel=2)

@@ -288,7 +288,7 @@ def _load_model(checkpoint: str | None):
 
 def _check_options(options: PredictOptions, offsets: Sequence[Sequence[int]]) -> None:
     from corrseg3d.inference import resolve_device, resolve_precision
-    from emcore.conventions import max_offset
+    from emcore.conventions import halo_shortfall
 
     if options.dtype not in OUTPUT_DTYPES:
         raise PredictError(f"--dtype {options.dtype} is not supported: use uint8 or float16")
@@ -300,10 +300,9 @@ def _check_options(options: PredictOptions, offsets: Sequence[Sequence[int]]) ->
         raise PredictError(f"--voxel-size {','.join(f'{v:g}' for v in options.voxel_size)} must be positive (z,y,x in nm)")
     if options.voxel_size_tolerance < 0:
         raise PredictError(f"--voxel-size-tolerance must be >= 0, got {options.voxel_size_tolerance}")
-    reach = max_offset(offsets)
-    if any(h < r for h, r in zip(options.halo, reach)):
-        raise PredictError(f"--halo {','.join(map(str, options.halo))} is smaller than the largest offset "
-                           f"{','.join(map(str, reach))}: use at least that")
+    shortfall = halo_shortfall(options.halo, offsets)
+    if shortfall:
+        raise PredictError(f"--halo {shortfall}: use at least that")
     resolve_precision(options.precision, resolve_device(options.device))
 
 

@@ -13,7 +13,7 @@ in y and x; a ``nearest`` voxel *is* the first voxel of its window and keeps the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import zarr
@@ -120,6 +120,11 @@ def build_pyramid(location: str, *, levels: int = 3, method: str = "auto", overw
         raise PyramidError(f"{location} has no OME-Zarr 0.5 multiscales with {SCALE0}: write it with this pipeline first")
     if levels < 1:
         raise PyramidError(f"--levels must be >= 1, got {levels}")
+    useful = max_levels(volume.spatial_shape)
+    if levels > useful:
+        raise PyramidError(f"--levels {levels} is more than the {useful} levels that {location}'s "
+                           f"{volume.spatial_shape[1]}x{volume.spatial_shape[2]} sections allow (level {useful} is "
+                           f"already 1x1 in y and x): pass --levels {useful} or fewer")
     method = default_method(inner, volume.dtype) if method == "auto" else method
     if method not in METHODS:
         raise PyramidError(f"unknown method {method!r}: use auto or one of {', '.join(METHODS)}")
@@ -148,6 +153,15 @@ def build_pyramid(location: str, *, levels: int = 3, method: str = "auto", overw
     multiscale["metadata"] = {"description": "2x in y and x per level, z kept", "method": method}
     group.attrs["ome"] = {**ome, "multiscales": [multiscale] + list(ome["multiscales"][1:])}
     return paths
+
+
+def max_levels(shape: Sequence[int]) -> int:
+    """Number of levels until a section of ``shape`` (z, y, x) is 1x1: ``ceil(log2(max(y, x)))``.
+
+    Level ``l`` has ``ceil(n / 2**l)`` voxels along y and x, so further levels would repeat the last.
+    A 1x1 volume allows no level; the result is then 0.
+    """
+    return int(max(shape[-2:]) - 1).bit_length()
 
 
 def _write_level(group: zarr.Group, source: zarr.Array, path: str, method: str) -> zarr.Array:

@@ -33,7 +33,7 @@ import numpy as np
 
 from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks, write_json_atomic
-from emcore.conventions import max_offset, validate_offsets
+from emcore.conventions import halo_shortfall, max_offset, validate_offsets
 from emcore.mws import check_affinity_values
 from emcore.regiongraph import DEFAULT_BETA, DEFAULT_MIN_SIZE
 from emcore.store import StoreError, Volume, check_write_alignment, create_volume, open_volume
@@ -240,10 +240,9 @@ def _plan(store: str, options: SegmentOptions, *, input_name: str, output_name: 
     require_finished(affinities.location, allow_incomplete=allow_incomplete)
     offsets = _check_input(affinities)
     options = _resolve(options, affinities, offsets)
-    reach = max_offset(offsets)
-    if options.method == "mws" and any(h < r for h, r in zip(options.halo, reach)):
-        raise SegmentError(f"--halo (segment.halo) {','.join(map(str, options.halo))} is smaller than the largest "
-                           f"offset {','.join(map(str, reach))}: mutex watershed would lose the long-range edges "
+    shortfall = halo_shortfall(options.halo, offsets)
+    if options.method == "mws" and shortfall:
+        raise SegmentError(f"--halo (segment.halo) {shortfall}: mutex watershed would lose the long-range edges "
                            "that cross block borders; use at least that")
     locations = {"fragments": f"{store}/{fragments_name}", "segmentation": f"{store}/{output_name}"}
     check_distinct({"affinities": affinities.location}, locations)

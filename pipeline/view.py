@@ -86,7 +86,8 @@ def make_viewer(sources: ViewSources, *, position: Sequence[float] | None = None
         The layers (:func:`pipeline.viewlayers.open_sources`).
     position
         Centre of the view in voxels (z, y, x) of the reference volume (default: the centre of
-        its middle voxel); voxel ``i`` spans ``[i, i + 1)``, so ``i + 0.5`` is its centre.
+        its middle voxel); voxel ``i`` spans ``[i, i + 1)``, so ``i + 0.5`` is its centre. A
+        position outside ``[0, shape]`` along any axis is a :class:`ViewError`.
     selected
         Segment ids to select per segmentation layer (those layers are made visible; the other
         segments of the layer are hidden).
@@ -98,7 +99,12 @@ def make_viewer(sources: ViewSources, *, position: Sequence[float] | None = None
     import neuroglancer
 
     reference = sources.reference
-    centre = position if position is not None else [n // 2 + 0.5 for n in reference.spatial_shape]
+    shape = reference.spatial_shape
+    if position is not None and not all(0 <= p <= n for p, n in zip(position, shape)):
+        raise ViewError(f"position {','.join(f'{p:g}' for p in position)} lies outside the volume "
+                        f"(z,y,x shape {','.join(map(str, shape))}): pass --position within 0..{shape[0]},"
+                        f"0..{shape[1]},0..{shape[2]}")
+    centre = position if position is not None else [n // 2 + 0.5 for n in shape]
     world = [o + c for o, c in zip(voxel_offset(reference), centre)]
     viewer = neuroglancer.Viewer()
     with viewer.txn() as state:

@@ -19,23 +19,21 @@ read one requested chunk at a time (:mod:`pipeline.viewarrays`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import warnings
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from emcore.blocks import BlockGrid
-from emcore.store import PRECOMPUTED_PREFIX, StoreError, Volume, open_volume, split_location
+from emcore.store import PRECOMPUTED_PREFIX, StoreError, Volume, member_names, open_volume, split_location
 
 from .runstate import workdir_for
 from .viewarrays import MeanAffinityView, VolumeView
 
 __all__ = ["ViewError", "LayerSpec", "ViewSources", "open_sources", "volume_layer", "neuroglancer_layer",
-           "coordinate_space", "voxel_offset", "quiet_run_state", "BLOCKS", "MAX_GRID_BOXES"]
+           "coordinate_space", "voxel_offset", "BLOCKS", "MAX_GRID_BOXES"]
 
 #: Dataset names shown first, in this order; other datasets follow alphabetically.
 KNOWN_ORDER = ("raw", "affinities", "fragments", "segmentation", "labels")
@@ -47,8 +45,6 @@ VISIBLE_NAMES = ("raw", "segmentation")
 BLOCKS = "blocks"
 #: A larger grid is left out: every box travels in the viewer state.
 MAX_GRID_BOXES = 20000
-#: zarr's warning about the run-state folder ``.corrseg3d`` when it lists a store (harmless).
-RUN_STATE_WARNING = r"Object at \.corrseg3d is not recognized"
 _UNITS = {"nanometer": "nm", "micrometer": "um", "millimeter": "mm", "meter": "m", "angstrom": "angstrom"}
 
 
@@ -95,14 +91,6 @@ class ViewSources:
 
     def layer(self, name: str) -> LayerSpec:
         return next(spec for spec in self.layers if spec.name == name)
-
-
-@contextlib.contextmanager
-def quiet_run_state() -> Iterator[None]:
-    """Silence zarr's warning about the run-state folder while listing a store's datasets."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=RUN_STATE_WARNING)
-        yield
 
 
 def coordinate_space(volume: Volume, names: Sequence[str] = ("z", "y", "x")) -> Any:
@@ -190,7 +178,7 @@ def _dataset_names(location: str) -> tuple[str, list[str]]:
         group = zarr.open_group(store=root, mode="r")
     except Exception:  # zarr raises several error types for folders that are not zarr groups
         raise ViewError(f"{root} is not a zarr store: pass vol.zarr, vol.zarr/NAME or precomputed://file:///ABS/PATH") from None
-    return root, sorted(name for name, _ in group.members())
+    return root, member_names(group)
 
 
 def _open_single(location: str) -> Volume | None:
@@ -244,8 +232,7 @@ def open_sources(location: str, names: Sequence[str] | None = None) -> ViewSourc
         The location holds no volume, or a named layer does not exist (the message lists those
         that do).
     """
-    with quiet_run_state():
-        return _open_sources(os.fspath(location), names)
+    return _open_sources(os.fspath(location), names)
 
 
 def _open_sources(location: str, names: Sequence[str] | None) -> ViewSources:

@@ -17,7 +17,7 @@ import numpy as np
 from emcore.store import PRECOMPUTED_PREFIX, StoreError, Volume, open_volume, split_location
 
 from .view import make_viewer, wait_until_interrupted
-from .viewlayers import ViewSources, quiet_run_state, volume_layer
+from .viewlayers import ViewSources, volume_layer
 
 __all__ = ["evaluation_sources", "offender_viewers", "serve_offenders"]
 
@@ -48,9 +48,8 @@ def _sibling_raw(volume: Volume) -> Volume | None:
 def evaluation_sources(segmentation: str, ground_truth: str) -> ViewSources:
     """Layers for looking at evaluation errors: ``raw`` (beside the segmentation, if present),
     ``segmentation`` and ``ground truth``."""
-    with quiet_run_state():
-        seg_volume, gt_volume = open_volume(segmentation), open_volume(ground_truth)
-        raw = _sibling_raw(seg_volume)
+    seg_volume, gt_volume = open_volume(segmentation), open_volume(ground_truth)
+    raw = _sibling_raw(seg_volume)
     layers = [volume_layer("raw", raw, visible=True)] if raw is not None else []
     layers += [volume_layer("segmentation", seg_volume, kind="segmentation", visible=True),
                volume_layer("ground truth", gt_volume, kind="segmentation", visible=True)]

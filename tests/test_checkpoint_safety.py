@@ -10,6 +10,7 @@ only the optimizer state; ``average`` is the mean of the floating-point tensors.
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -51,14 +52,20 @@ def test_numpy_values_are_stored_as_plain_numbers(tmp_path):
     assert checkpoint["optimizer_state"]["param_groups"][0]["lr"] == 1e-3
 
 
-@pytest.mark.parametrize("kind", ["text", "empty", "tensor", "code", "missing", "folder"])
-def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path, kind):
+@pytest.mark.parametrize(("kind", "cause"), [("text", "cannot read it as a weights file"),
+                                             ("empty", "cannot read it as a weights file"),
+                                             ("plain pickle", "cannot read it as a weights file"),
+                                             ("tensor", "found 'Tensor'"), ("code", "holds Python objects"),
+                                             ("missing", "does not exist"), ("folder", "is not a file")])
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path, kind, cause):
     path = tmp_path / "file.pt"
     marker = tmp_path / "code-ran"
     if kind == "text":
         path.write_text("these are not weights\n")
     elif kind == "empty":
         path.write_bytes(b"")
+    elif kind == "plain pickle":
+        path.write_bytes(pickle.dumps({"format": "corrseg3d-checkpoint/1"}))
     elif kind == "tensor":
         torch.save(torch.zeros(3), path)
     elif kind == "code":
@@ -68,7 +75,7 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path, kind):
     with pytest.raises(CheckpointError) as error:
         read_checkpoint(path)
     message = str(error.value)
-    assert "\n" not in message and "python -m corrseg3d.train" in message
+    assert "\n" not in message and "python -m corrseg3d.train" in message and cause in message
     assert "weights_only=False" not in message
     assert not os.path.exists(marker)
 

@@ -12,7 +12,7 @@ from pipeline import evaluate, predict, segment
 from pipeline.evaluate import EvaluateOptions
 from pipeline.options import value_type, flag_name, options_from_args
 from pipeline.predict import PredictOptions
-from pipeline.runconfig import ConfigError, load_run_config
+from pipeline.runconfig import ConfigError, default_config_yaml, load_run_config
 from pipeline.segment import SegmentOptions
 
 #: (YAML section, options class, command-line parser, positional arguments)
@@ -89,6 +89,10 @@ def test_old_spellings_still_work_with_a_warning(tmp_path, capsys):
                                       "segment": {"randomize_seed": 4, "randomize_strides": 5}}))
     with pytest.raises(ConfigError, match="same setting"):
         load_run_config(config)
+    config.write_text(default_config_yaml())
+    with pytest.warns(FutureWarning, match="segment.randomize_seed is deprecated"):
+        loaded = load_run_config(config, ["input.raw=/data/vol.zarr", "segment.randomize_seed=4"])
+    assert loaded.segment.randomize_strides == 4
 
     with pytest.warns(FutureWarning, match="--block-shape is deprecated.*use --block"):
         args = segment._parser().parse_args(["vol.zarr", "--block-shape", "8,64,64", "--num-workers", "3"])

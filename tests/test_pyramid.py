@@ -9,7 +9,7 @@ import zarr
 
 from emcore.store import create_volume, open_volume
 from pipeline.export import main as export_main
-from pipeline.pyramid import PyramidError, build_pyramid, default_method, downsample_xy
+from pipeline.pyramid import PyramidError, build_pyramid, default_method, downsample_xy, max_levels
 
 SPACE_UNITS = {"angstrom", "nanometer", "micrometer", "millimeter", "centimeter", "meter", "picometer"}
 AXIS_TYPES = {"space", "time", "channel"}
@@ -136,6 +136,15 @@ def test_nearest_keeps_translation_and_validator_catches_errors(tmp_path):
     assert any("length" in p for p in problems) and any("finer" in p for p in problems)
 
 
+@pytest.mark.parametrize(("shape", "expected"), [((2, 1, 1), 0), ((2, 1, 2), 1), ((2, 8, 8), 3), ((2, 9, 3), 4),
+                                                 ((3, 2, 100, 64), 7)])
+def test_max_levels_stops_at_one_by_one_sections(shape, expected):
+    assert max_levels(shape) == expected
+    if expected:
+        n = max(shape[-2:])
+        assert -(-n // 2 ** expected) == 1 < -(-n // 2 ** (expected - 1))
+
+
 def test_existing_levels_and_bad_input_are_refused(tmp_path, capsys):
     location = str(tmp_path / "v.zarr" / "raw")
     create_volume(location, (2, 8, 8), np.uint8, chunks=(2, 8, 8))
@@ -149,6 +158,9 @@ def test_existing_levels_and_bad_input_are_refused(tmp_path, capsys):
         build_pyramid(location, method="median", overwrite=True)
     with pytest.raises(SystemExit):
         export_main(["pyramid", location, "--levels", "0"])
+    with pytest.raises(PyramidError, match="more than the 3 levels .* pass --levels 3 or fewer"):
+        build_pyramid(location, levels=4, overwrite=True)
+    assert sorted(n for n, _ in zarr.open_group(location, mode="r").arrays()) == ["s0", "s1"]
     zarr.open_group(str(tmp_path / "v.zarr"), mode="a").create_array("plain", shape=(2, 8, 8), dtype="uint8")
     with pytest.raises(PyramidError, match="no OME-Zarr 0.5 multiscales"):
         build_pyramid(str(tmp_path / "v.zarr" / "plain"))

@@ -10,6 +10,7 @@ from emcore.store import (
     StoreError,
     check_write_alignment,
     create_volume,
+    member_names,
     open_volume,
     remove_volume,
     split_location,
@@ -92,6 +93,17 @@ def test_clear_errors(tmp_path):
         open_volume(str(tmp_path / "plain.zarr"), dataset="raw")
     with pytest.raises(StoreError, match=r"shape .* must be"):
         create_volume(str(tmp_path / "v.zarr" / "bad"), (16, 16), "uint8", chunks=(16, 16))
+
+
+def test_run_state_folder_is_listed_without_a_warning(tmp_path, recwarn):
+    create_volume(str(tmp_path / "v.zarr" / "raw"), (2, 16, 16), "uint8", chunks=(2, 16, 16))
+    (tmp_path / "v.zarr" / ".corrseg3d" / "predict" / "affinities").mkdir(parents=True)
+    (tmp_path / "v.zarr" / ".corrseg3d" / "predict" / "affinities" / "config.json").write_text("{}")
+    assert member_names(zarr.open_group(str(tmp_path / "v.zarr"), mode="r")) == ["raw"]
+    for dataset in ("labels", ""):
+        with pytest.raises(StoreError, match=r"has: raw\b"):
+            open_volume(str(tmp_path / "v.zarr"), dataset=dataset or None)
+    assert not [w for w in recwarn if "not recognized" in str(w.message)]
 
 
 def test_overwrite_and_remove(tmp_path):

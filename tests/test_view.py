@@ -289,6 +289,7 @@ def test_bad_input_is_one_error_line(store, tmp_path):
     assert "not a zarr location" in _one_error_line(_run("pipeline.view", str(text)))
     assert "not a zarr store" in _one_error_line(_run("pipeline.view", str(tmp_path / "empty.zarr")))
     assert "has no layer 'nothing'" in _one_error_line(_run("pipeline.view", store, "--layers", "raw,nothing"))
+    assert "lies outside the volume" in _one_error_line(_run("pipeline.view", store, "--position", "3,10,-1"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -93,12 +93,15 @@ class ExecutionConfig:
 class SlurmConfig:
     """sbatch options for ``python -m pipeline.slurm submit`` and ``execution.cluster: slurm``.
 
-    ``max_array`` null = the cluster's MaxArraySize (``scontrol show config``); ``setup`` lines
-    run in every batch script before the pipeline (e.g. ``module load cuda``); ``extra`` are
-    further ``#SBATCH`` options (``--qos=long``).
+    ``partition`` null = the cluster's default partition; ``gpu_partition`` is where the predict
+    jobs go (null: ``partition``), so on a cluster with a GPU partition only the network runs
+    there. ``max_array`` null = the cluster's MaxArraySize (``scontrol show config``); ``setup``
+    lines run in every batch script before the pipeline (e.g. ``module load cuda``); ``extra``
+    are further ``#SBATCH`` options (``--qos=long``).
     """
 
     partition: str | None = None
+    gpu_partition: str | None = None
     account: str | None = None
     time: str = "04:00:00"
     mem: str = "16G"

@@ -5,7 +5,8 @@ them), writes the resolved config and one batch script per phase (from
 ``pipeline/templates/phase.sbatch``, shipped as package data) into the run folder and submits, chained with
 ``--dependency=afterok``: one array job each for ``predict``, ``fragments``, ``stitch`` and
 ``relabel``, then an ``evaluate`` job when ground truth is configured. Only the ``predict`` jobs
-request ``slurm.gpus``: the other phases run no network. Array task ``I`` runs
+request ``slurm.gpus`` (and go to ``slurm.gpu_partition`` when one is set): the other phases run
+no network. Array task ``I`` runs
 ``python -m pipeline.run RUN/run.yaml --phase P --task-index I --num-tasks N``; with more blocks
 than the cluster's ``MaxArraySize`` each task takes several blocks (``N`` = array size). There is
 no central server and no open port: tasks only share the zarr store and the done records.
@@ -96,10 +97,12 @@ def _array_spec(tasks: Sequence[int]) -> str:
 
 
 def _directives(config: RunConfig, phase: str) -> list[str]:
-    """The ``#SBATCH`` lines of ``phase``'s jobs; only prediction (:data:`GPU_PHASES`) asks for ``slurm.gpus``."""
+    """The ``#SBATCH`` lines of ``phase``'s jobs; only prediction (:data:`GPU_PHASES`) asks for ``slurm.gpus``
+    and goes to ``slurm.gpu_partition`` (when set)."""
     slurm = config.slurm
     options = [f"--time={slurm.time}", f"--mem={slurm.mem}", f"--cpus-per-task={slurm.cpus}"]
-    options += [f"--partition={slurm.partition}"] if slurm.partition else []
+    partition = slurm.gpu_partition if phase in GPU_PHASES and slurm.gpu_partition else slurm.partition
+    options += [f"--partition={partition}"] if partition else []
     options += [f"--account={slurm.account}"] if slurm.account else []
     options += [f"--gpus={slurm.gpus}"] if slurm.gpus and phase in GPU_PHASES else []
     return [f"#SBATCH {option}" for option in options + list(slurm.extra)]
@@ -372,7 +375,9 @@ def _parser() -> ArgumentParser:
     sub = commands.add_parser("submit", help="prepare outputs and submit all phases as chained array jobs")
     sub.add_argument("config", help="run YAML (python -m pipeline.run --print-default-config)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    for name, kind, text in (("partition", str, "partition"), ("account", str, "account to charge"),
+    for name, kind, text in (("partition", str, "partition"),
+                             ("gpu-partition", str, "partition of the predict jobs (null: --partition)"),
+                             ("account", str, "account to charge"),
                              ("time", str, "time limit per task, e.g. 04:00:00"), ("mem", str, "memory per task, e.g. 16G"),
                              ("gpus", int, "GPUs per task"), ("cpus", int, "CPUs per task"),
                              ("max-array", int, "largest array size, at most the cluster's MaxArraySize")):
@@ -395,8 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "submit":
         config = load_run_config(args.config, args.set)
-        given = {key: getattr(args, key) for key in ("partition", "account", "time", "mem", "gpus", "cpus",
-                                                     "max_array") if getattr(args, key) is not None}
+        given = {key: getattr(args, key) for key in ("partition", "gpu_partition", "account", "time", "mem", "gpus",
+                                                     "cpus", "max_array") if getattr(args, key) is not None}
         submit(replace(config, slurm=replace(config.slurm, **given)), dry_run=args.dry_run, restart=args.restart)
         print(f"run folder: {config.run_dir}  (python -m pipeline.slurm status {config.run_dir})")
     elif args.command == "status":

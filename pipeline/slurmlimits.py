@@ -132,23 +132,28 @@ def check_request_format(slurm: SlurmConfig) -> None:
         raise SlurmRequestError(f"slurm.time (--time) {slurm.time!r} must be a limit such as 04:00:00")
 
 
-def _candidates(slurm: SlurmConfig, nodes: list[Node]) -> tuple[str, list[Node]]:
+def _candidates(partition: str | None, flag: str, nodes: list[Node]) -> tuple[str, list[Node]]:
+    """The partition a job asking for ``partition`` (None: the default one) runs in, and its nodes;
+    ``flag`` is the option that sets it, for the messages."""
     partitions = sorted({node.partition for node in nodes})
-    if slurm.partition is None:
+    if partition is None:
         defaults = [node for node in nodes if node.default]
         if not defaults:
-            raise SlurmRequestError(f"this cluster has no default partition: pass --partition (slurm.partition), "
+            raise SlurmRequestError(f"this cluster has no default partition: pass {flag}, "
                                     f"one of {', '.join(partitions)}")
         return defaults[0].partition, defaults
-    members = [node for node in nodes if node.partition == slurm.partition]
+    members = [node for node in nodes if node.partition == partition]
     if not members:
-        raise SlurmRequestError(f"partition {slurm.partition!r} does not exist on this cluster: use --partition "
-                                f"(slurm.partition) {' or '.join(partitions)}")
-    return slurm.partition, members
+        raise SlurmRequestError(f"partition {partition!r} does not exist on this cluster: use {flag} "
+                                f"{' or '.join(partitions)}")
+    return partition, members
 
 
 def check_request(slurm: SlurmConfig, nodes: list[Node]) -> None:
     """Refuse a request no node of its partition can satisfy; the message names the values that fit.
+
+    The predict jobs ask for ``slurm.gpus`` in ``slurm.gpu_partition`` (when set), the other jobs
+    for no GPU in ``slurm.partition``; each request must fit some node of its partition.
 
     Raises
     ------
@@ -157,29 +162,38 @@ def check_request(slurm: SlurmConfig, nodes: list[Node]) -> None:
         partition's largest node (or its time limit) offers.
     """
     check_request_format(slurm)
-    partition, members = _candidates(slurm, nodes)
+    if slurm.gpu_partition is None:
+        _check_partition(slurm, slurm.partition, "--partition (slurm.partition)", slurm.gpus, nodes)
+    else:
+        _check_partition(slurm, slurm.gpu_partition, "--gpu-partition (slurm.gpu_partition)", slurm.gpus, nodes)
+        _check_partition(slurm, slurm.partition, "--partition (slurm.partition)", 0, nodes)
+
+
+def _check_partition(slurm: SlurmConfig, partition: str | None, flag: str, gpus: int, nodes: list[Node]) -> None:
+    """Refuse ``slurm``'s CPUs, memory and time with ``gpus`` GPUs when no node of ``partition`` fits them."""
+    partition, members = _candidates(partition, flag, nodes)
     memory, minutes = parse_memory_mb(slurm.mem), parse_minutes(slurm.time)
 
     def fits(node: Node) -> bool:
-        return (slurm.cpus <= node.cpus and memory <= node.memory_mb and slurm.gpus <= node.gpus
+        return (slurm.cpus <= node.cpus and memory <= node.memory_mb and gpus <= node.gpus
                 and (node.max_minutes is None or minutes <= node.max_minutes))
 
     if any(fits(node) for node in members):
         return
-    best = max(members, key=lambda node: (node.gpus >= slurm.gpus, node.cpus, node.memory_mb))
+    best = max(members, key=lambda node: (node.gpus >= gpus, node.cpus, node.memory_mb))
     fixes = []
     if slurm.cpus > best.cpus:
         fixes.append(f"--cpus {best.cpus} (slurm.cpus)")
     if memory > best.memory_mb:
         fixes.append(f"--mem {best.memory_mb}M (slurm.mem)")
-    if slurm.gpus > best.gpus:
-        fixes.append(f"--gpus {best.gpus} (slurm.gpus)" if best.gpus else "--gpus 0 or a partition with GPUs")
+    if gpus > best.gpus:
+        fixes.append(f"--gpus {best.gpus} (slurm.gpus)" if best.gpus else f"--gpus 0 or a partition with GPUs ({flag})")
     if best.max_minutes is not None and minutes > best.max_minutes:
         fixes.append(f"--time {format_minutes(best.max_minutes)} (slurm.time)")
     offered = (f"{best.cpus} CPUs, {best.memory_mb}M memory, {best.gpus} GPUs, time limit "
                f"{format_minutes(best.max_minutes) if best.max_minutes is not None else 'none'}")
     raise SlurmRequestError(f"no node of partition {partition!r} can run a task asking for {slurm.cpus} CPUs, "
-                            f"{slurm.mem} memory, {slurm.gpus} GPUs for {slurm.time} (largest node {best.name}: "
+                            f"{slurm.mem} memory, {gpus} GPUs for {slurm.time} (largest node {best.name}: "
                             f"{offered}), so SLURM would hold it forever: use {', '.join(fixes)}")
 
 
@@ -188,7 +202,7 @@ def fitted_slurm_defaults() -> SlurmConfig:
     reachable cluster's default partition (the plain defaults when no cluster answers)."""
     defaults = SlurmConfig()
     try:
-        _, members = _candidates(defaults, query_nodes())
+        _, members = _candidates(defaults.partition, "--partition (slurm.partition)", query_nodes())
     except SlurmRequestError:
         return defaults
     node = max(members, key=lambda n: (n.cpus, n.memory_mb))

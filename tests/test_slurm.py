@@ -82,6 +82,15 @@ def test_dry_run_requests_gpus_for_predict_only(run_inputs, tmp_path, capsys):
     assert all("#SBATCH --partition=gpu" in text for text in scripts.values())
 
 
+def test_dry_run_sends_only_predict_to_the_gpu_partition(run_inputs, tmp_path, capsys):
+    path = write_run_config(tmp_path, "gpu-partition", run_inputs)
+    assert main(["submit", path, "--dry-run", "--partition", "cpu", "--gpu-partition", "gpu", "--gpus", "1"]) == 0
+    scripts = dict(re.findall(r"^# \S+/scripts/(\w+)\.sbatch\n(.*?)\n\$ sbatch", capsys.readouterr().out, re.S | re.M))
+    partitions = {phase: re.findall(r"^#SBATCH --partition=(\w+)$", text, re.M) for phase, text in scripts.items()}
+    assert partitions == {"predict": ["gpu"], "fragments": ["cpu"], "stitch": ["cpu"], "relabel": ["cpu"],
+                          "evaluate": ["cpu"]}
+
+
 def test_array_jobs_equal_local_run(slurm_cluster, run_inputs, reference, tmp_path, capsys):
     assert max_array_size() == 1001
     path = write_run_config(tmp_path, "slurm", run_inputs)
@@ -134,7 +143,8 @@ def test_request_no_node_can_satisfy_is_refused_with_the_fix(slurm_cluster, run_
     cases = [(["--cpus", "64"], f"use --cpus {cpus} (slurm.cpus)"),
              (["--mem", "100T"], "use --mem "),
              (["--gpus", "1"], "--gpus 0 or a partition with GPUs"),
-             (["--partition", "nosuch"], "partition 'nosuch' does not exist on this cluster: use --partition")]
+             (["--partition", "nosuch"], "partition 'nosuch' does not exist on this cluster: use --partition"),
+             (["--gpu-partition", "nosuch"], "partition 'nosuch' does not exist on this cluster: use --gpu-partition")]
     for extra, fix in cases:
         assert main(["submit", path, *extra]) == 2
         err = capsys.readouterr().err
@@ -211,6 +221,11 @@ NODES = parse_sinfo("n1|debug*|2|1843|(null)|infinite\n"
     ({"partition": "gpu", "gpus": 8}, "use --gpus 4 (slurm.gpus)"),
     ({"partition": "gpu", "time": "2-00:00:00"}, "use --time 1-00:00:00 (slurm.time)"),
     ({"partition": "big"}, "partition 'big' does not exist on this cluster: use --partition (slurm.partition) debug or gpu"),
+    ({"gpu_partition": "big"}, "partition 'big' does not exist on this cluster: use --gpu-partition "
+                               "(slurm.gpu_partition) debug or gpu"),
+    ({"gpu_partition": "debug", "gpus": 1}, "--gpus 0 or a partition with GPUs (--gpu-partition (slurm.gpu_partition))"),
+    ({"partition": "gpu", "gpu_partition": "gpu", "cpus": 16}, "use --cpus 8 (slurm.cpus)"),
+    ({"gpu_partition": "gpu", "gpus": 1, "mem": "16G"}, "no node of partition 'debug'"),
     ({"time": "4h"}, "is not a SLURM time"),
     ({"mem": "lots"}, "is not a SLURM size"),
 ])
@@ -224,6 +239,7 @@ def test_requests_are_checked_against_the_nodes(values, fix):
 def test_fitting_requests_pass_and_defaults_shrink_to_the_default_partition(monkeypatch):
     check_request(SlurmConfig(cpus=2, mem="1800M", time="10-00:00:00"), NODES)
     check_request(SlurmConfig(partition="gpu", cpus=8, mem="60G", gpus=4, time="23:59:00"), NODES)
+    check_request(SlurmConfig(gpu_partition="gpu", cpus=2, mem="1800M", gpus=4, time="23:59:00"), NODES)
     assert (parse_minutes("90"), parse_minutes("30:30"), parse_minutes("1-12"), parse_minutes("UNLIMITED")) == (
         90, 31, 2160, None)
     assert (parse_memory_mb("16G"), parse_memory_mb("2048"), parse_memory_mb("1T")) == (16384, 2048, 1048576)

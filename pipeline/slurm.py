@@ -376,7 +376,7 @@ def _parser() -> ArgumentParser:
     sub.add_argument("config", help="run YAML (python -m pipeline.run --print-default-config)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     for name, kind, text in (("partition", str, "partition"),
-                             ("gpu-partition", str, "partition of the predict jobs (null: --partition)"),
+                             ("gpu-partition", str, "partition of the predict jobs, if not --partition"),
                              ("account", str, "account to charge"),
                              ("time", str, "time limit per task, e.g. 04:00:00"), ("mem", str, "memory per task, e.g. 16G"),
                              ("gpus", int, "GPUs per task"), ("cpus", int, "CPUs per task"),

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -45,6 +46,7 @@ __all__ = [
     "Volume",
     "open_volume",
     "create_volume",
+    "VOLUME_ID",
     "member_names",
     "check_write_alignment",
     "split_location",
@@ -55,6 +57,10 @@ __all__ = [
 PRECOMPUTED_PREFIX = "precomputed://"
 OME_VERSION = "0.5"
 SCALE0 = "s0"
+#: Array attribute holding a random id written once when :func:`create_volume` creates the volume: a
+#: stage records its input's id, so an input written anew (same name, new data) is never taken for
+#: the one an unfinished output was started from.
+VOLUME_ID = "volume_id"
 SPATIAL_AXES = ("z", "y", "x")
 
 
@@ -324,7 +330,7 @@ def create_volume(
     voxel_size, offset, units
         Spatial metadata in (z, y, x).
     attrs
-        Extra JSON metadata stored on the array.
+        Extra JSON metadata stored on the array, besides a fresh :data:`VOLUME_ID`.
     overwrite
         Replace an existing dataset; without it an existing dataset is an error.
     compression_level
@@ -336,6 +342,7 @@ def create_volume(
         raise StoreError(f"cannot create {location}: shape {shape} must be (z, y, x) or (c, z, y, x)")
     if len(chunks) != len(shape):
         raise StoreError(f"cannot create {location}: chunks {tuple(chunks)} must have {len(shape)} entries like shape {shape}")
+    attrs = {**(attrs or {}), VOLUME_ID: uuid.uuid4().hex}
     if location.startswith(PRECOMPUTED_PREFIX):
         from .precomputed import create_precomputed
 
@@ -362,8 +369,7 @@ def create_volume(
     image.attrs["ome"] = _ome_metadata(inner.split("/")[-1], len(shape), voxel_size, offset, units)
     array = image.create_array(SCALE0, shape=shape, dtype=dtype, chunks=tuple(int(c) for c in chunks), fill_value=0,
                                **layout)
-    if attrs:
-        array.attrs.update(attrs)
+    array.attrs.update(attrs)
     return _volume_from_ome_group(image, f"{root}/{inner}")
 
 

@@ -51,6 +51,7 @@ from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, t
 from emcore.conventions import affinities_as_uint8, check_raw, raw_to_float
 from emcore.store import (
     PRECOMPUTED_PREFIX,
+    VOLUME_ID,
     StoreError,
     Volume,
     check_write_alignment,
@@ -402,7 +403,7 @@ def plan_predict(raw_location: str, *, out_location: str | None = None, options:
     blocks = task_blocks(grid.n_blocks, task_index, num_tasks)
     config = {
         "input": {"location": os.path.abspath(raw.location) if "://" not in raw.location else raw.location,
-                  "shape": list(raw.shape)},
+                  "shape": list(raw.shape), VOLUME_ID: raw.attrs.get(VOLUME_ID)},
         "model": {"sha256": metadata["model_sha256"], "offsets": [list(o) for o in offsets]},
         "options": {k: v for k, v in asdict(options).items() if k not in ("checkpoint", "batch_size", "device", "threads")},
         "voxel_size": attributes,

@@ -1,7 +1,9 @@
 """Where a blockwise stage keeps its run state, and how it claims its outputs.
 
 Each stage writing into ``vol.zarr`` keeps a work folder ``vol.zarr/.corrseg3d/<stage>/<output>/``
-with ``config.json`` (the parameters and input identity that define the result) and per-block
+with ``config.json`` (the parameters and input identity that define the result, among them the
+input's :data:`emcore.store.VOLUME_ID`, so an input written anew under the same name is a different
+input) and per-block
 done records. A rerun with the same config resumes; a different config is refused unless the
 user passes ``--overwrite``, which deletes the outputs and the work folder and starts again.
 When every block is done the stage writes ``complete.json`` (:func:`mark_complete`); a stage
@@ -17,7 +19,7 @@ import shutil
 from typing import Any, Mapping
 
 from emcore.blocks import write_json_atomic
-from emcore.store import remove_volume, split_location
+from emcore.store import VOLUME_ID, remove_volume, split_location
 
 __all__ = ["RunStateError", "ConfigChangedError", "COMPLETE", "workdir_for", "dataset_path", "check_distinct",
            "claim_outputs", "mark_complete", "unfinished_stage", "require_finished"]
@@ -132,8 +134,9 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
             previous = json.load(handle)
         changed = _differences(config, previous)
         if changed:
-            raise ConfigChangedError(_stage_of(workdir),
-                                     f"{shown} was started with a different config ({', '.join(changed)} differ)")
+            rewritten = "; the input was written anew since" if f"input.{VOLUME_ID}" in changed else ""
+            raise ConfigChangedError(_stage_of(workdir), f"{shown} was started with a different config "
+                                                         f"({', '.join(changed)} differ{rewritten})")
     else:
         for location in outputs.values():
             if os.path.exists(dataset_path(location)):

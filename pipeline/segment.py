@@ -36,7 +36,7 @@ from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, t
 from emcore.conventions import halo_shortfall, max_offset, validate_offsets
 from emcore.mws import check_affinity_values
 from emcore.regiongraph import DEFAULT_BETA, DEFAULT_MIN_SIZE
-from emcore.store import StoreError, Volume, check_write_alignment, create_volume, open_volume
+from emcore.store import VOLUME_ID, StoreError, Volume, check_write_alignment, create_volume, open_volume
 
 from .data import parse_numbers
 from .fragments import METHODS, FragmentParams, compute_fragments
@@ -356,7 +356,8 @@ def _resolve(options: SegmentOptions, affinities: Volume, offsets: Sequence[Sequ
 def _identity(affinities: Volume, offsets: Sequence[Sequence[int]]) -> dict[str, Any]:
     attrs = json.dumps(affinities.attrs, sort_keys=True, default=str)
     return {"location": affinities.location, "shape": list(affinities.shape), "dtype": str(affinities.dtype),
-            "chunks": list(affinities.chunks), "offsets": [list(o) for o in offsets], "attrs": attrs}
+            "chunks": list(affinities.chunks), "offsets": [list(o) for o in offsets], "attrs": attrs,
+            VOLUME_ID: affinities.attrs.get(VOLUME_ID)}
 
 
 def _outputs(affinities: Volume, options: SegmentOptions, locations: dict[str, str]) -> tuple[Volume, Volume]:

@@ -16,9 +16,10 @@ import yaml
 from conftest import write_run_config
 
 from corrseg3d import train as train_cli
-from pipeline import predict, run, slurm
+from pipeline import predict, run, segment, slurm
 from pipeline.run import block_progress
 from pipeline.runconfig import load_run_config
+from pipeline.synth import write_synthetic
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
@@ -38,6 +39,22 @@ def test_corrected_predict_after_a_refused_one(run_inputs, tmp_path, capsys):
     assert sorted(os.listdir(store)) == ["labels", "raw", "zarr.json"]
     assert predict.main(args + ["--precision", "fp32"]) == 0
     assert "12 blocks run" in capsys.readouterr().out
+
+
+def test_an_input_written_anew_is_not_taken_for_the_old_one(run_inputs, tmp_path, capsys):
+    store = tmp_path / "in.zarr"
+    shutil.copytree(run_inputs / "in.zarr", store)
+    args = [str(store), "--checkpoint", str(run_inputs / "tiny.pt"), "--block", "8,32,32", "--halo", "4,32,32",
+            "--device", "cpu", "--precision", "fp32", "--no-progress"]
+    assert predict.main(args) == 0
+    assert segment.main([str(store), "--block", "8,32,32", "--no-progress"]) == 0
+    write_synthetic(str(store), (16, 64, 96), seed=5, chunks=(8, 64, 64), overwrite=True)
+    capsys.readouterr()
+    assert predict.main(args) == 2  # same name, same shape, other data: no resume from the old blocks
+    assert "input.volume_id differ; the input was written anew since" in capsys.readouterr().err
+    assert predict.main(args + ["--overwrite"]) == 0
+    assert segment.main([str(store), "--block", "8,32,32", "--no-progress"]) == 2  # new affinities, old fragments
+    assert "the input was written anew since" in capsys.readouterr().err
 
 
 def test_run_restarts_a_stage_after_a_config_change(run_inputs, tmp_path, capsys):

@@ -64,6 +64,7 @@ from emcore.conventions import validate_offsets
 from . import __version__
 from .cli import ArgumentParser, entry_point
 from .model import ResidualUNet3D, build_model, model_config
+from .preflight import RUN_FILES
 
 __all__ = ["FORMAT", "CheckpointError", "code_version", "state_sha256", "save_checkpoint", "read_checkpoint",
            "load_model", "set_voxel_size", "export_weights", "average_checkpoints", "main"]
@@ -248,12 +249,31 @@ def set_voxel_size(path: str | Path, voxel_size: Sequence[float], trained: Seque
     _write_atomic(checkpoint, path)
 
 
+def _check_output(path: str | Path, sources: Sequence[str | Path]) -> None:
+    """Refuse an output that is a folder, one of ``sources``, or a checkpoint of a training run
+    (its ``last.pt`` would lose the optimizer state that ``--resume`` needs)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder: name the output file, e.g. {path / 'model.pt'}")
+    if any(os.path.realpath(path) == os.path.realpath(source) for source in sources):
+        raise CheckpointError(f"{path} is also an input: write the result to another file")
+    if path.exists() and path.name in RUN_FILES and (path.parent / "train.jsonl").exists():
+        raise CheckpointError(f"{path} belongs to the training run in {path.parent}: write the result to another file")
+
+
 def export_weights(source: str | Path, path: str | Path) -> None:
     """Write checkpoint ``source`` to ``path`` without its optimizer state (a file to ship or share).
 
     Every other entry is copied unchanged (same weights and ``model_sha256``); the result loads for
     prediction and fine-tuning (``train.init_from``) but cannot ``--resume`` a run.
+
+    Raises
+    ------
+    CheckpointError
+        ``source`` is not a checkpoint, or ``path`` is a folder, ``source`` itself or a training
+        run's checkpoint.
     """
+    _check_output(path, [source])
     checkpoint = read_checkpoint(source)
     checkpoint.pop("optimizer_state", None)
     _write_atomic(checkpoint, path)
@@ -271,10 +291,12 @@ def average_checkpoints(sources: Sequence[str | Path], path: str | Path) -> None
     Raises
     ------
     CheckpointError
-        No source, or sources with different model configs, offsets or tensor shapes.
+        No source, sources with different model configs, offsets or tensor shapes, or
+        an output that is a folder, a source or a training run's checkpoint.
     """
     if not sources:
         raise CheckpointError("no checkpoint to average: pass one or more checkpoint files")
+    _check_output(path, sources)
     checkpoints = [read_checkpoint(source) for source in sources]
     first = checkpoints[0]
 

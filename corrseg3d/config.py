@@ -11,7 +11,7 @@ optional and falls back to the defaults below, which are the paper's AC3/AC4 set
   the value (``int`` is accepted where ``float`` is expected, ``bool`` never counts as a number).
 
 Command-line overrides ``key.sub=value`` are parsed as YAML scalars (``train.iterations=10``,
-``loss.ccm=false``, ``model.filters=[4,8]``); an integer path component indexes a list
+``loss.ccm=false``, ``model.filters=[8,8,16,16,32]``); an integer path component indexes a list
 (``data.sources.0.weight=2``).
 
 Slice ranges are ``[start, stop)`` in z, Python-style (``stop`` may be null = end of volume).
@@ -275,6 +275,14 @@ class Config:
         for path, value, least in _lower_bounds(self):
             if value < least:
                 raise ConfigError(f"{path} must be >= {least}, got {value}")
+        for path, value in _probabilities(self.augment):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{path} is a probability: it must be in [0, 1], got {value}")
+        filters = self.model.filters
+        if len(filters) != 5 or min(filters) < 1:
+            raise ConfigError(f"model.filters must be five positive widths (one per U-Net level), got {list(filters)}")
+        if self.data.sources and sum(source.weight for source in self.data.sources) <= 0:
+            raise ConfigError("data.sources: the weights sum to 0; give at least one source a positive weight")
         sizes = [("data.voxel_size", self.data.voxel_size)]
         sizes += [(f"data.sources.{i}.voxel_size", s.voxel_size) for i, s in enumerate(self.data.sources)]
         for path, size in sizes:
@@ -292,7 +300,18 @@ def _lower_bounds(config: Config) -> list[tuple[str, float, float]]:
               ("optim.lr", config.optim.lr, 0)]
     bounds += [(f"data.patch.{i}", v, 1) for i, v in enumerate(data.patch)]
     bounds += [(f"data.context.{i}", v, 0) for i, v in enumerate(data.context)]
+    bounds += [(f"data.sources.{i}.weight", s.weight, 0) for i, s in enumerate(data.sources)]
+    validation = config.validation
+    for name, least in (("block", 1), ("halo", 0), ("mws_strides", 1)):
+        bounds += [(f"validation.{name}.{i}", v, least) for i, v in enumerate(getattr(validation, name))]
     return bounds
+
+
+def _probabilities(augment: AugmentConfig) -> list[tuple[str, float]]:
+    """(path, value) of the augmentation settings that are probabilities."""
+    names = ("chain", "flip", "rotate", "elastic", "intensity", "intensity_per_slice", "missing_section",
+             "misalignment")
+    return [(f"augment.{name}", getattr(augment, name)) for name in names]
 
 
 def _type_name(tp: Any) -> str:

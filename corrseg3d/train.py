@@ -63,6 +63,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from emcore.contingency import check_label_dtype, check_labels
 from emcore.conventions import check_raw, raw_to_float
 from emcore.metrics import segmentation_scores
 from emcore.mws import mutex_watershed
@@ -164,8 +165,10 @@ def load_validation_volumes(config: ValidationConfig) -> list[dict[str, Any]]:
                               f"{labels.spatial_shape} differ in shape: give labels of the raw volume")
         _, _, start, stop = check_slices(f"validation.volumes.{index}.slices", spec.raw, spec.slices,
                                          raw.spatial_shape[0])
+        values = labels[start:stop]
+        check_labels(values, f"validation.volumes.{index}.labels {spec.labels}")
         volumes.append(dict(name=f"{spec.raw}[{start}:{stop}]", image=raw_to_float(raw[start:stop]),
-                            labels=labels[start:stop], labels_2d=volume_is_2d(labels, spec.labels_2d),
+                            labels=values, labels_2d=volume_is_2d(labels, spec.labels_2d),
                             slices=(f"validation.volumes.{index}.slices", spec.raw, start, stop)))
     return volumes
 
@@ -173,8 +176,10 @@ def load_validation_volumes(config: ValidationConfig) -> list[dict[str, Any]]:
 def _check_sources(config: Config, dataset: TrainingPatches, valid_volumes: Sequence[dict[str, Any]]) -> None:
     """Open the training sources here, in the main process, so a bad source is one error before any
     DataLoader worker starts; check their slice ranges against the volumes and the validation ranges."""
-    ranges = [check_slices(f"data.sources.{index}.slices", spec.raw, spec.slices, source.raw.spatial_shape[0])
-              for index, (spec, source) in enumerate(zip(config.data.sources, dataset.sources))]
+    ranges = [check_slices(f"data.sources.{index}.slices", spec.raw, spec.slices, open_volume(spec.raw).spatial_shape[0])
+              for index, spec in enumerate(config.data.sources)]
+    for index, (spec, source) in enumerate(zip(config.data.sources, dataset.sources)):
+        check_label_dtype(source.labels.dtype, f"data.sources.{index}.labels {spec.labels}")
     check_disjoint(ranges, [volume["slices"] for volume in valid_volumes],
                    allowed=config.data.allow_validation_overlap)
 
@@ -285,7 +290,18 @@ def _scored_alike(saved: dict[str, Any], current: dict[str, Any]) -> bool:
     return scoring(saved) == scoring(current)
 
 
-def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+def _check_resumable(checkpoint: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume ``path`` with the settings ``current``: no optimizer state, fewer iterations
+    than it has done, or a changed setting outside :data:`RESUMABLE_CHANGES`."""
+    if "optimizer_state" not in checkpoint:
+        raise ValueError(f"cannot resume: {path} has no optimizer state (an exported or averaged file); start a "
+                         f"new run from it with train.init_from={path} and another --out")
+    done, wanted = checkpoint["iteration"], current["train"]["iterations"]
+    if wanted < done:
+        raise ValueError(f"cannot resume: train.iterations={wanted} is below the {done} iterations {path} has done; "
+                         f"pass train.iterations above {done}")
+    saved = checkpoint["config"]
+
     def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         flat = {}
         for key, value in values.items():
@@ -389,7 +405,7 @@ def train(config: Config, out: str | Path, *, resume: bool = False, overwrite: b
     autocast_dtype = resolve_precision(config.train.precision, device)
     checkpoint = read_checkpoint(out / "last.pt") if resume else None
     if checkpoint is not None:
-        _check_resumable(checkpoint["config"], settings)
+        _check_resumable(checkpoint, settings, out / "last.pt")
     use_view = config.model.head == "embedding" and config.loss.ccm
     dataset = TrainingPatches(config.data.sources, patch=config.data.patch, context=config.data.context,
                               offsets=config.loss.offsets, augment_config=config.augment, seed=config.train.seed,

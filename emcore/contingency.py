@@ -36,6 +36,7 @@ __all__ = [
     "BoundingBoxes",
     "BlockCounts",
     "check_label_dtype",
+    "check_labels",
     "count_block",
     "count_volumes",
     "default_block_shape",
@@ -187,8 +188,14 @@ def check_label_dtype(dtype: Any, what: str) -> None:
             f"(e.g. with numpy .astype(np.uint64) after checking the values are whole numbers)")
 
 
-def _label_max(labels: np.ndarray, what: str) -> int:
-    """Largest label of a non-empty block; refuses non-integer dtypes and negative values."""
+def check_labels(labels: np.ndarray, what: str) -> int:
+    """Largest label of a non-empty array; refuses non-integer dtypes and negative values.
+
+    Raises
+    ------
+    EvaluationError
+        Naming ``what`` and the fix.
+    """
     check_label_dtype(labels.dtype, what)
     low, high = fastremap.minmax(labels)
     if low < 0:
@@ -272,7 +279,7 @@ def count_block(
                               + (f", mask {np.shape(mask)}" if mask is not None else ""))
     if gt.size == 0:
         return BlockCounts.empty(gt.ndim, with_boxes=with_boxes)
-    seg_high, gt_high = _label_max(seg, "segmentation"), _label_max(gt, "GT")
+    seg_high, gt_high = check_labels(seg, "segmentation"), check_labels(gt, "GT")
     dropped = [d for d in (_matches(gt, ignore_gt), _matches(seg, ignore_seg),
                            None if mask is None else ~np.asarray(mask, bool)) if d is not None]
     g, g_ids = _half_key(gt, gt_high)

@@ -76,6 +76,9 @@ def template(run_inputs, tmp_path_factory):
                          ("negative", -affinities[:].astype(np.float32) / 255)):
         create_volume(str(root / f"{name}.zarr" / "affinities"), affinities.shape, np.float32,
                       chunks=affinities.chunks, attrs={"offsets": affinities.attrs["offsets"]})[:] = values
+    labels = open_volume(str(root / "raw.zarr" / "labels"))[:]
+    for name, values in (("float", labels.astype(np.float32) + 0.5), ("negative", -labels.astype(np.int32))):
+        create_volume(str(root / "labels.zarr" / name), labels.shape, values.dtype, chunks=labels.shape)[:] = values
     (root / "pngs").mkdir()
     iio.imwrite(root / "pngs" / "00.png", np.zeros((32, 32), np.uint8))
     iio.imwrite(root / "pngs" / "01.png", np.full((32, 32), 9, np.uint8))
@@ -194,6 +197,19 @@ ROWS = [
     ("train", "-c train.yaml data.sources.0.raw=raw.zarr/labels", "raw.zarr/labels is uint64: training reads uint8", {}),
     ("train", "-c train.yaml validation.volumes.0.raw=raw.zarr/labels", "is uint64: training reads uint8", {}),
     ("train", "-c train.yaml train.init_from=not-a-checkpoint.pt", "is not a corrseg3d checkpoint", {}),
+    ("train", "-c train.yaml data.sources.0.labels=labels.zarr/float",
+     "data.sources.0.labels labels.zarr/float has dtype float32, but labels must be integers", {}),
+    ("train", "-c train.yaml validation.volumes.0.labels=labels.zarr/float",
+     "validation.volumes.0.labels labels.zarr/float has dtype float32, but labels must be integers", {}),
+    ("train", "-c train.yaml validation.volumes.0.labels=labels.zarr/negative",
+     "validation.volumes.0.labels labels.zarr/negative contains negative labels", {}),
+    ("train", "-c train.yaml data.sources.0.slices=[8,4]", "data.sources.0.slices [8, 4] is empty", {}),
+    ("train", "-c train.yaml validation.halo=[-4,-16,-16]", "validation.halo.0 must be >= 0, got -4", {}),
+    ("train", "-c train.yaml validation.block=[0,32,32]", "validation.block.0 must be >= 1, got 0", {}),
+    ("train", "-c train.yaml augment.flip=2", "augment.flip is a probability: it must be in [0, 1], got 2", {}),
+    ("train", "-c train.yaml model.filters=[4,8]", "model.filters must be five positive widths", {}),
+    ("train", "-c train.yaml data.sources.0.weight=-1", "data.sources.0.weight must be >= 0, got -1", {}),
+    ("train", "-c train.yaml data.sources.0.weight=0", "the weights sum to 0", {}),
     ("train", "-c train.yaml train.device=cuda", "is not available", {}),
     ("train", "-c train.yaml train.device=gpu", "is not a device name", {}),
     ("train", "-c train.yaml train.precision=fp16", "fp16 needs a CUDA device", {}),

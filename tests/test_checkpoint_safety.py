@@ -129,6 +129,25 @@ def test_average_refuses_different_networks(tmp_path):
         average_checkpoints([], tmp_path / "soup.pt")
 
 
+def test_outputs_that_would_replace_an_input_or_a_run_checkpoint_are_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    _tiny_checkpoint(run / "last.pt", 1)
+    (run / "train.jsonl").write_text('{"kind": "train", "iteration": 1}\n')
+    _tiny_checkpoint(tmp_path / "b.pt", 2)
+    before = {path: path.stat().st_mtime_ns for path in (run / "last.pt", tmp_path / "b.pt")}
+    cases = [(["average", str(run / "last.pt"), str(tmp_path / "b.pt"), "--out", str(run / "last.pt")],
+              "is also an input"),
+             (["export", str(tmp_path / "b.pt"), str(run / "last.pt")], "belongs to the training run in"),
+             (["export", str(tmp_path / "b.pt"), str(tmp_path / "b.pt")], "is also an input"),
+             (["export", str(tmp_path / "b.pt"), str(run)], "is a folder: name the output file")]
+    for argv, message in cases:
+        assert checkpoint_main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert {path: path.stat().st_mtime_ns for path in before} == before
+    assert sorted(os.listdir(run)) == ["last.pt", "train.jsonl"]  # no stray .tmp
+
+
 def test_set_voxel_size_help_names_the_three_axes(capsys):
     with pytest.raises(SystemExit) as exit_info:
         checkpoint_main(["set-voxel-size", "--help"])

@@ -1,12 +1,13 @@
 """End-to-end training on a tiny synthetic volume: outputs, checkpoints, bit-for-bit resume."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from corrseg3d.checkpoint import load_model, read_checkpoint
+from corrseg3d.checkpoint import export_weights, load_model, read_checkpoint
 from corrseg3d.config import from_dict, to_dict
 from corrseg3d.inference import predict_volume, resolve_precision
 from corrseg3d.model import build_model
@@ -135,6 +136,12 @@ def test_resume_refuses_a_changed_config(volume, tmp_path):
     train(_config(volume, iterations=2, validate=False), tmp_path, progress=False)
     with pytest.raises(ValueError, match="optim.lr"):
         train(_config(volume, iterations=4, validate=False, optim={"lr": 1e-3}), tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="train.iterations=1 is below the 2 iterations"):
+        train(_config(volume, iterations=1, validate=False), tmp_path, resume=True, progress=False)
+    export_weights(tmp_path / "last.pt", tmp_path / "weights.pt")
+    os.replace(tmp_path / "weights.pt", tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="has no optimizer state .* train.init_from="):
+        train(_config(volume, iterations=4, validate=False), tmp_path, resume=True, progress=False)
 
 
 def test_cli_with_overrides(volume, tmp_path):

@@ -64,7 +64,9 @@ class _FolderStack:
 
 
 class _TiffStack:
-    """A multi-page TIFF as a lazy (z, y, x) array."""
+    """A TIFF as a lazy (z, y, x) array: one page per slice is read per slab; a TIFF that stores the
+    volume in fewer pages (one page with the slices as samples, a volumetric TIFF) is read whole on
+    first access."""
 
     def __init__(self, path: str):
         import tifffile
@@ -73,14 +75,20 @@ class _TiffStack:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             self.shape, self.dtype = tuple(series.shape), series.dtype
+            self.paged = len(series.pages) == (self.shape[0] if len(self.shape) == 3 else 1)
         if len(self.shape) == 2:
             self.shape = (1,) + self.shape
         if len(self.shape) != 3:
             raise DataError(f"{path} holds an array of shape {self.shape}: expected a (z, y, x) grey stack")
+        self._whole: np.ndarray | None = None
 
     def __getitem__(self, z: slice) -> np.ndarray:
         import tifffile
 
+        if not self.paged:
+            if self._whole is None:
+                self._whole = tifffile.imread(self.path).reshape(self.shape)
+            return self._whole[z]
         pages = range(*z.indices(self.shape[0]))
         return tifffile.imread(self.path, key=list(pages)).reshape((len(pages),) + self.shape[1:])
 
@@ -144,13 +152,14 @@ def _is_zarr(path: str) -> bool:
 
 
 def _intensity_range(stack: Any, slab: int, name: str) -> tuple[float, float]:
-    """[min, max] of a stack read in z-slabs of ``slab``; NaN is refused (it has no grey value)."""
+    """[min, max] of a stack read in z-slabs of ``slab``; NaN and infinity are refused (they have no
+    grey value, and one infinity would scale every other voxel to 0)."""
     low, high = np.inf, -np.inf
     for z0 in range(0, stack.shape[0], slab):
         block = np.asarray(stack[z0:z0 + slab])
-        if np.issubdtype(block.dtype, np.floating) and np.isnan(block).any():
-            raise DataError(f"{name} holds NaN in slices {z0}-{z0 + len(block) - 1}: replace it by a grey value "
-                            "before converting")
+        if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
+            raise DataError(f"{name} holds NaN or infinite values in slices {z0}-{z0 + len(block) - 1}: replace "
+                            "them by grey values before converting")
         low, high = min(low, float(block.min())), max(high, float(block.max()))
     return low, high
 

@@ -116,7 +116,21 @@ def test_convert_zarr_uint16_that_predict_refuses(tmp_path, capsys, stack):
     floats[1, 2, 3] = np.nan
     create_volume(f"{tmp_path}/in.zarr/nan", floats.shape, np.float32, chunks=floats.shape)[:] = floats
     status, err = run(capsys, "convert", f"{tmp_path}/in.zarr/nan", f"{tmp_path}/in.zarr/fromnan")
-    assert status == 2 and "holds NaN in slices 0-" in err and not (tmp_path / "in.zarr" / "fromnan").exists()
+    assert status == 2 and "holds NaN or infinite values in slices 0-" in err
+    assert not (tmp_path / "in.zarr" / "fromnan").exists()
+    floats[1, 2, 3] = np.inf  # one infinity would scale every other voxel to 0
+    tifffile.imwrite(tmp_path / "inf.tif", floats)
+    status, err = run(capsys, "convert", tmp_path / "inf.tif", f"{tmp_path}/in.zarr/frominf")
+    assert status == 2 and "holds NaN or infinite values" in err and not (tmp_path / "in.zarr" / "frominf").exists()
+
+
+@pytest.mark.parametrize("depth", [1, 3, 4, 10])
+def test_convert_tiff_of_any_depth_equals_its_pages(tmp_path, capsys, depth):
+    """tifffile writes 3 or 4 slices as one page of samples, more as one page per slice: both read alike."""
+    values = np.random.default_rng(depth).integers(0, 256, (depth, 40, 50), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "v.tif", values[0] if depth == 1 else values)
+    assert run(capsys, "convert", tmp_path / "v.tif", f"{tmp_path}/o.zarr/raw")[0] == 0
+    np.testing.assert_array_equal(open_volume(f"{tmp_path}/o.zarr/raw")[:], values)
 
 
 def test_convert_hdf5_labels_and_errors(tmp_path, capsys):

@@ -393,9 +393,9 @@ def plan_predict(raw_location: str, *, out_location: str | None = None, options:
     if (out_location or raw.location).startswith(PRECOMPUTED_PREFIX):
         raise PredictError(f"affinities and their resume records are written to zarr: pass --out vol.zarr/affinities "
                            f"(input {raw.location}, output {out_location or 'next to the input'})")
-    if out_location is None:
-        root, _ = split_location(raw.location)
-        out_location = f"{root}/affinities"
+    if out_location is None:  # a sibling of the raw dataset: vol.zarr/NAME/raw -> vol.zarr/NAME/affinities
+        root, inner = split_location(raw.location)
+        out_location = "/".join([root, *inner.split("/")[:-1], "affinities"])
     if not split_location(out_location)[1]:
         raise PredictError(f"--out {out_location} names no dataset: write to OUT.zarr/NAME, e.g. OUT.zarr/affinities")
     check_distinct({"raw": raw.location}, {"affinities": out_location})
@@ -418,7 +418,8 @@ def predict(raw_location: str, *, out_location: str | None = None, options: Pred
     """Predict affinities for ``raw_location`` blockwise; returns the run summary (its ``voxel_size``:
     the voxel-size attributes written to the output).
 
-    ``out_location`` defaults to ``affinities`` next to a zarr input (``vol.zarr/affinities``); a
+    ``out_location`` defaults to ``affinities`` next to a zarr input (``vol.zarr/raw`` ->
+    ``vol.zarr/affinities``, ``vol.zarr/NAME/raw`` -> ``vol.zarr/NAME/affinities``); a
     precomputed input needs an explicit zarr ``out_location``.
     With ``task_index``/``num_tasks`` only that task's blocks run (SLURM array style).
     Every check (:func:`plan_predict`) runs before the output or its run state is created; the

@@ -168,6 +168,22 @@ def test_uint8_output_and_task_split(tmp_path, volume):
     np.testing.assert_array_equal(split, single)
 
 
+def test_volumes_of_one_store_get_their_own_affinities_and_segmentation(tmp_path, volume):
+    """``predict vol.zarr/NAME/raw`` writes its sibling ``vol.zarr/NAME/affinities``; ``segment vol.zarr/NAME`` reads it."""
+    _, raw = volume
+    _tiny_checkpoint(tmp_path / "m.pt")
+    options = PredictOptions(checkpoint=str(tmp_path / "m.pt"), block=(8, 32, 32), halo=(4, 32, 32), device="cpu")
+    for name, image in (("a", raw), ("b", raw[:, ::-1].copy())):
+        create_volume(str(tmp_path / "m.zarr" / name / "raw"), image.shape, "uint8", chunks=(8, 32, 32),
+                      voxel_size=(30, 6, 6))[:] = image
+        predict(str(tmp_path / "m.zarr" / name / "raw"), options=options, progress=False)
+        segment(str(tmp_path / "m.zarr" / name), SegmentOptions(block=(8, 32, 32)), progress=False)
+    a, b = (open_volume(str(tmp_path / "m.zarr" / name / "affinities"))[:] for name in "ab")
+    assert not np.array_equal(a, b)  # each predicted from its own raw
+    assert not (tmp_path / "m.zarr" / "affinities").exists()
+    assert all((tmp_path / "m.zarr" / name / "segmentation").is_dir() for name in "ab")
+
+
 @pytest.mark.parametrize("axes", [(0,), (1,), (2,), (0, 1, 2), (1, 2)])
 def test_unflip_maps_flipped_affinities_back(axes):
     labels = np.kron(np.random.default_rng(0).integers(1, 9, (3, 4, 4)), np.ones((3, 9, 9), int))

@@ -73,6 +73,9 @@ def write_fib25(source: str, out_location: str, *, z_step: int = 1, z_start: int
         raise DataError(f"{out_location} names a dataset: pass the store (OUT.zarr); one group per volume is written inside it")
     available = {name[:-len(".zarr")]: name for name in find_fib_volumes(source)}
     chosen = list(available) if names is None else list(names)
+    repeated = sorted({name for name in chosen if chosen.count(name) > 1})
+    if repeated:
+        raise DataError(f"--names lists {', '.join(repeated)} more than once: name each volume once")
     unknown = [name for name in chosen if name not in available]
     if unknown:
         raise DataError(f"no volume {unknown[0]!r} in {source}; available: {', '.join(available)}")

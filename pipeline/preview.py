@@ -57,6 +57,9 @@ def write_preview(store: str, png: str, *, slices: Sequence[int] | None = None, 
     import matplotlib.pyplot as plt
 
     root = split_location(store)[0]
+    folder = os.path.dirname(os.path.abspath(png))
+    if not os.path.isdir(folder):
+        raise DataError(f"folder {folder} of --png {png} does not exist: create it or write the PNG elsewhere")
     image = open_volume(f"{root}/{raw}")
     depth = image.shape[0]
     slices = list(slices) if slices is not None else sorted({0, depth // 2, depth - 1})

@@ -500,6 +500,8 @@ def generate(
     labels : (z, y, x) uint64, 0 = extracellular space; each label is one 6-connected object
     """
     shape = _validate(shape, missing_sections, misalignment)
+    if seed < 0:
+        raise SynthError(f"--seed {seed} must be >= 0 (numpy seeds are non-negative)")
     look = volume_style(style, int(seed))
     roi = roi or (slice(None),) * 3
     bounds = [s.indices(n) for s, n in zip(roi, shape)]

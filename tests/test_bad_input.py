@@ -123,6 +123,8 @@ ROWS = [
     # data
     ("data", "synth out.zarr --shape 4,32", "argument --shape", {}),
     ("data", "synth out.zarr/raw --shape 4,32,32", "names a dataset", {}),
+    ("data", "synth out.zarr --shape 4,32,32 --seed -1", "--seed -1 must be >= 0", {}),
+    ("data", "preview vol.zarr --png nodir/p.png", "of --png nodir/p.png does not exist", {}),
     ("data", "convert pngs out.zarr/raw", "cannot read slice", {}),
     ("data", "convert nowhere out.zarr/raw", "does not exist", {}),
     # predict: every option is checked before the output and its run state exist

@@ -200,6 +200,8 @@ def test_fib25_errors_write_nothing(tmp_path, capsys):
     assert status == 2 and "not a folder" in err
     status, err = run(capsys, "fib25", out, "--source", source, "--names", "a,zzz")
     assert status == 2 and "no volume 'zzz'" in err and not out.exists()
+    status, err = run(capsys, "fib25", out, "--source", source, "--names", "a,b,a")
+    assert status == 2 and "--names lists a more than once" in err and not out.exists()
     status, err = run(capsys, "fib25", out, "--source", source, "--z-step", "3", "--z-start", "3")
     assert status == 2 and "--z-start must be in [0, --z-step)" in err and not out.exists()
     assert run(capsys, "fib25", out, "--source", source, "--names", "b")[0] == 0

@@ -299,7 +299,7 @@ def _check_resumable(checkpoint: dict[str, Any], current: dict[str, Any], path: 
     done, wanted = checkpoint["iteration"], current["train"]["iterations"]
     if wanted < done:
         raise ValueError(f"cannot resume: train.iterations={wanted} is below the {done} iterations {path} has done; "
-                         f"pass train.iterations above {done}")
+                         f"pass train.iterations={done} or more")
     saved = checkpoint["config"]
 
     def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -48,6 +48,7 @@ __all__ = [
     "create_volume",
     "VOLUME_ID",
     "member_names",
+    "parent_group",
     "check_write_alignment",
     "split_location",
     "remove_volume",
@@ -212,6 +213,17 @@ def open_volume(location: str, dataset: str | None = None, *, mode: str = "r") -
             raise StoreError(f"{shown} is a group, not an array ({_list_datasets(node)}); name one of its datasets")
         return _volume_from_ome_group(node, shown)
     return _volume_from_array(node, shown)
+
+
+def parent_group(location: str) -> str:
+    """The group holding the zarr dataset at ``location``: ``vol.zarr/raw`` -> ``vol.zarr``,
+    ``vol.zarr/G/raw`` -> ``vol.zarr/G``; an OME image's ``s0`` array counts as its image
+    (``vol.zarr/raw/s0`` -> ``vol.zarr``)."""
+    root, inner = split_location(location)
+    parts = inner.split("/") if inner else []
+    if len(parts) > 1 and parts[-1] == SCALE0:
+        parts = parts[:-1]
+    return "/".join([root, *parts[:-1]])
 
 
 def member_names(group: zarr.Group) -> list[str]:

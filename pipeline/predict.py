@@ -57,6 +57,7 @@ from emcore.store import (
     check_write_alignment,
     create_volume,
     open_volume,
+    parent_group,
     split_location,
 )
 
@@ -393,9 +394,8 @@ def plan_predict(raw_location: str, *, out_location: str | None = None, options:
     if (out_location or raw.location).startswith(PRECOMPUTED_PREFIX):
         raise PredictError(f"affinities and their resume records are written to zarr: pass --out vol.zarr/affinities "
                            f"(input {raw.location}, output {out_location or 'next to the input'})")
-    if out_location is None:  # a sibling of the raw dataset: vol.zarr/NAME/raw -> vol.zarr/NAME/affinities
-        root, inner = split_location(raw.location)
-        out_location = "/".join([root, *inner.split("/")[:-1], "affinities"])
+    if out_location is None:
+        out_location = f"{parent_group(raw.location)}/affinities"
     if not split_location(out_location)[1]:
         raise PredictError(f"--out {out_location} names no dataset: write to OUT.zarr/NAME, e.g. OUT.zarr/affinities")
     check_distinct({"raw": raw.location}, {"affinities": out_location})

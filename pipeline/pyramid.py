@@ -121,6 +121,8 @@ def build_pyramid(location: str, *, levels: int = 3, method: str = "auto", overw
     if levels < 1:
         raise PyramidError(f"--levels must be >= 1, got {levels}")
     useful = max_levels(volume.spatial_shape)
+    if useful == 0:
+        raise PyramidError(f"{location}'s sections are 1x1 in y and x: there is nothing to downsample")
     if levels > useful:
         raise PyramidError(f"--levels {levels} is more than the {useful} levels that {location}'s "
                            f"{volume.spatial_shape[1]}x{volume.spatial_shape[2]} sections allow (level {useful} is "

@@ -266,7 +266,8 @@ def dask_cluster(config: RunConfig) -> Iterator[str | None]:
     """Yield the scheduler address of the cluster ``execution.cluster`` asks for (None: no cluster).
 
     ``slurm`` starts a dask-jobqueue ``SLURMCluster`` with ``execution.workers`` jobs (default 1)
-    using the ``slurm`` section's partition, account, time, memory, CPUs and GPUs.
+    using the ``slurm`` section's account, time, memory, CPUs and GPUs, in ``gpu_partition`` when
+    set (its workers run every stage, prediction included), else ``partition``.
     """
     if config.execution.cluster == "none":
         yield None
@@ -275,7 +276,7 @@ def dask_cluster(config: RunConfig) -> Iterator[str | None]:
 
     slurm = config.slurm
     directives = [f"--gpus={slurm.gpus}"] if slurm.gpus else []
-    cluster = SLURMCluster(queue=slurm.partition, account=slurm.account, walltime=slurm.time, memory=slurm.mem,
+    cluster = SLURMCluster(queue=slurm.gpu_partition or slurm.partition, account=slurm.account, walltime=slurm.time, memory=slurm.mem,
                            cores=slurm.cpus, processes=1, job_script_prologue=list(slurm.setup),
                            job_extra_directives=directives + list(slurm.extra),
                            log_directory=os.path.join(config.run_dir, "dask-logs"))

@@ -51,7 +51,8 @@ class InputConfig:
 
 @dataclass
 class OutputConfig:
-    """Where results go: datasets inside ``store`` (default: the raw volume's store).
+    """Where results go: datasets inside ``store`` (default: the group holding the raw dataset,
+    ``vol.zarr`` for ``vol.zarr/raw`` and ``vol.zarr/NAME`` for ``vol.zarr/NAME/raw``).
 
     ``run_dir`` holds the run's own files (scores, SLURM scripts and logs); default
     ``STORE/.corrseg3d/run``.
@@ -126,10 +127,14 @@ class RunConfig:
 
     @property
     def store(self) -> str:
-        """The output store (``vol.zarr``)."""
-        from emcore.store import split_location
+        """The output store: ``output.store``, else the group holding the raw dataset (``vol.zarr`` for
+        ``vol.zarr/raw``, ``vol.zarr/NAME`` for ``vol.zarr/NAME/raw``), as ``pipeline.predict`` does."""
+        from emcore.store import parent_group, split_location
 
-        return self.output.store or split_location(self.input.raw)[0]
+        if self.output.store:
+            return self.output.store
+        root, inner = split_location(self.input.raw)
+        return parent_group(self.input.raw if inner else f"{root}/{self.input.dataset}")
 
     @property
     def run_dir(self) -> str:

@@ -187,7 +187,7 @@ def _check_partition(slurm: SlurmConfig, partition: str | None, flag: str, gpus:
     if memory > best.memory_mb:
         fixes.append(f"--mem {best.memory_mb}M (slurm.mem)")
     if gpus > best.gpus:
-        fixes.append(f"--gpus {best.gpus} (slurm.gpus)" if best.gpus else f"--gpus 0 or a partition with GPUs ({flag})")
+        fixes.append(f"--gpus {best.gpus} (slurm.gpus)" if best.gpus else f"--gpus 0 or a partition with GPUs via {flag}")
     if best.max_minutes is not None and minutes > best.max_minutes:
         fixes.append(f"--time {format_minutes(best.max_minutes)} (slurm.time)")
     offered = (f"{best.cpus} CPUs, {best.memory_mb}M memory, {best.gpus} GPUs, time limit "

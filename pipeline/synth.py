@@ -153,7 +153,9 @@ class _Objects:
     mitos: np.ndarray  # (m, 8) float64: object, z0, z1, angle, rel. distance, a, b, orientation
 
 
-def _validate(shape: Sequence[int], missing_sections: int, misalignment: int) -> tuple[int, int, int]:
+def _validate(shape: Sequence[int], missing_sections: int, misalignment: int, seed: int) -> tuple[int, int, int]:
+    if seed < 0:
+        raise SynthError(f"--seed {seed} must be >= 0 (numpy seeds are non-negative)")
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise SynthError(f"shape {shape} must be three positive integers (z, y, x), e.g. 64,512,512")
@@ -499,9 +501,7 @@ def generate(
     raw : (z, y, x) uint8, membranes and organelles dark
     labels : (z, y, x) uint64, 0 = extracellular space; each label is one 6-connected object
     """
-    shape = _validate(shape, missing_sections, misalignment)
-    if seed < 0:
-        raise SynthError(f"--seed {seed} must be >= 0 (numpy seeds are non-negative)")
+    shape = _validate(shape, missing_sections, misalignment, seed)
     look = volume_style(style, int(seed))
     roi = roi or (slice(None),) * 3
     bounds = [s.indices(n) for s, n in zip(roi, shape)]
@@ -566,7 +566,7 @@ def write_synthetic(
 
     from .data import refuse_existing
 
-    shape = _validate(shape, missing_sections, misalignment)
+    shape = _validate(shape, missing_sections, misalignment, seed)
     look = volume_style(style, int(seed))
     root, inner = split_location(out_location)
     if inner:

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from emcore.store import PRECOMPUTED_PREFIX, StoreError, Volume, open_volume, split_location
+from emcore.store import PRECOMPUTED_PREFIX, StoreError, Volume, open_volume, parent_group, split_location
 
 from .view import make_viewer, wait_until_interrupted
 from .viewlayers import ViewSources, volume_layer
@@ -34,10 +34,9 @@ def _sibling_raw(volume: Volume) -> Volume | None:
     if volume.location.startswith(PRECOMPUTED_PREFIX):
         location = volume.location.rstrip("/").rsplit("/", 1)[0] + "/raw"
     else:
-        root, inner = split_location(volume.location)
-        if not inner:
+        if not split_location(volume.location)[1]:
             return None
-        location = f"{root}/raw"
+        location = f"{parent_group(volume.location)}/raw"
     try:
         raw = open_volume(location)
     except StoreError:

@@ -67,6 +67,10 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
     assert open_volume(f"{out}/raw").shape == (3, 32, 32)
     assert run(capsys, "synth", out, "--shape", "3,32,40", "--overwrite")[0] == 0
     assert open_volume(f"{out}/labels").shape == (3, 32, 40)
+    for style in ("base", "wide"):  # a refused --overwrite keeps the existing volume
+        status, err = run(capsys, "synth", out, "--shape", "3,32,32", "--seed", "-1", "--style", style, "--overwrite")
+        assert status == 2 and "--seed -1 must be >= 0" in err
+        assert open_volume(f"{out}/raw").shape == open_volume(f"{out}/labels").shape == (3, 32, 40)
 
 
 def test_convert_png_folder(tmp_path, capsys, stack):

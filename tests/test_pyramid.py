@@ -160,6 +160,9 @@ def test_existing_levels_and_bad_input_are_refused(tmp_path, capsys):
         export_main(["pyramid", location, "--levels", "0"])
     with pytest.raises(PyramidError, match="more than the 3 levels .* pass --levels 3 or fewer"):
         build_pyramid(location, levels=4, overwrite=True)
+    create_volume(str(tmp_path / "v.zarr" / "dot"), (2, 1, 1), np.uint8, chunks=(2, 1, 1))
+    with pytest.raises(PyramidError, match="1x1 in y and x: there is nothing to downsample"):
+        build_pyramid(str(tmp_path / "v.zarr" / "dot"), levels=1)
     assert sorted(n for n, _ in zarr.open_group(location, mode="r").arrays()) == ["s0", "s1"]
     zarr.open_group(str(tmp_path / "v.zarr"), mode="a").create_array("plain", shape=(2, 8, 8), dtype="uint8")
     with pytest.raises(PyramidError, match="no OME-Zarr 0.5 multiscales"):

@@ -65,3 +65,14 @@ def test_unquoted_roi_is_one_error_naming_line_column_and_quotes(tmp_path, capsy
     assert os.listdir(tmp_path) == ["run.yaml"]
     path.write_text(f'{BASE}evaluate:\n  gt: gt.zarr\n  roi: "0:8,:,:"\n')
     assert load_run_config(path).evaluate.roi == "0:8,:,:"
+
+
+@pytest.mark.parametrize(("raw", "store"), [("vol.zarr/raw", "vol.zarr"), ("fib.zarr/gala-test/raw", "fib.zarr/gala-test"),
+                                            ("fib.zarr", "fib.zarr/gala-test")])
+def test_outputs_default_to_the_group_holding_the_raw_like_predict(tmp_path, raw, store):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"input: {{raw: {raw}, dataset: gala-test/raw}}\n" if raw == "fib.zarr" else f"input: {{raw: {raw}}}\n")
+    config = load_run_config(path)
+    assert config.store == str(tmp_path / store)
+    assert config.location("affinities") == str(tmp_path / store / "affinities")
+    assert config.run_dir == str(tmp_path / store / ".corrseg3d" / "run")

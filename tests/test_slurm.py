@@ -223,7 +223,7 @@ NODES = parse_sinfo("n1|debug*|2|1843|(null)|infinite\n"
     ({"partition": "big"}, "partition 'big' does not exist on this cluster: use --partition (slurm.partition) debug or gpu"),
     ({"gpu_partition": "big"}, "partition 'big' does not exist on this cluster: use --gpu-partition "
                                "(slurm.gpu_partition) debug or gpu"),
-    ({"gpu_partition": "debug", "gpus": 1}, "--gpus 0 or a partition with GPUs (--gpu-partition (slurm.gpu_partition))"),
+    ({"gpu_partition": "debug", "gpus": 1}, "--gpus 0 or a partition with GPUs via --gpu-partition (slurm.gpu_partition)"),
     ({"partition": "gpu", "gpu_partition": "gpu", "cpus": 16}, "use --cpus 8 (slurm.cpus)"),
     ({"gpu_partition": "gpu", "gpus": 1, "mem": "16G"}, "no node of partition 'debug'"),
     ({"time": "4h"}, "is not a SLURM time"),

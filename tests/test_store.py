@@ -12,6 +12,7 @@ from emcore.store import (
     create_volume,
     member_names,
     open_volume,
+    parent_group,
     remove_volume,
     split_location,
 )
@@ -93,6 +94,12 @@ def test_clear_errors(tmp_path):
         open_volume(str(tmp_path / "plain.zarr"), dataset="raw")
     with pytest.raises(StoreError, match=r"shape .* must be"):
         create_volume(str(tmp_path / "v.zarr" / "bad"), (16, 16), "uint8", chunks=(16, 16))
+
+
+@pytest.mark.parametrize(("location", "group"), [("vol.zarr/raw", "vol.zarr"), ("vol.zarr/g/raw", "vol.zarr/g"),
+                                                ("vol.zarr/raw/s0", "vol.zarr"), ("vol.zarr/g/raw/s0", "vol.zarr/g")])
+def test_parent_group_of_a_dataset_and_of_an_images_s0(location, group):
+    assert parent_group(location) == group
 
 
 def test_run_state_folder_is_listed_without_a_warning(tmp_path, recwarn):

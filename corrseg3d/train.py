@@ -414,6 +414,8 @@ def train(config: Config, out: str | Path, *, resume: bool = False, overwrite: b
     _check_sources(config, dataset, valid_volumes)
     voxel_size = training_voxel_size(config, dataset)
     trained_voxel_sizes = source_voxel_sizes(config, dataset)
+    if checkpoint is not None and checkpoint.get("voxel_size"):  # as recorded, also by `checkpoint set-voxel-size`
+        voxel_size, trained_voxel_sizes = checkpoint["voxel_size"], checkpoint.get("trained_voxel_sizes", [])
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)

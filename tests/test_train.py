@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from corrseg3d.checkpoint import export_weights, load_model, read_checkpoint
+from corrseg3d.checkpoint import export_weights, load_model, read_checkpoint, set_voxel_size
 from corrseg3d.config import from_dict, to_dict
 from corrseg3d.inference import predict_volume, resolve_precision
 from corrseg3d.model import build_model
@@ -104,6 +104,15 @@ def test_resume_is_bit_for_bit(volume, tmp_path):
     _assert_identical(straight, _weights(tmp_path / "workers" / "last.pt"))
     iterations = [json.loads(line)["iteration"] for line in (tmp_path / "split" / "train.jsonl").read_text().splitlines()]
     assert iterations == [2, 4]
+
+
+def test_resume_keeps_a_voxel_size_recorded_with_set_voxel_size(volume, tmp_path):
+    train(_config(volume, iterations=1, validate=False), tmp_path, progress=False)
+    set_voxel_size(tmp_path / "last.pt", (40, 8, 8), trained=[(50, 4, 4)])
+    train(_config(volume, iterations=2, validate=False), tmp_path, resume=True, progress=False)
+    resumed = read_checkpoint(tmp_path / "last.pt")
+    assert resumed["iteration"] == 2
+    assert (resumed["voxel_size"], resumed["trained_voxel_sizes"]) == ([40.0, 8.0, 8.0], [[40.0, 8.0, 8.0], [50.0, 4.0, 4.0]])
 
 
 @pytest.mark.parametrize("validation, rewritten", [({}, False), ({"method": "mws"}, True)])

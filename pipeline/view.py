@@ -26,10 +26,11 @@ the first layer; the viewer shows x, y, z axes with the voxel size of the data.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NoReturn, Sequence
 
 from corrseg3d.cli import ArgumentParser, entry_point
 
@@ -121,9 +122,10 @@ def make_viewer(sources: ViewSources, *, position: Sequence[float] | None = None
     return viewer
 
 
-def wait_until_interrupted() -> None:
-    """Serve until Ctrl-C, then stop the server, waiting at most :data:`STOP_TIMEOUT` seconds (the
-    server thread is a daemon: the process exits even if a browser keeps a connection open)."""
+def wait_until_interrupted() -> NoReturn:
+    """Serve until Ctrl-C, then stop the server, waiting at most :data:`STOP_TIMEOUT` seconds, and end
+    the process with status 0 (``os._exit`` after flushing the output: threads still reading data
+    for an open browser page cannot keep it alive, as interpreter shutdown would wait for them)."""
     import neuroglancer
 
     try:
@@ -134,6 +136,9 @@ def wait_until_interrupted() -> None:
         stopper = threading.Thread(target=neuroglancer.server.stop, daemon=True)
         stopper.start()
         stopper.join(STOP_TIMEOUT)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def screenshot_png(viewer: Any, size: Sequence[int], *, timeout: float = SCREENSHOT_TIMEOUT) -> bytes:
@@ -236,7 +241,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"      layers: {', '.join(map(_describe, sources.layers))}", flush=True)
     print("      read blockwise from the data on request; no internet needed; Ctrl-C stops", flush=True)
     wait_until_interrupted()
-    return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ coordinates are (z, y, x) of the full volume, bounding boxes ``[bbox_lo, bbox_hi
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NoReturn, Sequence
 
 import numpy as np
 
@@ -103,8 +103,9 @@ def offender_viewers(report: Mapping[str, Any], sources: ViewSources, *, layout:
     return viewers
 
 
-def serve_offenders(report: Mapping[str, Any], *, layout: str = "4panel") -> None:
-    """Print a viewer link for the whole volume and one per worst offender of ``report``; serve until Ctrl-C.
+def serve_offenders(report: Mapping[str, Any], *, layout: str = "4panel") -> NoReturn:
+    """Print a viewer link for the whole volume and one per worst offender of ``report``; serve until Ctrl-C,
+    then end the process (:func:`pipeline.view.wait_until_interrupted`).
 
     The server must be started (:func:`pipeline.view.start_server`).
     """

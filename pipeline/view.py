@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
@@ -123,11 +124,12 @@ def make_viewer(sources: ViewSources, *, position: Sequence[float] | None = None
 
 
 def wait_until_interrupted() -> NoReturn:
-    """Serve until Ctrl-C, then stop the server, waiting at most :data:`STOP_TIMEOUT` seconds, and end
+    """Serve until Ctrl-C (SIGINT, even if the process was started with it ignored), then stop the server, waiting at most :data:`STOP_TIMEOUT` seconds, and end
     the process with status 0 (``os._exit`` after flushing the output: threads still reading data
     for an open browser page cannot keep it alive, as interpreter shutdown would wait for them)."""
     import neuroglancer
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (a background job)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -282,6 +282,22 @@ def test_cli_serves_offline_until_interrupted(store, browser):
         process.stderr.close()
 
 
+def test_ctrl_c_stops_a_viewer_started_with_sigint_ignored(store):
+    """A background job of a non-interactive shell starts with SIGINT ignored; Ctrl-C (SIGINT) still stops it."""
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.view", store], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert process.stdout.readline().startswith("view: http://127.0.0.1:")
+        assert "Ctrl-C stops" in process.stdout.readline() + process.stdout.readline()
+        time.sleep(1)  # the serving loop has begun
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+        process.stdout.close()
+        process.stderr.close()
+
+
 def test_bad_input_is_one_error_line(store, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a volume")

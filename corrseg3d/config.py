@@ -50,11 +50,42 @@ __all__ = [
     "load_config",
     "read_yaml_mapping",
     "apply_overrides",
+    "check_unet_filters",
+    "source_probabilities",
 ]
 
 
 class ConfigError(ValueError):
     """The configuration does not match the schema; the message names the offending path."""
+
+
+def check_unet_filters(filters: Sequence[int]) -> tuple[int, ...]:
+    """The U-Net's channel widths as integers, one per level (``f0`` at full resolution ... ``f4``).
+
+    Raises
+    ------
+    ValueError
+        Not five widths, or a width below 1.
+    """
+    widths = tuple(int(f) for f in filters)
+    if len(widths) != 5 or min(widths) < 1:
+        raise ValueError(f"must be five positive widths (one per U-Net level), got {list(widths)}")
+    return widths
+
+
+def source_probabilities(weights: Sequence[float]) -> list[float]:
+    """Sampling probability of each training source, ``p_i = w_i / sum_j w_j``.
+
+    Raises
+    ------
+    ValueError
+        A weight is negative, or the weights sum to 0 (no source would ever be drawn).
+    """
+    weights = [float(w) for w in weights]
+    if min(weights, default=0.0) < 0 or sum(weights) <= 0:
+        raise ValueError(f"the weights must be non-negative with a positive sum, got {weights}; "
+                         f"give at least one source a positive weight")
+    return [w / sum(weights) for w in weights]
 
 
 @dataclass
@@ -278,11 +309,15 @@ class Config:
         for path, value in _probabilities(self.augment):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{path} is a probability: it must be in [0, 1], got {value}")
-        filters = self.model.filters
-        if len(filters) != 5 or min(filters) < 1:
-            raise ConfigError(f"model.filters must be five positive widths (one per U-Net level), got {list(filters)}")
-        if self.data.sources and sum(source.weight for source in self.data.sources) <= 0:
-            raise ConfigError("data.sources: the weights sum to 0; give at least one source a positive weight")
+        try:
+            check_unet_filters(self.model.filters)
+        except ValueError as error:
+            raise ConfigError(f"model.filters {error}") from None
+        if self.data.sources:
+            try:
+                source_probabilities([source.weight for source in self.data.sources])
+            except ValueError as error:
+                raise ConfigError(f"data.sources: {error}") from None
         sizes = [("data.voxel_size", self.data.voxel_size)]
         sizes += [(f"data.sources.{i}.voxel_size", s.voxel_size) for i, s in enumerate(self.data.sources)]
         for path, size in sizes:

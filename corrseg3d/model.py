@@ -45,6 +45,8 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from .config import check_unet_filters
+
 NORMS = ("batch", "group", "instance", "none")
 HEADS = ("embedding", "affinity")
 
@@ -163,9 +165,10 @@ class ResidualUNet3D(nn.Module):
         upsample_align_corners: bool = True,
     ) -> None:
         super().__init__()
-        filters = tuple(int(f) for f in filters)
-        if len(filters) != 5 or min(filters) < 1:
-            raise ValueError(f"filters must be five positive widths, got {filters}")
+        try:
+            filters = check_unet_filters(filters)
+        except ValueError as error:
+            raise ValueError(f"filters {error}") from None
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if head not in HEADS:

@@ -40,10 +40,11 @@ from emcore.store import Volume, open_volume
 
 from .augment import augment
 from .ccm import make_view
-from .config import AugmentConfig, SourceConfig
+from .config import AugmentConfig, SourceConfig, source_probabilities
+from .preflight import check_slices
 from .targets import balance_weights, label_affinities, pyramid_targets, widen_borders
 
-__all__ = ["sample_rng", "volume_is_2d", "slice_range", "z_channel_mask", "TrainingPatches", "collate", "make_loader"]
+__all__ = ["sample_rng", "volume_is_2d", "z_channel_mask", "TrainingPatches", "collate", "make_loader"]
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -54,14 +55,6 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
 def volume_is_2d(labels: Volume, declared: bool | None) -> bool:
     """``declared`` if given, else the labels' ``labels_2d`` attribute (default False)."""
     return bool(labels.attrs.get("labels_2d", False)) if declared is None else bool(declared)
-
-
-def slice_range(slices: Sequence[int | None], depth: int) -> tuple[int, int]:
-    """Resolve a ``[start, stop)`` z range (None = end, negatives from the end) for ``depth``."""
-    start, stop, _ = slice(*slices).indices(depth)
-    if stop <= start:
-        raise ValueError(f"empty slice range {list(slices)} for a volume of {depth} slices")
-    return start, stop
 
 
 def z_channel_mask(offsets: Sequence[Sequence[int]], labels_2d: bool) -> np.ndarray:
@@ -117,10 +110,10 @@ class TrainingPatches(Dataset):
         self.seed = int(seed)
         self.with_view = with_view
         self.class_weight_cap = class_weight_cap
-        weights = np.array([s.weight for s in self.configs], dtype=np.float64)
-        if (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"source weights must be non-negative with a positive sum, got {weights.tolist()}")
-        self.probabilities = weights / weights.sum()
+        try:
+            self.probabilities = np.array(source_probabilities([s.weight for s in self.configs]))
+        except ValueError as error:
+            raise ValueError(f"data.sources: {error}") from None
         self._sources: list[_Source] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -130,16 +123,16 @@ class TrainingPatches(Dataset):
     @property
     def sources(self) -> list[_Source]:
         if self._sources is None:
-            self._sources = [self._open(config) for config in self.configs]
+            self._sources = [self._open(index, config) for index, config in enumerate(self.configs)]
         return self._sources
 
-    def _open(self, config: SourceConfig) -> _Source:
+    def _open(self, index: int, config: SourceConfig) -> _Source:
         raw = open_volume(config.raw)
         check_raw(raw.location, raw.shape, raw.dtype, "training")
         labels = open_volume(config.labels)
         if raw.spatial_shape != labels.spatial_shape:
             raise ValueError(f"{config.raw} {raw.spatial_shape} and {config.labels} {labels.spatial_shape} differ in shape")
-        start, stop = slice_range(config.slices, raw.spatial_shape[0])
+        _, _, start, stop = check_slices(f"data.sources.{index}.slices", config.raw, config.slices, raw.spatial_shape[0])
         extent = (stop - start,) + raw.spatial_shape[1:]
         needed = tuple(p + 2 * c for p, c in zip(self.patch, self.context))
         if any(n > e for n, e in zip(needed, extent)):

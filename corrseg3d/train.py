@@ -176,10 +176,10 @@ def load_validation_volumes(config: ValidationConfig) -> list[dict[str, Any]]:
 def _check_sources(config: Config, dataset: TrainingPatches, valid_volumes: Sequence[dict[str, Any]]) -> None:
     """Open the training sources here, in the main process, so a bad source is one error before any
     DataLoader worker starts; check their slice ranges against the volumes and the validation ranges."""
-    ranges = [check_slices(f"data.sources.{index}.slices", spec.raw, spec.slices, open_volume(spec.raw).spatial_shape[0])
-              for index, spec in enumerate(config.data.sources)]
+    ranges = []
     for index, (spec, source) in enumerate(zip(config.data.sources, dataset.sources)):
         check_label_dtype(source.labels.dtype, f"data.sources.{index}.labels {spec.labels}")
+        ranges.append((f"data.sources.{index}.slices", spec.raw, source.start, source.stop))
     check_disjoint(ranges, [volume["slices"] for volume in valid_volumes],
                    allowed=config.data.allow_validation_overlap)
 

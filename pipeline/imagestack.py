@@ -153,7 +153,8 @@ def _is_zarr(path: str) -> bool:
 
 def _intensity_range(stack: Any, slab: int, name: str) -> tuple[float, float]:
     """[min, max] of a stack read in z-slabs of ``slab``; NaN and infinity are refused (they have no
-    grey value, and one infinity would scale every other voxel to 0)."""
+    grey value, and one infinity would scale every other voxel to 0), and so is a constant stack
+    (min = max: nothing to rescale)."""
     low, high = np.inf, -np.inf
     for z0 in range(0, stack.shape[0], slab):
         block = np.asarray(stack[z0:z0 + slab])
@@ -161,6 +162,9 @@ def _intensity_range(stack: Any, slab: int, name: str) -> tuple[float, float]:
             raise DataError(f"{name} holds NaN or infinite values in slices {z0}-{z0 + len(block) - 1}: replace "
                             "them by grey values before converting")
         low, high = min(low, float(block.min())), max(high, float(block.max()))
+    if low == high:
+        raise DataError(f"{name} holds the single value {low:g} everywhere: there is no image to rescale to "
+                        "0-255; check that this is the right stack (or pass --labels for a label stack)")
     return low, high
 
 
@@ -216,7 +220,7 @@ def convert(
             block = np.asarray(stack[z0:z0 + chunks[0]])
             if scale is not None:
                 low, high = scale
-                block = np.rint((block.astype(np.float64) - low) * (255.0 / max(high - low, 1e-12)))
+                block = np.rint((block.astype(np.float64) - low) * (255.0 / (high - low)))
             volume[z0:z0 + len(block)] = block.astype(volume.dtype)
     return out_location
 

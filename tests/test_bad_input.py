@@ -211,7 +211,7 @@ ROWS = [
     ("train", "-c train.yaml augment.flip=2", "augment.flip is a probability: it must be in [0, 1], got 2", {}),
     ("train", "-c train.yaml model.filters=[4,8]", "model.filters must be five positive widths", {}),
     ("train", "-c train.yaml data.sources.0.weight=-1", "data.sources.0.weight must be >= 0, got -1", {}),
-    ("train", "-c train.yaml data.sources.0.weight=0", "the weights sum to 0", {}),
+    ("train", "-c train.yaml data.sources.0.weight=0", "the weights must be non-negative with a positive sum", {}),
     ("train", "-c train.yaml train.device=cuda", "is not available", {}),
     ("train", "-c train.yaml train.device=gpu", "is not a device name", {}),
     ("train", "-c train.yaml train.precision=fp16", "fp16 needs a CUDA device", {}),

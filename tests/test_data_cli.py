@@ -126,6 +126,10 @@ def test_convert_zarr_uint16_that_predict_refuses(tmp_path, capsys, stack):
     tifffile.imwrite(tmp_path / "inf.tif", floats)
     status, err = run(capsys, "convert", tmp_path / "inf.tif", f"{tmp_path}/in.zarr/frominf")
     assert status == 2 and "holds NaN or infinite values" in err and not (tmp_path / "in.zarr" / "frominf").exists()
+    tifffile.imwrite(tmp_path / "blank.tif", np.full((3, 8, 8), 700, np.uint16))
+    status, err = run(capsys, "convert", tmp_path / "blank.tif", f"{tmp_path}/in.zarr/fromblank")
+    assert status == 2 and "holds the single value 700 everywhere" in err
+    assert not (tmp_path / "in.zarr" / "fromblank").exists()
 
 
 @pytest.mark.parametrize("depth", [1, 3, 4, 10])
@@ -208,6 +212,8 @@ def test_fib25_errors_write_nothing(tmp_path, capsys):
     assert status == 2 and "--names lists a more than once" in err and not out.exists()
     status, err = run(capsys, "fib25", out, "--source", source, "--z-step", "3", "--z-start", "3")
     assert status == 2 and "--z-start must be in [0, --z-step)" in err and not out.exists()
+    status, err = run(capsys, "fib25", out, "--source", source, "--z-step", "7")
+    assert status == 2 and "keeps 1 of the 7 slices of b" in err and "at most 6" in err and not out.exists()
     assert run(capsys, "fib25", out, "--source", source, "--names", "b")[0] == 0
     labels = open_volume(f"{out}/b/labels")
     assert labels.voxel_size == (10.0, 10.0, 10.0) and labels.attrs["voxel_size_assumed"] is True

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from corrseg3d.config import AugmentConfig, SourceConfig
-from corrseg3d.sampler import TrainingPatches, collate, make_loader, sample_rng, slice_range
+from corrseg3d.sampler import TrainingPatches, collate, make_loader, sample_rng
 from corrseg3d.targets import label_affinities, widen_borders
 from emcore.conventions import PEA_OFFSETS
 from emcore.store import create_volume
@@ -106,6 +106,6 @@ def test_sources_are_weighted_and_checked(blocks, tmp_path):
     assert all(np.allclose(dataset[i]["image"], 250 / 255) for i in range(4))
     with pytest.raises(ValueError, match="smaller than patch"):
         _dataset(blocks, context=(0, 20, 20))[0]
-    with pytest.raises(ValueError, match="empty slice range"):
-        slice_range((8, 8), 10)
-    assert slice_range((0, None), 10) == (0, 10) and slice_range((-2, None), 10) == (8, 10)
+    with pytest.raises(ValueError, match=r"data.sources.0.slices \[8, 8\] is empty"):
+        _ = _dataset(blocks, slices=(8, 8)).sources
+    assert [(s.start, s.stop) for s in _dataset(blocks, slices=(-6, None)).sources] == [(4, 10)]

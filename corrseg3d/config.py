@@ -14,6 +14,10 @@ Command-line overrides ``key.sub=value`` are parsed as YAML scalars (``train.ite
 ``loss.ccm=false``, ``model.filters=[8,8,16,16,32]``); an integer path component indexes a list
 (``data.sources.0.weight=2``).
 
+Numbers follow YAML 1.2 in files and overrides (:class:`ConfigLoader`): ``1e-4`` is a float,
+``010`` is ten, and ``1:00`` or ``1_000`` are not numbers (YAML 1.1, PyYAML's default, reads them
+as 60, 8 and 1000).
+
 Slice ranges are ``[start, stop)`` in z, Python-style (``stop`` may be null = end of volume).
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,8 +37,11 @@ import yaml
 from emcore.conventions import PEA_OFFSETS, validate_offsets
 from emcore.regiongraph import DEFAULT_BETA, DEFAULT_MIN_SIZE
 
+INT_TAG, FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
 __all__ = [
     "ConfigError",
+    "ConfigLoader",
     "build_dataclass",
     "ModelConfig",
     "SourceConfig",
@@ -57,6 +65,35 @@ __all__ = [
 
 class ConfigError(ValueError):
     """The configuration does not match the schema; the message names the offending path."""
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 (core schema) numbers instead of YAML 1.1's.
+
+    Integers are ``[-+]?[0-9]+`` (decimal, leading zeros allowed), ``0o[0-7]+`` or
+    ``0x[0-9a-fA-F]+``; floats are ``[-+]?(.[0-9]+|[0-9]+(.[0-9]*)?)([eE][-+]?[0-9]+)?``,
+    ``.inf`` and ``.nan``. So ``1e-4`` is a float and ``010``, ``1:00`` and ``1_000`` are not
+    YAML 1.1's octal, base-60 and underscored numbers. Booleans and null are unchanged.
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, pattern) for tag, pattern in resolvers if tag not in (INT_TAG, FLOAT_TAG)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    return int(text, 0) if text.lstrip("+-")[:2].lower() in ("0o", "0x") else int(text, 10)
+
+
+ConfigLoader.add_implicit_resolver(INT_TAG, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                                   list("-+0123456789"))
+ConfigLoader.add_implicit_resolver(
+    FLOAT_TAG, re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                          r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+.0123456789"))
+ConfigLoader.add_constructor(INT_TAG, _construct_int)
 
 
 def check_unet_filters(filters: Sequence[int]) -> tuple[int, ...]:
@@ -383,8 +420,6 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             items = [_convert(v, a, f"{path}.{i}") for i, (v, a) in enumerate(zip(value, args))]
         return items if origin is list else tuple(items)
     if tp is float:
-        if isinstance(value, str):
-            value = _yaml11_float(value, path)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -395,14 +430,6 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is Any:
         return value
     raise TypeError(f"unsupported schema type {tp!r} at {path}")
-
-
-def _yaml11_float(text: str, path: str) -> float:
-    """PyYAML follows YAML 1.1, which reads ``1e-4`` (no dot) as a string: accept it as a float."""
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{path}: expected a number, got {text!r}") from None
 
 
 def build_dataclass(cls: type, values: Any, path: str = "") -> Any:
@@ -466,7 +493,7 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
                 node = node[part]
             else:
                 raise ConfigError(f"override {item!r}: {part!r} is inside a value that is not a mapping")
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=ConfigLoader)
         if isinstance(node, list):
             node[_list_index(node, last, key)] = value
         elif isinstance(node, dict):
@@ -506,7 +533,7 @@ def read_yaml_mapping(path: str | Path, example: str, *,
         raise ConfigError(f"config {path} does not exist: {example}")
     loader = None
     try:
-        loader = yaml.SafeLoader(path.read_text())
+        loader = ConfigLoader(path.read_text())
         node = loader.get_single_node()
         if node is not None and prepare is not None:
             prepare(node)

@@ -9,7 +9,7 @@ checker (:mod:`corrseg3d.config`): an unknown key is an error naming its dotted 
 closest valid key, a wrong type names the expected type.
 
 A string-typed key (``str``, ``str | None``, ``list[str]``) takes its value as written, in the file
-(``time: 12:00:00``, ``time: 90``: not YAML 1.1's numbers) and with ``--set`` (``evaluate.roi=0:8,:,:``,
+(``time: 12:00:00``, ``time: 90``: not numbers) and with ``--set`` (``evaluate.roi=0:8,:,:``,
 no YAML parsing; ``null`` still clears an optional one). A file that is not valid YAML is an error
 naming the line and column; there a value with ``: `` or a trailing ``:`` needs quotes (``roi: "0:8,:,:"``).
 
@@ -177,7 +177,7 @@ def _child_hint(hint: Any, key: str) -> Any:
 def _strings_as_written(node: yaml.Node, hint: Any) -> None:
     """Tag every plain scalar of a string-typed key below ``node`` (of type ``hint``) as a string, null aside.
 
-    YAML 1.1 would read ``time: 12:00:00`` as the base-60 number 43200 and ``time: 90`` as an int.
+    Otherwise ``time: 90`` would be read as an int and ``time: 1e3`` as a float.
     """
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:

@@ -49,10 +49,22 @@ def test_wrong_types_and_values_are_reported(values, message):
         from_dict(values)
 
 
-def test_yaml11_exponent_strings_are_numbers():
-    assert from_dict({"optim": {"lr": "1e-4"}}).optim.lr == 1e-4
-    with pytest.raises(ConfigError, match="optim.lr: expected a number, got 'fast'"):
-        from_dict({"optim": {"lr": "fast"}})
+def test_numbers_follow_yaml_1_2_in_overrides_and_files(tmp_path):
+    values: dict = {}
+    apply_overrides(values, ["optim.lr=1e-4", "optim.eps=-2E+3", "train.iterations=010", "train.log_every=0x10"])
+    config = from_dict(values)
+    assert (config.optim.lr, config.optim.eps, config.train.iterations, config.train.log_every) == (1e-4, -2e3, 10, 16)
+    for override, message in [("train.iterations=1:00", "train.iterations: expected int, got '1:00'"),
+                              ("train.iterations=1_000", "train.iterations: expected int, got '1_000'"),
+                              ("optim.lr=fast", "optim.lr: expected a number, got 'fast'")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [override])
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  lr: 5e-5\ntrain:\n  iterations: 0100\n")
+    config = load_config(path)
+    assert config.optim.lr == 5e-5 and isinstance(config.optim.lr, float) and config.train.iterations == 100
+    with pytest.raises(ConfigError, match="optim.lr: expected a number, got '1e-4'"):
+        from_dict({"optim": {"lr": "1e-4"}})
 
 
 def test_overrides_parse_yaml_scalars_and_index_lists():

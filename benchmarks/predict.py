@@ -23,8 +23,8 @@ on CUDA ``max_memory_allocated`` its peak GPU memory) with the same number of to
   only the forward calls timed (after one untimed warm-up call per batch shape; on CUDA
   synchronised before the clock is read). Its rate counts *output* voxels, like the pipeline's,
   so ``pipeline / forward`` is the share of the network's speed the pipeline keeps. (Results
-  carry ``forward_warm_up``; ``predict_cpu-1thread.json`` predates the warm-up and timed the
-  first call cold, ``predict_gpu-h200.json`` warmed up on its first batch, all of one shape.)
+  carry ``forward_warm_up``; ``predict_gpu-h200.json`` warmed up on its first batch, all of one
+  shape.)
 * ``reference``: the PEA repository's inference (docs/method.md §10) -- reflect pad (4, 48, 48),
   18x160x160 windows at stride (10, 80, 80) clamped to the end, Gaussian blending
   ``1e-6 + exp(-d^2 / (2 * 0.2^2))`` over normalised window coordinates, fp32, ReLU of the cosine

@@ -72,8 +72,8 @@ __all__ = ["PredictError", "PredictOptions", "PredictPlan", "plan_predict", "pre
            "DEFAULT_HALO", "DEFAULT_VOXEL_SIZE_TOLERANCE"]
 
 #: Default output block (= storage chunk) and context halo, (z, y, x). The block bounds peak memory
-#: (about 0.8 KiB per evaluated voxel: 5.5 GiB per process here, 13.4 GiB at 32x512x512, which is
-#: 25 % faster; ``benchmarks/predict.py``), so two processes fit a 16 GB node.
+#: (about 0.8 KiB per evaluated voxel: 5.1 GiB per process here, 13.4 GiB at 32x512x512, which is
+#: 16 % faster on one CPU thread; ``benchmarks/predict.py``), so two processes fit a 16 GB node.
 DEFAULT_BLOCK = (32, 256, 256)
 DEFAULT_HALO = (8, 48, 48)
 #: Largest factor between input and model voxel size along an axis that predict accepts.
@@ -123,7 +123,7 @@ class PredictOptions:
     """
 
     checkpoint: str | None = option(None, "corrseg3d checkpoint (default: the shipped weights)", metavar="PATH")
-    block: tuple[int, int, int] = option(DEFAULT_BLOCK, "output block = storage chunk, z,y,x; peak RSS about 5.5 GiB "
+    block: tuple[int, int, int] = option(DEFAULT_BLOCK, "output block = storage chunk, z,y,x; peak RSS about 5.1 GiB "
                                          "per process at the default, 13.4 GiB at 32,512,512", example="32,256,256")
     halo: tuple[int, int, int] = option(DEFAULT_HALO, "context per side, z,y,x, in model voxels (= input voxels "
                                         "unless resampled)", example="8,48,48")

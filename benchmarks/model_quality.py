@@ -48,12 +48,14 @@ import numpy as np
 import torch
 
 from corrseg3d.checkpoint import load_model
+from corrseg3d.config import PREDICT_HALO
 from corrseg3d.inference import predict_volume, resolve_precision
 from corrseg3d.separability import affinity_separability
 from corrseg3d.train import segment as segment_slices
 from corrseg3d.weights import default_checkpoint
 from emcore.conventions import raw_to_float
 from emcore.metrics import segmentation_scores
+from emcore.mws import DEFAULT_STRIDES
 from emcore.regiongraph import DEFAULT_MIN_SIZE
 from emcore.store import create_volume, open_volume
 from pipeline.evaluate import EvaluateOptions, evaluate
@@ -176,11 +178,11 @@ def heldout_isbi(checkpoint: str, source: str, slices: tuple[int, int], work: Pa
     model, offsets, _ = load_model(checkpoint)
     device = torch.device("cpu")
     image = raw_to_float(open_volume(store + "/raw")[:])
-    affinities = predict_volume(model, image, offsets, block=image.shape, halo=(8, 48, 48), device=device,
+    affinities = predict_volume(model, image, offsets, block=image.shape, halo=PREDICT_HALO, device=device,
                                 autocast_dtype=resolve_precision("auto", device), channels_last=True)
     labels = open_volume(store + "/labels")[:]
     start, stop = slices
-    seg = segment_slices(affinities[:, start:stop + 1], offsets, strides=(1, 4, 4), per_slice=True)
+    seg = segment_slices(affinities[:, start:stop + 1], offsets, strides=DEFAULT_STRIDES, per_slice=True)
     per_slice = {}
     for z in range(start, stop + 1):
         scores = segmentation_scores(seg[z - start], labels[z])

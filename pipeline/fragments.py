@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from emcore.blocks import Block, BlockGrid, save_npz_atomic
 from emcore.conventions import affinities_as_float, fragment_ids
-from emcore.mws import check_affinity_values, mutex_watershed
+from emcore.mws import DEFAULT_STRIDES, check_affinity_values, mutex_watershed
 from emcore.regiongraph import region_adjacency
 from emcore.store import open_volume
 from emcore.supervoxels import consecutive_labels, slice_supervoxels
@@ -57,7 +57,7 @@ class FragmentParams:
     halo: tuple[int, int, int]
     offsets: tuple[tuple[int, int, int], ...]
     method: str = "mws"
-    strides: tuple[int, int, int] = (1, 4, 4)
+    strides: tuple[int, int, int] = DEFAULT_STRIDES
     randomize_strides: int | None = None
     threshold: float = 0.5
 

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 import numpy as np
 
 from corrseg3d.cli import ArgumentParser, entry_point
+from corrseg3d.config import PREDICT_BLOCK, PREDICT_HALO
 from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks
 from emcore.conventions import affinities_as_uint8, check_raw, raw_to_float
 from emcore.store import (
@@ -68,14 +69,9 @@ from .stage import PhaseProgress
 if TYPE_CHECKING:
     from corrseg3d.resample import Resampling
 
-__all__ = ["PredictError", "PredictOptions", "PredictPlan", "plan_predict", "predict", "main", "DEFAULT_BLOCK",
-           "DEFAULT_HALO", "DEFAULT_VOXEL_SIZE_TOLERANCE"]
+__all__ = ["PredictError", "PredictOptions", "PredictPlan", "plan_predict", "predict", "main",
+           "DEFAULT_VOXEL_SIZE_TOLERANCE"]
 
-#: Default output block (= storage chunk) and context halo, (z, y, x). The block bounds peak memory
-#: (about 0.8 KiB per evaluated voxel: 5.1 GiB per process here, 13.4 GiB at 32x512x512, which is
-#: 16 % faster on one CPU thread; ``benchmarks/predict.py``), so two processes fit a 16 GB node.
-DEFAULT_BLOCK = (32, 256, 256)
-DEFAULT_HALO = (8, 48, 48)
 #: Largest factor between input and model voxel size along an axis that predict accepts.
 MAX_VOXEL_RATIO = 8.0
 #: Largest relative voxel-size difference per axis, ``|input / model - 1|``, predicted without resampling.
@@ -123,9 +119,9 @@ class PredictOptions:
     """
 
     checkpoint: str | None = option(None, "corrseg3d checkpoint (default: the shipped weights)", metavar="PATH")
-    block: tuple[int, int, int] = option(DEFAULT_BLOCK, "output block = storage chunk, z,y,x; peak RSS about 5.1 GiB "
+    block: tuple[int, int, int] = option(PREDICT_BLOCK, "output block = storage chunk, z,y,x; peak RSS about 5.1 GiB "
                                          "per process at the default, 13.4 GiB at 32,512,512", example="32,256,256")
-    halo: tuple[int, int, int] = option(DEFAULT_HALO, "context per side, z,y,x, in model voxels (= input voxels "
+    halo: tuple[int, int, int] = option(PREDICT_HALO, "context per side, z,y,x, in model voxels (= input voxels "
                                         "unless resampled)", example="8,48,48")
     dtype: Literal["uint8", "float16"] = option("uint8", "stored affinities: uint8 round(255 a) or float16")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(

@@ -34,7 +34,7 @@ import numpy as np
 from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks, write_json_atomic
 from emcore.conventions import halo_shortfall, max_offset, validate_offsets
-from emcore.mws import check_affinity_values
+from emcore.mws import DEFAULT_STRIDES, check_affinity_values
 from emcore.regiongraph import DEFAULT_BETA, DEFAULT_MIN_SIZE
 from emcore.store import VOLUME_ID, StoreError, Volume, check_write_alignment, create_volume, open_volume
 
@@ -82,7 +82,7 @@ class SegmentOptions:
         example="32,512,512")
     halo: tuple[int, int, int] | None = option(
         None, "z,y,x halo (default: max offset rounded up to a power of two, e.g. 4,32,32)", example="4,32,32")
-    strides: tuple[int, int, int] = option((1, 4, 4), "mutex edge strides (mws)", example="1,4,4")
+    strides: tuple[int, int, int] = option(DEFAULT_STRIDES, "mutex edge strides (mws)", example="1,4,4")
     randomize_strides: int | None = option(
         None, "sample mutex edges at random (probability 1/prod(strides)), deterministic for SEED", metavar="SEED")
     threshold: float = option(0.5, "waterz merge threshold: merge while 1 - mean boundary affinity is below it")

@@ -53,6 +53,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -181,7 +182,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file: {fix}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle draws torch's protocol warning before it fails below
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch's weights-only unpickler fails in many ways on foreign bytes
         objects = isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error)
         cause = ("it holds Python objects besides tensors and plain data, which are never unpickled" if objects

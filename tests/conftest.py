@@ -90,11 +90,16 @@ def assert_same_result(config, reference) -> None:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    """A private single-node SLURM cluster (slurm/local_cluster.sh) for the session; sets SLURM_CONF."""
+def slurm_installed() -> None:
+    """Skips the test where SLURM's daemons and client (what slurm/local_cluster.sh runs) are missing."""
     missing = [name for name in ("slurmctld", "slurmd", "munged", "sbatch") if shutil.which(name) is None]
     if missing:
         pytest.skip(f"SLURM is not installed ({', '.join(missing)} missing): apt-get install slurm-wlm munge")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(slurm_installed, tmp_path_factory):
+    """A private single-node SLURM cluster (slurm/local_cluster.sh) for the session; sets SLURM_CONF."""
     folder = tmp_path_factory.mktemp("slurm")
     script = os.path.join(REPO, "slurm", "local_cluster.sh")
     env = {**os.environ, "CORRSEG3D_SLURMCTLD_PORT": SLURMCTLD_PORT}

@@ -57,7 +57,7 @@ def test_numpy_values_are_stored_as_plain_numbers(tmp_path):
                                              ("plain pickle", "cannot read it as a weights file"),
                                              ("tensor", "found 'Tensor'"), ("code", "holds Python objects"),
                                              ("missing", "does not exist"), ("folder", "is not a file")])
-def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path, kind, cause):
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path, recwarn, kind, cause):
     path = tmp_path / "file.pt"
     marker = tmp_path / "code-ran"
     if kind == "text":
@@ -76,7 +76,7 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path, kind, caus
         read_checkpoint(path)
     message = str(error.value)
     assert "\n" not in message and "python -m corrseg3d.train" in message and cause in message
-    assert "weights_only=False" not in message
+    assert "weights_only=False" not in message and not recwarn.list
     assert not os.path.exists(marker)
 
 

@@ -95,7 +95,7 @@ def test_convert_png_folder_with_mismatched_slice(tmp_path, capsys, stack):
 
 def test_convert_multipage_tiff_rescales_uint16(tmp_path, capsys, stack):
     values = stack.astype(np.uint16) * 4 + 100
-    tifffile.imwrite(tmp_path / "v.tif", values)
+    tifffile.imwrite(tmp_path / "v.tif", values, photometric="minisblack")
     assert run(capsys, "convert", tmp_path / "v.tif", f"{tmp_path}/o.zarr/raw")[0] == 0
     out = open_volume(f"{tmp_path}/o.zarr/raw")[:]
     assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
@@ -107,7 +107,7 @@ def test_convert_zarr_uint16_that_predict_refuses(tmp_path, capsys, stack):
     values = stack.astype(np.uint16) * 4 + 100
     create_volume(f"{tmp_path}/in.zarr/raw16", values.shape, np.uint16, chunks=values.shape,
                   voxel_size=(30, 8, 8))[:] = values
-    tifffile.imwrite(tmp_path / "v.tif", values)
+    tifffile.imwrite(tmp_path / "v.tif", values, photometric="minisblack")
     assert run(capsys, "convert", f"{tmp_path}/in.zarr/raw16", f"{tmp_path}/in.zarr/raw")[0] == 0
     assert run(capsys, "convert", tmp_path / "v.tif", f"{tmp_path}/t.zarr/raw")[0] == 0
     out = open_volume(f"{tmp_path}/in.zarr/raw")
@@ -123,10 +123,10 @@ def test_convert_zarr_uint16_that_predict_refuses(tmp_path, capsys, stack):
     assert status == 2 and "holds NaN or infinite values in slices 0-" in err
     assert not (tmp_path / "in.zarr" / "fromnan").exists()
     floats[1, 2, 3] = np.inf  # one infinity would scale every other voxel to 0
-    tifffile.imwrite(tmp_path / "inf.tif", floats)
+    tifffile.imwrite(tmp_path / "inf.tif", floats, photometric="minisblack")
     status, err = run(capsys, "convert", tmp_path / "inf.tif", f"{tmp_path}/in.zarr/frominf")
     assert status == 2 and "holds NaN or infinite values" in err and not (tmp_path / "in.zarr" / "frominf").exists()
-    tifffile.imwrite(tmp_path / "blank.tif", np.full((3, 8, 8), 700, np.uint16))
+    tifffile.imwrite(tmp_path / "blank.tif", np.full((3, 8, 8), 700, np.uint16), photometric="minisblack")
     status, err = run(capsys, "convert", tmp_path / "blank.tif", f"{tmp_path}/in.zarr/fromblank")
     assert status == 2 and "holds the single value 700 everywhere" in err
     assert not (tmp_path / "in.zarr" / "fromblank").exists()
@@ -136,7 +136,7 @@ def test_convert_zarr_uint16_that_predict_refuses(tmp_path, capsys, stack):
 def test_convert_tiff_of_any_depth_equals_its_pages(tmp_path, capsys, depth):
     """tifffile writes 3 or 4 slices as one page of samples, more as one page per slice: both read alike."""
     values = np.random.default_rng(depth).integers(0, 256, (depth, 40, 50), dtype=np.uint8)
-    tifffile.imwrite(tmp_path / "v.tif", values[0] if depth == 1 else values)
+    tifffile.imwrite(tmp_path / "v.tif", values[0] if depth == 1 else values, photometric="minisblack")
     assert run(capsys, "convert", tmp_path / "v.tif", f"{tmp_path}/o.zarr/raw")[0] == 0
     np.testing.assert_array_equal(open_volume(f"{tmp_path}/o.zarr/raw")[:], values)
 

@@ -94,9 +94,12 @@ def test_old_spellings_still_work_with_a_warning(tmp_path, capsys):
         loaded = load_run_config(config, ["input.raw=/data/vol.zarr", "segment.randomize_seed=4"])
     assert loaded.segment.randomize_strides == 4
 
-    with pytest.warns(FutureWarning, match="--block-shape is deprecated.*use --block"):
+    with pytest.warns(FutureWarning) as record:
         args = segment._parser().parse_args(["vol.zarr", "--block-shape", "8,64,64", "--num-workers", "3"])
     assert (args.block, args.workers) == ((8, 64, 64), 3)
+    assert sorted(str(warning.message).split(" is deprecated")[0] for warning in record) == ["--block-shape",
+                                                                                            "--num-workers"]
+    assert all(str(warning.message).endswith(("use --block", "use --workers")) for warning in record)
     with pytest.warns(FutureWarning, match="--block-shape is deprecated.*use --block"):
         assert evaluate._parser().parse_args(["s.zarr", "g.zarr", "--block-shape", "8,64,64"]).block == (8, 64, 64)
 

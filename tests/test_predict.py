@@ -95,7 +95,7 @@ def _tiny_model(seed):
 
 def _tiny_checkpoint(path, seed=0, offsets=PEA_OFFSETS):
     model = _tiny_model(seed)
-    save_checkpoint(path, model=model, optimizer=None, iteration=0, offsets=offsets, config={})
+    save_checkpoint(path, model=model, optimizer=None, iteration=0, offsets=offsets, config={}, voxel_size=(30, 6, 6))
     return model
 
 
@@ -196,7 +196,8 @@ def test_unflip_maps_flipped_affinities_back(axes):
 def test_resume_after_sigkill_is_bitwise_equal_and_skips_done_blocks(tmp_path):
     raw, _ = generate((16, 64, 96), seed=5)
     for name in ("killed", "clean"):
-        create_volume(str(tmp_path / f"{name}.zarr" / "raw"), raw.shape, "uint8", chunks=(4, 32, 32))[:] = raw
+        create_volume(str(tmp_path / f"{name}.zarr" / "raw"), raw.shape, "uint8", chunks=(4, 32, 32),
+                      voxel_size=(30, 6, 6))[:] = raw
     _tiny_checkpoint(tmp_path / "m.pt")
     args = ["--checkpoint", str(tmp_path / "m.pt"), "--block", "4,32,32", "--halo", "4,32,32",
             "--workers", "1", "--no-progress", "--precision", "fp32"]
@@ -205,6 +206,7 @@ def test_resume_after_sigkill_is_bitwise_equal_and_skips_done_blocks(tmp_path):
     process = subprocess.Popen(command + [str(tmp_path / "killed.zarr")] + args, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and (not done.exists() or len(os.listdir(done)) < 3):
+        assert process.poll() is None, "the first run ended before it was killed"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()

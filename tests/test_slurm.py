@@ -179,7 +179,7 @@ def _readme_recipe() -> list[str]:
     return [line.split("   #")[0].strip() for line in recipe.strip().splitlines()]
 
 
-def test_readme_workstation_recipe_finishes(tmp_path):
+def test_readme_workstation_recipe_finishes(slurm_installed, tmp_path):
     """Runs the README's lines as written in a scratch folder: its own cluster (another port, another
     folder than /tmp/slurm), the synthetic volume, the generated default config, submit, status, stop."""
     work, cluster = tmp_path / "work", tmp_path / "cluster"

@@ -34,6 +34,7 @@ def _kill_when(command: list[str], records: str, count: int) -> int:
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and done() < count:
+        assert process.poll() is None, f"{command} ended before it was killed"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -43,7 +44,7 @@ def _kill_when(command: list[str], records: str, count: int) -> int:
 def test_segment_refuses_affinities_of_a_killed_prediction(tmp_path, capsys):
     raw, _ = generate((16, 64, 96), seed=5)
     store = str(tmp_path / "v.zarr")
-    create_volume(f"{store}/raw", raw.shape, "uint8", chunks=(4, 32, 32))[:] = raw
+    create_volume(f"{store}/raw", raw.shape, "uint8", chunks=(4, 32, 32), voxel_size=(30, 6, 6))[:] = raw
     _tiny_checkpoint(tmp_path / "m.pt")
     args = ["--checkpoint", str(tmp_path / "m.pt"), "--block", "4,32,32", "--halo", "4,32,32", "--workers", "1",
             "--no-progress", "--precision", "fp32", "--device", "cpu"]

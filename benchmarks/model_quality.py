@@ -53,9 +53,8 @@ from corrseg3d.inference import predict_volume, resolve_precision
 from corrseg3d.separability import affinity_separability
 from corrseg3d.train import segment as segment_slices
 from corrseg3d.weights import default_checkpoint
-from emcore.conventions import raw_to_float
+from emcore.conventions import DEFAULT_STRIDES, raw_to_float
 from emcore.metrics import segmentation_scores
-from emcore.mws import DEFAULT_STRIDES
 from emcore.regiongraph import DEFAULT_MIN_SIZE
 from emcore.store import create_volume, open_volume
 from pipeline.evaluate import EvaluateOptions, evaluate

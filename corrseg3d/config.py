@@ -34,8 +34,7 @@ from typing import Any, Callable, Literal, Sequence, Union
 
 import yaml
 
-from emcore.conventions import PEA_OFFSETS, validate_offsets
-from emcore.mws import DEFAULT_STRIDES
+from emcore.conventions import DEFAULT_STRIDES, PEA_OFFSETS, validate_offsets
 from emcore.regiongraph import DEFAULT_BETA, DEFAULT_MIN_SIZE
 
 INT_TAG, FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
@@ -67,7 +66,7 @@ __all__ = [
 
 #: Default tiling of blockwise prediction, (z, y, x): output block (= storage chunk) and context
 #: halo per side, used by ``pipeline.predict`` and by validation during training. The block bounds
-#: peak memory (about 0.8 KiB per evaluated voxel: 5.1 GiB per process here, 13.4 GiB at
+#: peak memory (about 0.8-0.9 KiB per evaluated voxel: 5.1 GiB per process here, 13.4 GiB at
 #: 32x512x512, which is 16 % faster on one CPU thread; ``benchmarks/predict.py``), so two
 #: processes fit a 16 GB node.
 PREDICT_BLOCK: tuple[int, int, int] = (32, 256, 256)

@@ -22,6 +22,9 @@ arrays hold ``a`` itself.
 C order of the block grid) ``1..n_b`` and stores them as the uint64 id
 ``b << 32 | local`` (:func:`fragment_ids`); 0 is background. :func:`fragment_block` and
 :func:`fragment_local` invert it.
+
+**Mutex edge strides.** Mutex watershed keeps every attractive edge and the long-range (mutex)
+edges on a regular (z, y, x) sub-grid, by default :data:`DEFAULT_STRIDES`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ PEA_OFFSETS: tuple[Offset, ...] = (
 
 #: The nearest-neighbour offsets (the first three channels of any offset list used here).
 NEAREST_OFFSETS: tuple[Offset, ...] = PEA_OFFSETS[:3]
+
+#: Default sub-sampling of the mutex edges: 1x4x4 measured 2.4x faster and better than 1x2x2
+#: (docs/conventions.md §2).
+DEFAULT_STRIDES: tuple[int, int, int] = (1, 4, 4)
 
 
 def validate_offsets(offsets: Sequence[Sequence[int]]) -> tuple[Offset, ...]:

@@ -83,8 +83,10 @@ def write_fib25(source: str, out_location: str, *, z_step: int = 1, z_start: int
         depth = zarr.open_array(os.path.join(source, available[name], "raw"), mode="r").shape[0]
         kept = len(range(z_start, depth, z_step))
         if kept < 2:
+            fix = (f"a step of at most {depth - 1 - z_start}" if depth - 1 - z_start >= 1
+                   else f"--z-start 0 and a step of at most {depth - 1}")
             raise DataError(f"--z-step {z_step} --z-start {z_start} keeps {kept} of the {depth} slices of {name}: "
-                            f"keep at least 2 (a step of at most {depth - 1 - z_start}), or leave {name} out with --names")
+                            f"keep at least 2 ({fix}), or leave {name} out with --names")
     locations = [f"{root}/{name}/{dataset}" for name in chosen for dataset in ("raw", "labels")]
     if not overwrite:
         refuse_existing(locations)

@@ -31,8 +31,8 @@ from numcodecs import Zstd
 from scipy import ndimage
 
 from emcore.blocks import Block, BlockGrid, save_npz_atomic
-from emcore.conventions import affinities_as_float, fragment_ids
-from emcore.mws import DEFAULT_STRIDES, check_affinity_values, mutex_watershed
+from emcore.conventions import DEFAULT_STRIDES, affinities_as_float, fragment_ids
+from emcore.mws import check_affinity_values, mutex_watershed
 from emcore.regiongraph import region_adjacency
 from emcore.store import open_volume
 from emcore.supervoxels import consecutive_labels, slice_supervoxels

@@ -33,8 +33,8 @@ import numpy as np
 
 from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks, write_json_atomic
-from emcore.conventions import halo_shortfall, max_offset, validate_offsets
-from emcore.mws import DEFAULT_STRIDES, check_affinity_values
+from emcore.conventions import DEFAULT_STRIDES, halo_shortfall, max_offset, validate_offsets
+from emcore.mws import check_affinity_values
 from emcore.regiongraph import DEFAULT_BETA, DEFAULT_MIN_SIZE
 from emcore.store import VOLUME_ID, StoreError, Volume, check_write_alignment, create_volume, open_volume
 

@@ -214,6 +214,9 @@ def test_fib25_errors_write_nothing(tmp_path, capsys):
     assert status == 2 and "--z-start must be in [0, --z-step)" in err and not out.exists()
     status, err = run(capsys, "fib25", out, "--source", source, "--z-step", "7")
     assert status == 2 and "keeps 1 of the 7 slices of b" in err and "at most 6" in err and not out.exists()
+    status, err = run(capsys, "fib25", out, "--source", source, "--names", "b", "--z-step", "8", "--z-start", "6")
+    assert status == 2 and "keeps 1 of the 7 slices of b" in err and "--z-start 0 and a step of at most 6" in err
+    assert not out.exists()
     assert run(capsys, "fib25", out, "--source", source, "--names", "b")[0] == 0
     labels = open_volume(f"{out}/b/labels")
     assert labels.voxel_size == (10.0, 10.0, 10.0) and labels.attrs["voxel_size_assumed"] is True

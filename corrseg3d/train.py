@@ -485,8 +485,7 @@ def train(config: Config, out: str | Path, *, resume: bool = False, overwrite: b
                 precision=str(autocast_dtype or "fp32"))
 
 
-@entry_point
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m corrseg3d.train", description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="YAML configuration (configs/*.yaml)")
@@ -496,7 +495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run in OUT (without it, or --resume, a non-empty OUT is refused)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``corrseg3d.train`` command line; returns the exit status."""
+    args = _parser().parse_args(argv)
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     summary = train(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)

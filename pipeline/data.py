@@ -59,14 +59,18 @@ def refuse_existing(locations: Sequence[str]) -> None:
             raise DataError(f"{location} already exists: pass --overwrite to replace it")
 
 
-@entry_point
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``pipeline.data`` command line; returns the exit status."""
+def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m pipeline.data", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(name).register(subparsers)
-    args = parser.parse_args(argv)
+    return parser
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``pipeline.data`` command line; returns the exit status."""
+    args = _parser().parse_args(argv)
     args.run(args)
     return 0
 

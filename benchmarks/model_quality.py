@@ -5,7 +5,10 @@ Usage::
     python benchmarks/model_quality.py [--checkpoint PATH] [--shape 32,256,256] [--seed 1000] [--min-size 300]
                                        [--method mws|waterz|multicut] [--threshold 0.5] [--tta]
                                        [--fib ../shared/data/fib25] [--isbi ../shared/data/isbi2012]
-                                       [--isbi-slices 16-19] [--name NAME]
+                                       [--isbi-slices 16-19] [--precision auto|fp32|bf16] [--name NAME]
+
+Everything runs on the CPU; ``--precision auto`` is bf16 autocast on a CPU with native bf16
+(AVX512-BF16 or AMX) and fp32 elsewhere, so each record states its ``cpu`` and ``precision``.
 
 1. **Held-out synthetic volume** (a seed never used for training): ``pipeline.predict`` ->
    ``pipeline.segment`` (its defaults: multicut of the region graph, size merging; or ``--method``) ->
@@ -49,7 +52,7 @@ import torch
 
 from corrseg3d.checkpoint import load_model
 from corrseg3d.config import PREDICT_HALO
-from corrseg3d.inference import predict_volume, resolve_precision
+from corrseg3d.inference import cpu_model_name, predict_volume, resolve_precision
 from corrseg3d.separability import affinity_separability
 from corrseg3d.train import segment as segment_slices
 from corrseg3d.weights import default_checkpoint
@@ -171,14 +174,14 @@ def segment_sweep(checkpoint: str, fib_source: str, work: Path) -> dict:
     return {"checkpoint": checkpoint, "rows": rows}
 
 
-def heldout_isbi(checkpoint: str, source: str, slices: tuple[int, int], work: Path) -> dict:
+def heldout_isbi(checkpoint: str, source: str, slices: tuple[int, int], work: Path, precision: str = "auto") -> dict:
     store = str(work / "isbi.zarr")
     write_isbi2012(source, store)
     model, offsets, _ = load_model(checkpoint)
     device = torch.device("cpu")
     image = raw_to_float(open_volume(store + "/raw")[:])
     affinities = predict_volume(model, image, offsets, block=image.shape, halo=PREDICT_HALO, device=device,
-                                autocast_dtype=resolve_precision("auto", device), channels_last=True)
+                                autocast_dtype=resolve_precision(precision, device), channels_last=True)
     labels = open_volume(store + "/labels")[:]
     start, stop = slices
     seg = segment_slices(affinities[:, start:stop + 1], offsets, strides=DEFAULT_STRIDES, per_slice=True)
@@ -207,6 +210,9 @@ def main() -> None:
     parser.add_argument("--isbi-slices", default="16-19")
     parser.add_argument("--tta", action="store_true",
                         help="pipeline.predict --tta for the synthetic and FIB volumes (8x slower; ISBI without)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="pipeline.predict's --precision on the CPU (default auto: bf16 autocast on CPUs with "
+                             "native bf16, else fp32); the record states the one used")
     parser.add_argument("--segment-sweep", action="store_true",
                         help="choose segment defaults on the validation volumes instead (segment_defaults.json)")
     args = parser.parse_args()
@@ -219,8 +225,10 @@ def main() -> None:
     first, last = (int(v) for v in args.isbi_slices.split("-"))
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     options = SegmentOptions(method=args.method, threshold=args.threshold, min_size=args.min_size)
-    predict_options = PredictOptions(checkpoint=checkpoint, tta=args.tta)
-    record = {"checkpoint": checkpoint, "tta": args.tta,
+    predict_options = PredictOptions(checkpoint=checkpoint, tta=args.tta, precision=args.precision, device="cpu")
+    autocast = resolve_precision(args.precision, torch.device("cpu"))
+    record = {"checkpoint": checkpoint, "tta": args.tta, "cpu": cpu_model_name(),
+              "precision": "fp32" if autocast is None else str(autocast).removeprefix("torch."),
               "segment": {"method": options.method, "min_size": options.min_size, "strides": list(options.strides),
                           "threshold": options.threshold if options.method == "waterz" else None,
                           "beta": options.beta if options.method == "multicut" else None},
@@ -230,7 +238,8 @@ def main() -> None:
         record["fib25"] = heldout_fib(predict_options, args.fib, options, work)
         record["fib25_10nm"] = heldout_fib_isotropic(predict_options, args.fib, options, work)
     if Path(args.isbi).is_dir():
-        record["isbi2012"] = {"slices": [first, last], **heldout_isbi(checkpoint, args.isbi, (first, last), work)}
+        record["isbi2012"] = {"slices": [first, last], **heldout_isbi(checkpoint, args.isbi, (first, last), work,
+                                                                            args.precision)}
     print(json.dumps(record, indent=2))
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[args.name] = record

@@ -66,9 +66,9 @@ __all__ = [
 
 #: Default tiling of blockwise prediction, (z, y, x): output block (= storage chunk) and context
 #: halo per side, used by ``pipeline.predict`` and by validation during training. The block bounds
-#: peak memory (about 0.8-0.9 KiB per evaluated voxel: 5.1 GiB per process here, 13.4 GiB at
-#: 32x512x512, which is 16 % faster on one CPU thread; ``benchmarks/predict.py``), so two
-#: processes fit a 16 GB node.
+#: peak memory (about 0.8-0.9 KiB per evaluated voxel in fp32: 5.1 GiB per process, 13.4 GiB at
+#: 32x512x512, which is 16 % faster on one CPU thread; about half under bf16;
+#: ``benchmarks/predict.py``), so two processes fit a 16 GB node.
 PREDICT_BLOCK: tuple[int, int, int] = (32, 256, 256)
 PREDICT_HALO: tuple[int, int, int] = (8, 48, 48)
 

@@ -120,7 +120,8 @@ class PredictOptions:
 
     checkpoint: str | None = option(None, "corrseg3d checkpoint (default: the shipped weights)", metavar="PATH")
     block: tuple[int, int, int] = option(PREDICT_BLOCK, "output block = storage chunk, z,y,x; peak RSS about 5.1 GiB "
-                                         "per process at the default, 13.4 GiB at 32,512,512", example="32,256,256")
+                                         "per process at the default, 13.4 GiB at 32,512,512 (fp32; 3.0 / 7.0 GiB "
+                                         "under bf16)", example="32,256,256")
     halo: tuple[int, int, int] = option(PREDICT_HALO, "context per side, z,y,x, in model voxels (= input voxels "
                                         "unless resampled)", example="8,48,48")
     dtype: Literal["uint8", "float16"] = option("uint8", "stored affinities: uint8 round(255 a) or float16")

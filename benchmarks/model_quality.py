@@ -226,9 +226,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     options = SegmentOptions(method=args.method, threshold=args.threshold, min_size=args.min_size)
     predict_options = PredictOptions(checkpoint=checkpoint, tta=args.tta, precision=args.precision, device="cpu")
-    autocast = resolve_precision(args.precision, torch.device("cpu"))
     record = {"checkpoint": checkpoint, "tta": args.tta, "cpu": cpu_model_name(),
-              "precision": "fp32" if autocast is None else str(autocast).removeprefix("torch."),
+              "precision": str(resolve_precision(args.precision, torch.device("cpu")) or "fp32"),
               "segment": {"method": options.method, "min_size": options.min_size, "strides": list(options.strides),
                           "threshold": options.threshold if options.method == "waterz" else None,
                           "beta": options.beta if options.method == "multicut" else None},

@@ -286,6 +286,10 @@ class TrainConfig:
     #: Checkpoint whose weights initialise the model (fine-tuning; "" = kaiming init). Its
     #: architecture tensors and offsets must match this config; optimizer and iteration start fresh.
     init_from: str = ""
+    #: BatchNorm layers normalise with their running statistics and keep them (eval mode) while
+    #: every weight, the BatchNorm scales and shifts included, trains: for fine-tuning at a batch too
+    #: small for reliable batch statistics (the CPU recipe's batch 1 from GPU-trained weights).
+    freeze_batchnorm: bool = False
 
 
 @dataclass

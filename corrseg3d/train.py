@@ -82,7 +82,7 @@ from .sampler import TrainingPatches, make_loader, volume_is_2d
 
 __all__ = ["RESUMABLE_CHANGES", "segment", "validation_segmentation", "validate", "load_validation_volumes",
            "training_voxel_size", "source_voxel_sizes", "RunLog",
-           "build_optimizer", "train_step", "train", "main"]
+           "build_optimizer", "set_training_mode", "train_step", "train", "main"]
 
 #: Config keys (``fnmatch`` patterns) that may differ between a checkpoint and a ``--resume`` run: none of
 #: them changes the optimisation trajectory (validation only reads the model and picks ``best.pt``).
@@ -326,10 +326,30 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return targets
 
 
+def set_training_mode(model: torch.nn.Module, *, freeze_batchnorm: bool) -> None:
+    """Put ``model`` in train mode; with ``freeze_batchnorm`` its BatchNorm layers stay in eval mode.
+
+    A frozen BatchNorm normalises with its running mean and variance, ``(x - mean) / sqrt(var + eps)``
+    times its (trainable) scale plus shift, and leaves them unchanged, so a fine-tuning batch of
+    one patch neither normalises by its own statistics nor overwrites the statistics of the
+    weights it started from.
+    """
+    model.train()
+    if freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.eval()
+
+
 def train_step(model: ResidualUNet3D, optimizer: torch.optim.Optimizer, batch: dict[str, Any], config: Config, *,
                device: torch.device, autocast_dtype: torch.dtype | None,
                scaler: torch.amp.GradScaler) -> dict[str, float]:
-    """One optimisation step on a collated batch; returns the loss terms as floats."""
+    """One optimisation step on a collated batch; returns the loss terms as floats.
+
+    The model runs in train mode; with ``train.freeze_batchnorm`` its BatchNorm layers run in
+    eval mode (running statistics, not updated), see :func:`set_training_mode`.
+    """
+    set_training_mode(model, freeze_batchnorm=config.train.freeze_batchnorm)
     memory_format = _memory_format(config.train.channels_last)
     image = batch["image"].to(device).contiguous(memory_format=memory_format)
     with autocast(device, autocast_dtype):

@@ -239,6 +239,21 @@ def test_fine_tuning_starts_from_the_given_weights(volume, tmp_path):
         initialise_from(model, base, PEA_OFFSETS[:6])
 
 
+@pytest.mark.parametrize("frozen", [True, False])
+def test_frozen_batchnorm_keeps_its_statistics_while_the_weights_train(volume, tmp_path, frozen):
+    train(_config(volume, iterations=1, validate=False), tmp_path / "base", progress=False)
+    base = read_checkpoint(tmp_path / "base" / "last.pt")["model_state"]
+    # Three iterations with a validation between them: validating must not unfreeze the layers.
+    train(_config(volume, iterations=3, validate=True, validation={"every": 1},
+                  train={"init_from": str(tmp_path / "base" / "last.pt"), "freeze_batchnorm": frozen}),
+          tmp_path / "tuned", progress=False)
+    tuned = read_checkpoint(tmp_path / "tuned" / "last.pt")["model_state"]
+    statistics = [k for k in base if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    affine = [k.replace("running_mean", "weight") for k in statistics if k.endswith("running_mean")]
+    assert statistics and all(torch.equal(base[k], tuned[k]) == frozen for k in statistics)
+    assert affine and not any(torch.equal(base[k], tuned[k]) for k in affine)
+
+
 def test_resume_of_a_checkpoint_older_than_a_config_key(volume, tmp_path):
     train(_config(volume, iterations=2, validate=False), tmp_path, progress=False)
     checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)

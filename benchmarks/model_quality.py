@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/model_quality.py [--checkpoint PATH] [--shape 32,256,256] [--seed 1000] [--min-size 300]
-                                       [--method mws|waterz|multicut] [--threshold 0.5] [--tta]
+                                       [--method mws|waterz|multicut] [--threshold 0.5] [--tta [--tta-axes yx]]
                                        [--fib ../shared/data/fib25] [--isbi ../shared/data/isbi2012]
                                        [--isbi-slices 16-19] [--precision auto|fp32|bf16] [--name NAME]
 
@@ -210,6 +210,8 @@ def main() -> None:
     parser.add_argument("--isbi-slices", default="16-19")
     parser.add_argument("--tta", action="store_true",
                         help="pipeline.predict --tta for the synthetic and FIB volumes (8x slower; ISBI without)")
+    parser.add_argument("--tta-axes", default="zyx", choices=("zyx", "yx"),
+                        help="pipeline.predict --tta-axes (yx: the 4 in-plane flips; default %(default)s)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="pipeline.predict's --precision on the CPU (default auto: bf16 autocast on CPUs with "
                              "native bf16, else fp32); the record states the one used")
@@ -225,8 +227,9 @@ def main() -> None:
     first, last = (int(v) for v in args.isbi_slices.split("-"))
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     options = SegmentOptions(method=args.method, threshold=args.threshold, min_size=args.min_size)
-    predict_options = PredictOptions(checkpoint=checkpoint, tta=args.tta, precision=args.precision, device="cpu")
-    record = {"checkpoint": checkpoint, "tta": args.tta, "cpu": cpu_model_name(),
+    predict_options = PredictOptions(checkpoint=checkpoint, tta=args.tta, tta_axes=args.tta_axes,
+                                     precision=args.precision, device="cpu")
+    record = {"checkpoint": checkpoint, "tta": args.tta, **({"tta_axes": args.tta_axes} if args.tta else {}), "cpu": cpu_model_name(),
               "precision": str(resolve_precision(args.precision, torch.device("cpu")) or "fp32"),
               "segment": {"method": options.method, "min_size": options.min_size, "strides": list(options.strides),
                           "threshold": options.threshold if options.method == "waterz" else None,

@@ -229,7 +229,8 @@ def main() -> None:
     options = SegmentOptions(method=args.method, threshold=args.threshold, min_size=args.min_size)
     predict_options = PredictOptions(checkpoint=checkpoint, tta=args.tta, tta_axes=args.tta_axes,
                                      precision=args.precision, device="cpu")
-    record = {"checkpoint": checkpoint, "tta": args.tta, **({"tta_axes": args.tta_axes} if args.tta else {}), "cpu": cpu_model_name(),
+    record = {"checkpoint": checkpoint, "tta": args.tta, **({"tta_axes": args.tta_axes} if args.tta else {}),
+              "cpu": cpu_model_name(),
               "precision": str(resolve_precision(args.precision, torch.device("cpu")) or "fp32"),
               "segment": {"method": options.method, "min_size": options.min_size, "strides": list(options.strides),
                           "threshold": options.threshold if options.method == "waterz" else None,

@@ -344,12 +344,8 @@ def set_training_mode(model: torch.nn.Module, *, freeze_batchnorm: bool) -> None
 def train_step(model: ResidualUNet3D, optimizer: torch.optim.Optimizer, batch: dict[str, Any], config: Config, *,
                device: torch.device, autocast_dtype: torch.dtype | None,
                scaler: torch.amp.GradScaler) -> dict[str, float]:
-    """One optimisation step on a collated batch; returns the loss terms as floats.
-
-    The model runs in train mode; with ``train.freeze_batchnorm`` its BatchNorm layers run in
-    eval mode (running statistics, not updated), see :func:`set_training_mode`.
-    """
-    set_training_mode(model, freeze_batchnorm=config.train.freeze_batchnorm)
+    """One optimisation step on a collated batch (``model`` in the mode :func:`set_training_mode`
+    set); returns the loss terms as floats."""
     memory_format = _memory_format(config.train.channels_last)
     image = batch["image"].to(device).contiguous(memory_format=memory_format)
     with autocast(device, autocast_dtype):
@@ -451,6 +447,7 @@ def train(config: Config, out: str | Path, *, resume: bool = False, overwrite: b
         start = checkpoint["iteration"]
         if _scored_alike(checkpoint["config"], settings):
             best_voi = checkpoint["metrics"].get("best_voi", math.inf)
+    set_training_mode(model, freeze_batchnorm=config.train.freeze_batchnorm)  # validation works on a copy
     if overwrite:
         discard_run(out)
     out.mkdir(parents=True, exist_ok=True)

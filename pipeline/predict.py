@@ -456,7 +456,8 @@ def _claim_output(plan: PredictPlan, *, overwrite: bool) -> Volume:
     open or create it; returns it open for writing."""
     from corrseg3d.checkpoint import code_version
 
-    claim_outputs(plan.workdir, plan.config, {"affinities": plan.out_location}, overwrite=overwrite)
+    claim_outputs(plan.workdir, plan.config, {"affinities": plan.out_location}, overwrite=overwrite,
+                  defaults={"options": asdict(PredictOptions())})
     out = _open_or_create_output(plan, code_version())
     check_write_alignment(out, plan.options.block)
     return out

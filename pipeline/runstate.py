@@ -4,8 +4,9 @@ Each stage writing into ``vol.zarr`` keeps a work folder ``vol.zarr/.corrseg3d/<
 with ``config.json`` (the parameters and input identity that define the result, among them the
 input's :data:`emcore.store.VOLUME_ID`, so an input written anew under the same name is a different
 input) and per-block
-done records. A rerun with the same config resumes; a different config is refused unless the
-user passes ``--overwrite``, which deletes the outputs and the work folder and starts again.
+done records. A rerun with the same config resumes (also after an upgrade that added options, while
+they stay at their defaults); a different config is refused unless the user passes ``--overwrite``,
+which deletes the outputs and the work folder and starts again.
 When every block is done the stage writes ``complete.json`` (:func:`mark_complete`); a stage
 reading an output of another stage refuses it while that marker is missing
 (:func:`require_finished`), so a killed run is never read as if it were whole.
@@ -89,19 +90,24 @@ def _stage_of(workdir: str) -> str:
     return os.path.basename(os.path.dirname(workdir))
 
 
-def _differences(new: Mapping[str, Any], old: Mapping[str, Any], prefix: str = "") -> list[str]:
-    keys = sorted(set(new) | set(old))
+def _differences(new: Mapping[str, Any], old: Mapping[str, Any], defaults: Mapping[str, Any],
+                 prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between ``new`` and ``old``; a key missing from ``old`` counts as
+    unchanged where ``new`` holds its value in ``defaults`` (an option added since ``old`` was written)."""
     found = []
-    for key in keys:
-        a, b = new.get(key), old.get(key)
+    for key in sorted(set(new) | set(old)):
+        a, b, default = new.get(key), old.get(key), defaults.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, f"{prefix}{key}.")
+            found += _differences(a, b, default if isinstance(default, dict) else {}, f"{prefix}{key}.")
+        elif key not in old and key in defaults and a == default:
+            continue
         elif a != b:
             found.append(f"{prefix}{key}")
     return found
 
 
-def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str, str], *, overwrite: bool) -> None:
+def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str, str], *, overwrite: bool,
+                  defaults: Mapping[str, Any] | None = None) -> None:
     """Start or resume a run whose result is defined by ``config``.
 
     Parameters
@@ -114,6 +120,11 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
         Output dataset locations by role; the first is named in error messages.
     overwrite
         Delete outputs and work folder first (a fresh start).
+    defaults
+        Values of ``config``'s keys (same nesting) that a run started before the key existed used
+        implicitly: an option added in a later release whose default keeps the earlier result. A run
+        started before the option existed resumes when the option is at its default, and its
+        ``config.json`` is brought up to date; any other value is a changed config.
 
     Raises
     ------
@@ -125,6 +136,7 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
     path = os.path.join(workdir, "config.json")
     config = json.loads(json.dumps(config))
     shown = next(iter(outputs.values()))
+    previous = None
     if overwrite:
         shutil.rmtree(workdir, ignore_errors=True)
         for location in outputs.values():
@@ -132,7 +144,7 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
     elif os.path.exists(path):
         with open(path) as handle:
             previous = json.load(handle)
-        changed = _differences(config, previous)
+        changed = _differences(config, previous, json.loads(json.dumps(defaults or {})))
         if changed:
             rewritten = "; the input was written anew since" if f"input.{VOLUME_ID}" in changed else ""
             raise ConfigChangedError(_stage_of(workdir), f"{shown} was started with a different config "
@@ -143,7 +155,7 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
                 raise RunStateError(f"{location} exists but was not written by this command: "
                                     "pass --overwrite to replace it")
     os.makedirs(workdir, exist_ok=True)
-    if not os.path.exists(path):
+    if previous != config:
         write_json_atomic(path, config)
 
 

@@ -260,7 +260,8 @@ def _claim(plan: _Plan, *, overwrite: bool, unfinished_input: bool) -> tuple[Vol
               "outputs": plan.locations}
     if unfinished_input:
         config["input"]["unfinished"] = True
-    claim_outputs(plan.workdir, config, dict(plan.locations), overwrite=overwrite)
+    claim_outputs(plan.workdir, config, dict(plan.locations), overwrite=overwrite,
+                  defaults={"options": asdict(SegmentOptions())})
     volumes = _outputs(plan.affinities, plan.options, plan.locations)
     for volume in volumes:
         check_write_alignment(volume, plan.options.block)

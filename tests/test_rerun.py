@@ -57,6 +57,36 @@ def test_an_input_written_anew_is_not_taken_for_the_old_one(run_inputs, tmp_path
     assert "the input was written anew since" in capsys.readouterr().err
 
 
+def test_a_run_begun_before_an_upgrade_resumes_while_the_new_options_are_at_their_defaults(run_inputs, tmp_path,
+                                                                                          capsys):
+    """A config.json without an option that a later release added (as written before the upgrade) resumes
+    with that option at its default and is brought up to date; the option set otherwise is a changed config."""
+    store = tmp_path / "in.zarr"
+    shutil.copytree(run_inputs / "in.zarr", store)
+    args = [str(store), "--checkpoint", str(run_inputs / "tiny.pt"), "--block", "8,32,32", "--halo", "4,32,32",
+            "--device", "cpu", "--precision", "fp32", "--no-progress"]
+    segment_args = [str(store), "--block", "8,32,32", "--no-progress"]
+    assert predict.main(args) == 0 and segment.main(segment_args) == 0
+    added = {"predict": "tta_axes", "segment": "merge_floor"}
+    configs = {stage: store / ".corrseg3d" / stage / output / "config.json"
+               for stage, output in (("predict", "affinities"), ("segment", "segmentation"))}
+    for stage, path in configs.items():
+        config = json.loads(path.read_text())
+        del config["options"][added[stage]]
+        path.write_text(json.dumps(config))
+    written = _mtimes(store / "affinities") | _mtimes(store / "segmentation")
+    capsys.readouterr()
+    assert predict.main(args + ["--tta-axes", "yx"]) == 2
+    assert "options.tta_axes differ" in capsys.readouterr().err
+    assert segment.main(segment_args + ["--merge-floor", "0.1"]) == 2
+    assert "options.merge_floor differ" in capsys.readouterr().err
+    assert predict.main(args) == 0 and segment.main(segment_args) == 0
+    assert "12 blocks already done" in capsys.readouterr().out
+    assert _mtimes(store / "affinities") | _mtimes(store / "segmentation") == written
+    for stage, path in configs.items():
+        assert added[stage] in json.loads(path.read_text())["options"]
+
+
 def test_run_restarts_a_stage_after_a_config_change(run_inputs, tmp_path, capsys):
     path = write_run_config(tmp_path, "rerun", run_inputs)
     assert run.main([path, "--set", "predict.precision=fp16", "--no-progress"]) == 2

@@ -7,6 +7,9 @@ VENV ?= .venv
 VENV_FLAGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.corrseg3d-installed
+# Test processes (pytest-xdist); the tests of one file share a process (--dist loadfile), so the
+# SLURM tests share their one private cluster. 2 fits the 2-core CI machine; more on a larger one.
+TEST_WORKERS ?= 2
 # The CPU build of torch, installed only when no torch is importable (a plain `torch`
 # requirement would pull a multi-GB CUDA build on machines without a GPU).
 TORCH_CPU ?= torch==2.13.0
@@ -27,7 +30,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: install
 	$(PY) benchmarks/evaluate.py

@@ -4,7 +4,7 @@ in a copy of the build context, into a fresh virtual environment (no system site
 Honest scope: this proves the recipe (Makefile + setup.cfg + dependency pins) installs from a clean
 environment and that the entry point works; it does not build the image (no Docker daemon in CI)
 and does not exercise the CUDA base image, whose install differs only by reusing its torch.
-It takes about 1.5 min with the local wheel cache (marked slow; CI runs it).
+It takes about 3 min on 2 cores (marked slow; CI runs it, beside the other test files: `make test`).
 """
 
 from __future__ import annotations

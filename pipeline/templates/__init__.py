@@ -1,0 +1,1 @@
+"""Job script templates that `pipeline.slurm` fills in and submits (package data: `phase.sbatch`)."""

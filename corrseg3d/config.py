@@ -239,7 +239,9 @@ class LossConfig:
       (:func:`corrseg3d.targets.balance_weights`); null = the paper's (up to 19 for rare
       positives, 99 for rare negatives), 1 = unweighted MSE;
     * ``mean_embedding`` -- weight of the anti-collapse term
-      (:func:`corrseg3d.losses.mean_embedding_penalty`); 0 = off.
+      (:func:`corrseg3d.losses.mean_embedding_penalty`); 0 = off;
+    * ``flip_distill`` -- weight of the flip-distillation term (:mod:`corrseg3d.losses`): the
+      frozen teacher is ``train.init_from``'s network, which must be set; 0 = off.
     """
 
     scm: bool = True
@@ -247,6 +249,7 @@ class LossConfig:
     epm: bool = True
     class_weight_cap: float | None = None
     mean_embedding: float = 0.0
+    flip_distill: float = 0.0
     offsets: list[tuple[int, int, int]] = field(default_factory=lambda: [tuple(o) for o in PEA_OFFSETS])
 
 
@@ -347,6 +350,9 @@ class Config:
                 f"model.n_affinities ({self.model.n_affinities}) must equal the number of loss.offsets "
                 f"({len(self.loss.offsets)}) for the affinity head"
             )
+        if self.loss.flip_distill > 0 and (not self.train.init_from or self.model.head != "embedding"):
+            raise ConfigError("loss.flip_distill distils a teacher's flips into an embedding network: it needs "
+                              "model.head: embedding and train.init_from (the teacher's checkpoint), or set it to 0")
         if self.loss.epm and not self.model.pyramid_heads:
             raise ConfigError("loss.epm needs model.pyramid_heads: true (or set loss.epm: false)")
         if any(p % 16 for p in self.data.patch[1:]):
@@ -383,7 +389,8 @@ def _lower_bounds(config: Config) -> list[tuple[str, float, float]]:
               ("train.num_workers", train.num_workers, 0), ("train.threads", train.threads, 0),
               ("train.log_every", train.log_every, 1), ("train.checkpoint_every", train.checkpoint_every, 1),
               ("validation.every", config.validation.every, 1), ("validation.min_size", config.validation.min_size, 0),
-              ("optim.lr", config.optim.lr, 0)]
+              ("optim.lr", config.optim.lr, 0), ("loss.mean_embedding", config.loss.mean_embedding, 0),
+              ("loss.flip_distill", config.loss.flip_distill, 0)]
     bounds += [(f"data.patch.{i}", v, 1) for i, v in enumerate(data.patch)]
     bounds += [(f"data.context.{i}", v, 0) for i, v in enumerate(data.context)]
     bounds += [(f"data.sources.{i}.weight", s.weight, 0) for i, s in enumerate(data.sources)]

@@ -14,6 +14,12 @@ with the per-channel weighted MSE of :func:`weighted_mse`. Targets are one dict 
   e.g. the z channels of data labelled slice by slice. The pyramid levels use its first three
   columns (their offsets are the nearest neighbours, the first three of any offset list).
 
+Fine-tuning may add a flip-distillation term (``loss.flip_distill``, off in the paper): the
+unweighted MSE between the SCM affinities and a frozen teacher's affinities on a randomly
+flipped copy of the patch, mapped back (:func:`corrseg3d.train.teacher_affinities`). Its
+minimiser over the random flip is the teacher's mean over flips, i.e. what
+``pipeline.predict --tta`` computes, so the term distils test-time augmentation into one pass.
+
 All correlations and losses are computed in float32, also when the network ran under bf16
 autocast.
 """
@@ -105,6 +111,8 @@ def pea_loss(
     use_epm: bool = True,
     head: str = "embedding",
     mean_embedding: float = 0.0,
+    teacher_affinities: torch.Tensor | None = None,
+    flip_distill: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """PEA loss terms and their sum.
 
@@ -128,11 +136,17 @@ def pea_loss(
         ``"embedding"`` (PEA) or ``"affinity"``: the baseline whose output already is sigmoid
         affinities; its term ``affinity`` is the weighted MSE of that output against the same
         targets and replaces ``scm`` and ``ccm`` (then ``use_scm`` and ``use_ccm`` are ignored).
+    mean_embedding
+        Weight of :func:`mean_embedding_penalty` (0 = off).
+    teacher_affinities, flip_distill
+        (B, C, z, y, x) detached affinities of a frozen teacher and the weight of the
+        flip-distillation term ``flip_distill * weighted_mse(a_self, teacher, 1, valid)`` (module
+        docstring; embedding head only; 0 = off, then ``teacher_affinities`` is not needed).
 
     Returns
     -------
     ``{"scm", "ccm", "epm", "total"}`` for the embedding head (plus ``"collapse"`` when
-    ``mean_embedding > 0``), ``{"affinity", "epm", "total"}``
+    ``mean_embedding > 0`` and ``"distill"`` when ``flip_distill > 0``), ``{"affinity", "epm", "total"}``
     for the affinity head; scalar float32 tensors, ``total`` is the sum of the others.
     """
     offsets = validate_offsets(offsets)
@@ -146,7 +160,8 @@ def pea_loss(
     if head == "affinity":
         terms["affinity"] = weighted_mse(output, *full)
     elif head == "embedding":
-        terms["scm"] = weighted_mse(self_correlation(output, offsets), *full) if use_scm else zero
+        affinities = self_correlation(output, offsets) if use_scm or flip_distill > 0 else None
+        terms["scm"] = weighted_mse(affinities, *full) if use_scm else zero
         if use_ccm:
             if view_output is None or view_output.requires_grad:
                 raise ValueError("use_ccm needs view_output: the second view's inverse-flipped, detached embedding")
@@ -155,6 +170,11 @@ def pea_loss(
             terms["ccm"] = zero
         if mean_embedding > 0:
             terms["collapse"] = mean_embedding * mean_embedding_penalty(output)
+        if flip_distill > 0:
+            if teacher_affinities is None or teacher_affinities.requires_grad:
+                raise ValueError("flip_distill needs teacher_affinities: the frozen teacher's detached affinities")
+            terms["distill"] = flip_distill * weighted_mse(affinities, teacher_affinities.float(),
+                                                           torch.ones_like(affinities), full[2])
     else:
         raise ValueError(f"head must be 'embedding' or 'affinity', got {head!r}")
     terms["epm"] = _epm_loss(model_output.pyramid, targets["pyramid"], channel_mask) if use_epm else zero

@@ -10,9 +10,10 @@ the real post-processing (lead's decision; no other ``corrseg3d`` module may do 
 One iteration (docs/method.md §4, §7, §9): forward the batch, forward the CCM view
 (train mode, so BatchNorm running statistics also see the masked, jittered view, as in the reference;
 under ``no_grad`` because its embedding is detached anyway), map the view's
-embedding back with :func:`corrseg3d.ccm.invert_flips`, :func:`corrseg3d.losses.pea_loss`,
-backward, Adam step. The network runs under autocast (``train.precision``) and in
-``channels_last_3d`` memory format; losses are computed in float32.
+embedding back with :func:`corrseg3d.ccm.invert_flips`, with ``loss.flip_distill`` the frozen
+teacher's affinities on a random z/y/x flip of the batch (:func:`teacher_affinities`),
+:func:`corrseg3d.losses.pea_loss`, backward, Adam step. The network runs under autocast
+(``train.precision``) and in ``channels_last_3d`` memory format; losses are computed in float32.
 
 Output directory (``--out``, default ``runs/<config name>``):
 
@@ -74,7 +75,8 @@ from .ccm import invert_flips
 from .checkpoint import read_checkpoint, save_checkpoint
 from .cli import ArgumentParser, entry_point
 from .config import Config, ConfigError, ValidationConfig, from_dict, load_config, to_dict
-from .inference import autocast, predict_volume, resolve_device, resolve_precision
+from .correlation import self_correlation
+from .inference import autocast, inference_model, predict_volume, resolve_device, resolve_precision
 from .losses import pea_loss
 from .model import ResidualUNet3D, build_model
 from .preflight import check_disjoint, check_out, check_slices, discard_run
@@ -82,7 +84,8 @@ from .sampler import TrainingPatches, make_loader, volume_is_2d
 
 __all__ = ["RESUMABLE_CHANGES", "segment", "validation_segmentation", "validate", "load_validation_volumes",
            "training_voxel_size", "source_voxel_sizes", "RunLog",
-           "build_optimizer", "set_training_mode", "train_step", "train", "main"]
+           "build_optimizer", "set_training_mode", "load_teacher", "teacher_flip", "teacher_affinities",
+           "train_step", "train", "main"]
 
 #: Config keys (``fnmatch`` patterns) that may differ between a checkpoint and a ``--resume`` run: none of
 #: them changes the optimisation trajectory (validation only reads the model and picks ``best.pt``).
@@ -341,23 +344,71 @@ def set_training_mode(model: torch.nn.Module, *, freeze_batchnorm: bool) -> None
                 module.eval()
 
 
+def load_teacher(config: Config, device: torch.device) -> ResidualUNet3D:
+    """The frozen teacher of ``loss.flip_distill``: ``train.init_from``'s network for inference.
+
+    Its BatchNorms are folded with their running statistics (:func:`corrseg3d.inference.inference_model`)
+    and its weights never train, so a resumed run distils from the same teacher as the first.
+    """
+    teacher = build_model(to_dict(config.model))
+    initialise_from(teacher, config.train.init_from, config.loss.offsets)
+    teacher = inference_model(teacher).to(device, memory_format=_memory_format(config.train.channels_last))
+    return teacher.requires_grad_(False)
+
+
+def teacher_flip(seed: int, iteration: int) -> list[int]:
+    """The axes (z, y, x = 0, 1, 2) flipped for the teacher at ``iteration``: three fair coins.
+
+    Drawn from a generator seeded by ``(seed, iteration, 1)`` (the samples' are seeded by
+    ``(seed, index)``, :func:`corrseg3d.sampler.sample_rng`), so a resumed run draws the same flips.
+    """
+    coins = np.random.default_rng([int(seed), int(iteration), 1]).integers(2, size=3)
+    return [axis for axis in range(3) if coins[axis]]
+
+
+@torch.no_grad()
+def teacher_affinities(teacher: ResidualUNet3D, image: torch.Tensor, offsets: Sequence[Sequence[int]],
+                       flip_axes: Sequence[int]) -> torch.Tensor:
+    """Affinities of ``teacher`` on ``image`` flipped along ``flip_axes``, in ``image``'s frame.
+
+    ``a_o(p) = clip(<e(p), e(p + o)>, 0, 1)`` with ``e = F^-1 T(F x)``: the embedding of the flipped
+    batch ``F x`` (``flip_axes`` index z, y, x = 0, 1, 2 of the (B, 1, z, y, x) batch) flipped back,
+    so the offsets keep their meaning. The mean over all 8 flip sets is ``pipeline.predict --tta``'s
+    prediction (away from the border, where that one is 0).
+
+    Returns
+    -------
+    (B, C, z, y, x) float32 tensor in [0, 1].
+    """
+    dims = [axis + 2 for axis in flip_axes]
+    embedding = teacher(image.flip(dims) if dims else image).output.float()
+    return self_correlation(embedding.flip(dims) if dims else embedding, offsets).clamp_(0.0, 1.0)
+
+
 def train_step(model: ResidualUNet3D, optimizer: torch.optim.Optimizer, batch: dict[str, Any], config: Config, *,
                device: torch.device, autocast_dtype: torch.dtype | None,
-               scaler: torch.amp.GradScaler) -> dict[str, float]:
+               scaler: torch.amp.GradScaler, teacher: ResidualUNet3D | None = None,
+               flip_axes: Sequence[int] = ()) -> dict[str, float]:
     """One optimisation step on a collated batch (``model`` in the mode :func:`set_training_mode`
-    set); returns the loss terms as floats."""
+    set); returns the loss terms as floats. ``teacher`` (:func:`load_teacher`) is needed when
+    ``loss.flip_distill > 0``; it sees the batch flipped along ``flip_axes`` (:func:`teacher_flip`)."""
     memory_format = _memory_format(config.train.channels_last)
     image = batch["image"].to(device).contiguous(memory_format=memory_format)
     with autocast(device, autocast_dtype):
         output = model(image)
-        view_output = None
+        view_output = target = None
         if "view" in batch:
             with torch.no_grad():
                 view = model(batch["view"].to(device).contiguous(memory_format=memory_format)).output
             view_output = invert_flips(view.float(), batch["rule"])
+        if config.loss.flip_distill > 0:
+            if teacher is None:
+                raise ValueError("loss.flip_distill needs the teacher network (load_teacher)")
+            target = teacher_affinities(teacher, image, config.loss.offsets, flip_axes)
     losses = pea_loss(output, _to_device(batch, device), offsets=config.loss.offsets, view_output=view_output,
                       use_scm=config.loss.scm, use_ccm=config.loss.ccm, use_epm=config.loss.epm,
-                      head=config.model.head, mean_embedding=config.loss.mean_embedding)
+                      head=config.model.head, mean_embedding=config.loss.mean_embedding,
+                      teacher_affinities=target, flip_distill=config.loss.flip_distill)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(losses["total"]).backward()
     scaler.step(optimizer)
@@ -447,6 +498,7 @@ def train(config: Config, out: str | Path, *, resume: bool = False, overwrite: b
         start = checkpoint["iteration"]
         if _scored_alike(checkpoint["config"], settings):
             best_voi = checkpoint["metrics"].get("best_voi", math.inf)
+    teacher = load_teacher(config, device) if config.loss.flip_distill > 0 else None
     set_training_mode(model, freeze_batchnorm=config.train.freeze_batchnorm)  # validation works on a copy
     if overwrite:
         discard_run(out)
@@ -470,7 +522,9 @@ def train(config: Config, out: str | Path, *, resume: bool = False, overwrite: b
     for iteration, batch in enumerate(loader, start=start + 1):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(iteration, config)
-        last_losses = train_step(model, optimizer, batch, config, device=device, autocast_dtype=autocast_dtype, scaler=scaler)
+        last_losses = train_step(model, optimizer, batch, config, device=device, autocast_dtype=autocast_dtype,
+                                 scaler=scaler, teacher=teacher,
+                                 flip_axes=teacher_flip(config.train.seed, iteration) if teacher else ())
         for key, value in last_losses.items():
             sums[key] = sums.get(key, 0.0) + value
         steps += 1

@@ -43,6 +43,10 @@ def test_unknown_key_names_path_and_closest_key():
     ({"validation": {"method": "waterz"}}, r"validation.method: expected one of \['multicut', 'mws'\]"),
     ({"validation": {"beta": 1.0}}, r"validation.beta must be in \(0, 1\)"),
     ({"validation": {"min_size": -1}}, r"validation.min_size must be >= 0"),
+    ({"loss": {"mean_embedding": -0.5}}, r"loss.mean_embedding must be >= 0"),
+    ({"loss": {"flip_distill": 1.0}}, r"loss.flip_distill .* needs model.head: embedding and train.init_from"),
+    ({"loss": {"flip_distill": 1.0}, "train": {"init_from": "a.pt"}, "model": {"head": "affinity"}},
+     r"loss.flip_distill .* needs model.head: embedding"),
 ])
 def test_wrong_types_and_values_are_reported(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -101,7 +105,7 @@ def test_ac3ac4_config_matches_the_paper():
     assert config.data.sources[0].slices == (0, 80) and config.validation.volumes[0].slices == (0, 20)
     assert config.optim == Config().optim
     assert config.loss == Config().loss  # levers at the paper's behaviour
-    assert (config.loss.class_weight_cap, config.loss.mean_embedding) == (None, 0.0)
+    assert (config.loss.class_weight_cap, config.loss.mean_embedding, config.loss.flip_distill) == (None, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("overrides, head, terms", [

@@ -104,6 +104,31 @@ def test_pea_loss_collapse_term_is_weighted_penalty_and_part_of_total():
     assert embedding.grad is not None and embedding.grad.abs().sum() > 0
 
 
+def test_pea_loss_distill_term_is_unweighted_mse_to_the_teacher_over_valid_pairs():
+    torch.manual_seed(3)
+    targets = _targets([_three_objects((6, 32, 32))])
+    targets["channel_mask"] = torch.tensor([[False] + [True] * 11])
+    embedding = torch.randn(1, 8, 6, 32, 32, requires_grad=True)
+    teacher = torch.rand(1, 12, 6, 32, 32)
+    output = ModelOutput(embedding, ())
+    plain = pea_loss(output, targets, offsets=PEA_OFFSETS, use_ccm=False, use_epm=False)
+    terms = pea_loss(output, targets, offsets=PEA_OFFSETS, use_ccm=False, use_epm=False,
+                     teacher_affinities=teacher, flip_distill=0.25)
+    valid = targets["valid"].bool() & targets["channel_mask"][:, :, None, None, None]
+    affinities = self_correlation(embedding, PEA_OFFSETS)
+    expected = sum(((affinities[:, k] - teacher[:, k])[valid[:, k]] ** 2).mean() for k in range(1, 12))
+    assert "distill" not in plain and terms["distill"].item() == pytest.approx(0.25 * expected.item(), rel=1e-5)
+    assert terms["total"].item() == pytest.approx(plain["total"].item() + terms["distill"].item(), rel=1e-6)
+    exact = pea_loss(output, targets, offsets=PEA_OFFSETS, use_ccm=False, use_epm=False,
+                     teacher_affinities=affinities.detach(), flip_distill=1.0)
+    assert exact["distill"].item() == 0
+    with pytest.raises(ValueError, match="teacher_affinities"):
+        pea_loss(output, targets, offsets=PEA_OFFSETS, use_ccm=False, use_epm=False, flip_distill=1.0)
+    with pytest.raises(ValueError, match="detached"):
+        pea_loss(output, targets, offsets=PEA_OFFSETS, use_ccm=False, use_epm=False,
+                 teacher_affinities=affinities, flip_distill=1.0)
+
+
 def test_pea_loss_rejects_missing_or_attached_view_and_missing_pyramid():
     targets = _targets([_three_objects()])
     embedding = torch.randn(1, 8, 4, 32, 32, requires_grad=True)

@@ -11,9 +11,11 @@ from corrseg3d.checkpoint import export_weights, load_model, read_checkpoint, se
 from corrseg3d.config import from_dict, to_dict
 from corrseg3d.inference import predict_volume, resolve_precision
 from corrseg3d.model import build_model
-from corrseg3d.train import initialise_from, learning_rate, main, train
+from corrseg3d.correlation import self_correlation
+from corrseg3d.train import initialise_from, learning_rate, load_teacher, main, teacher_affinities, teacher_flip, train
 from emcore.conventions import PEA_OFFSETS
 from emcore.store import create_volume, open_volume
+from pipeline.predict import _flip_sets, _unflip_affinities
 from pipeline.synth import generate
 
 
@@ -261,3 +263,40 @@ def test_resume_of_a_checkpoint_older_than_a_config_key(volume, tmp_path):
     torch.save(checkpoint, tmp_path / "last.pt")
     train(_config(volume, iterations=3, validate=False), tmp_path, resume=True, progress=False)
     assert read_checkpoint(tmp_path / "last.pt")["iteration"] == 3
+
+
+def test_teacher_is_the_init_checkpoint_and_its_flips_are_predict_tta(volume, tmp_path):
+    train(_config(volume, iterations=1, validate=False), tmp_path / "base", progress=False)
+    base = tmp_path / "base" / "last.pt"
+    config = _config(volume, iterations=1, validate=False, loss={"flip_distill": 1.0}, train={"init_from": str(base)})
+    teacher = load_teacher(config, torch.device("cpu"))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    model, offsets, _ = load_model(base)
+    image = torch.from_numpy(np.random.default_rng(2).random((1, 1, 6, 48, 48), dtype=np.float32))
+    with torch.no_grad():
+        reference = self_correlation(model(image).output, offsets).clamp(0, 1)
+    assert torch.allclose(teacher_affinities(teacher, image, offsets, []), reference, atol=5e-4)  # BatchNorm folded
+    # Each flip set gives what pipeline.predict --tta adds for it (away from the border it zeroes).
+    inner = (slice(None), slice(4, None), slice(27, None), slice(27, None))
+    for axes in _flip_sets("zyx")[1:]:
+        with torch.no_grad():
+            flipped = self_correlation(model(image.flip([a + 2 for a in axes])).output, offsets).clamp(0, 1)
+        expected = _unflip_affinities(flipped[0].numpy(), axes, offsets)
+        ours = teacher_affinities(teacher, image, offsets, axes)[0].numpy()
+        np.testing.assert_allclose(ours[inner], expected[inner], atol=5e-4)
+    # The teacher's flip is a pure function of (seed, iteration) and covers all 8 flip sets.
+    draws = [tuple(teacher_flip(1, iteration)) for iteration in range(1, 81)]
+    assert draws == [tuple(teacher_flip(1, iteration)) for iteration in range(1, 81)]
+    assert set(draws) == set(_flip_sets("zyx")) and draws != [tuple(teacher_flip(2, i)) for i in range(1, 81)]
+
+
+def test_flip_distillation_trains_and_resumes_bit_for_bit(volume, tmp_path):
+    train(_config(volume, iterations=1, validate=False), tmp_path / "base", progress=False)
+    distill = dict(loss={"ccm": False, "flip_distill": 2.0},
+                   train={"init_from": str(tmp_path / "base" / "last.pt"), "checkpoint_every": 2})
+    summary = train(_config(volume, iterations=4, validate=False, **distill), tmp_path / "full", progress=False)
+    assert summary["last_loss"]["distill"] > 0 and np.isfinite(summary["last_loss"]["total"])
+    train(_config(volume, iterations=2, validate=False, **distill), tmp_path / "cut", progress=False)
+    train(_config(volume, iterations=4, validate=False, **distill), tmp_path / "cut", resume=True, progress=False)
+    full, cut = _weights(tmp_path / "full" / "last.pt")[0], _weights(tmp_path / "cut" / "last.pt")[0]
+    assert all(torch.equal(full[k], cut[k]) for k in full)

@@ -411,10 +411,23 @@ def plan_predict(raw_location: str, *, out_location: str | None = None, options:
         "input": {"location": os.path.abspath(raw.location) if "://" not in raw.location else raw.location,
                   "shape": list(raw.shape), VOLUME_ID: raw.attrs.get(VOLUME_ID)},
         "model": {"sha256": metadata["model_sha256"], "offsets": [list(o) for o in offsets]},
-        "options": {k: v for k, v in asdict(options).items() if k not in ("checkpoint", "batch_size", "device", "threads")},
+        "options": _recorded_options(options),
         "voxel_size": attributes,
     }
     return PredictPlan(raw, out_location, options, offsets, metadata, grid, blocks, config, resampling, attributes)
+
+
+def _recorded_options(options: PredictOptions) -> dict[str, Any]:
+    """The options that define the stored affinities, as a run's ``config.json`` records them.
+
+    Settings that change only speed or placement (checkpoint path: the model is recorded by its
+    hash; batch size, device, threads) are left out, and without ``tta`` the flip axes are recorded
+    at their default: they change nothing then, so setting them never blocks a resume.
+    """
+    recorded = {k: v for k, v in asdict(options).items() if k not in ("checkpoint", "batch_size", "device", "threads")}
+    if not options.tta:
+        recorded["tta_axes"] = PredictOptions().tta_axes
+    return recorded
 
 
 def predict(raw_location: str, *, out_location: str | None = None, options: PredictOptions = PredictOptions(),

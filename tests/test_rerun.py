@@ -76,8 +76,8 @@ def test_a_run_begun_before_an_upgrade_resumes_while_the_new_options_are_at_thei
         path.write_text(json.dumps(config))
     written = _mtimes(store / "affinities") | _mtimes(store / "segmentation")
     capsys.readouterr()
-    assert predict.main(args + ["--tta-axes", "yx"]) == 2
-    assert "options.tta_axes differ" in capsys.readouterr().err
+    assert predict.main(args + ["--tta", "--tta-axes", "yx"]) == 2
+    assert "options.tta_axes" in capsys.readouterr().err
     assert segment.main(segment_args + ["--merge-floor", "0.1"]) == 2
     assert "options.merge_floor differ" in capsys.readouterr().err
     assert predict.main(args) == 0 and segment.main(segment_args) == 0
@@ -85,6 +85,19 @@ def test_a_run_begun_before_an_upgrade_resumes_while_the_new_options_are_at_thei
     assert _mtimes(store / "affinities") | _mtimes(store / "segmentation") == written
     for stage, path in configs.items():
         assert added[stage] in json.loads(path.read_text())["options"]
+
+
+def test_tta_axes_without_tta_change_nothing_and_resume(run_inputs, tmp_path, capsys):
+    store = tmp_path / "in.zarr"
+    shutil.copytree(run_inputs / "in.zarr", store)
+    args = [str(store), "--checkpoint", str(run_inputs / "tiny.pt"), "--block", "8,32,32", "--halo", "4,32,32",
+            "--device", "cpu", "--precision", "fp32", "--no-progress"]
+    assert predict.main(args + ["--tta-axes", "yx"]) == 0
+    written = _mtimes(store / "affinities")
+    capsys.readouterr()
+    assert predict.main(args) == 0 and "12 blocks already done" in capsys.readouterr().out
+    assert _mtimes(store / "affinities") == written
+    assert predict.main(args + ["--tta"]) == 2 and "options.tta differ" in capsys.readouterr().err
 
 
 def test_run_restarts_a_stage_after_a_config_change(run_inputs, tmp_path, capsys):

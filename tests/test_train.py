@@ -108,7 +108,6 @@ def test_resume_is_bit_for_bit(volume, tmp_path):
     assert iterations == [2, 4]
 
 
-
 def test_validation_never_changes_the_optimisation(volume, tmp_path):
     """Validating after every iteration, every third or never leaves the same weights and optimizer state."""
     train(_config(volume, iterations=4, validate=False), tmp_path / "never", progress=False)
@@ -117,6 +116,7 @@ def test_validation_never_changes_the_optimisation(volume, tmp_path):
         train(_config(volume, iterations=4, validation={"every": every}), tmp_path / f"every{every}", progress=False)
         assert (tmp_path / f"every{every}" / "train.jsonl").read_text().count('"kind": "valid"') == validations
         _assert_identical(never, _weights(tmp_path / f"every{every}" / "last.pt"))
+
 
 def test_resume_keeps_a_voxel_size_recorded_with_set_voxel_size(volume, tmp_path):
     train(_config(volume, iterations=1, validate=False), tmp_path, progress=False)

@@ -5,7 +5,8 @@ Usage::
     python benchmarks/model_quality.py [--checkpoint PATH] [--shape 32,256,256] [--seed 1000] [--min-size 300]
                                        [--method mws|waterz|multicut] [--threshold 0.5] [--tta [--tta-axes yx]]
                                        [--fib ../shared/data/fib25] [--isbi ../shared/data/isbi2012]
-                                       [--isbi-slices 16-19] [--precision auto|fp32|bf16] [--name NAME]
+                                       [--isbi-slices 16-19] [--precision auto|fp32|bf16] [--training-fit]
+                                       [--name NAME]
 
 Everything runs on the CPU; ``--precision auto`` is bf16 autocast on a CPU with native bf16
 (AVX512-BF16 or AMX) and fp32 elsewhere, so each record states its ``cpu`` and ``precision``.
@@ -21,7 +22,9 @@ Everything runs on the CPU; ``--precision auto`` is bf16 autocast on a CPU with 
    (medulla slices 30-49 are never trained on by ``configs/em-mixed.yaml``, which validates on
    gala-test; gala-train and gala-example are never seen). The same held-out medulla tissue is
    also scored at its isotropic 10x10x10 nm (:data:`FIB_ISOTROPIC_HELDOUT`, source slices 90-149):
-   a model trained at 30x10x10 nm only sees it resampled by ``pipeline.predict``.
+   a model trained at 30x10x10 nm only sees it resampled by ``pipeline.predict``. With
+   ``--training-fit`` the medulla training slices (:data:`FIB_TRAINING`) are scored the same way
+   (record key ``fib25_training``): a checkpoint that scores poorly there too underfits.
 3. **Held-out real EM** (ISBI 2012 slices not used for training, 2D labels): affinities of the
    20-slice stack, then mutex watershed per slice (in-plane only, as the labels are 2D), scored per
    slice against the connected components of the membrane-free label.
@@ -78,6 +81,9 @@ KEYS = ("voi_split", "voi_merge", "voi", "arand")
 #: Held-out FIB volumes at 30x10x10 nm: name -> [start, stop) slices of the z-step-3 store.
 FIB_HELDOUT = {"medulla-ts2-z0-150": (30, 50), "gala-test": (0, None), "gala-train": (0, None),
                "gala-example": (0, None)}
+#: FIB training slices at 30x10x10 nm (``configs/em-mixed.yaml``'s medulla slices 0-27, section series 0):
+#: ``--training-fit`` scores them to tell underfitting (poor here too) from poor generalisation.
+FIB_TRAINING = {"medulla-ts2-z0-150": (0, 28)}
 #: Held-out FIB volume at 10x10x10 nm: name and [start, stop) source slices (the tissue of medulla 30-49 above).
 FIB_ISOTROPIC_HELDOUT = ("medulla-ts2-z0-150", (90, 150))
 
@@ -215,6 +221,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="pipeline.predict's --precision on the CPU (default auto: bf16 autocast on CPUs with "
                              "native bf16, else fp32); the record states the one used")
+    parser.add_argument("--training-fit", action="store_true",
+                        help="also score the FIB training slices (FIB_TRAINING) like the held-out volumes")
     parser.add_argument("--segment-sweep", action="store_true",
                         help="choose segment defaults on the validation volumes instead (segment_defaults.json)")
     args = parser.parse_args()
@@ -240,6 +248,10 @@ def main() -> None:
     if Path(args.fib).is_dir():
         record["fib25"] = heldout_fib(predict_options, args.fib, options, work)
         record["fib25_10nm"] = heldout_fib_isotropic(predict_options, args.fib, options, work)
+        if args.training_fit:
+            training = work / "training"
+            training.mkdir()
+            record["fib25_training"] = heldout_fib(predict_options, args.fib, options, training, volumes=FIB_TRAINING)
     if Path(args.isbi).is_dir():
         record["isbi2012"] = {"slices": [first, last], **heldout_isbi(checkpoint, args.isbi, (first, last), work,
                                                                             args.precision)}

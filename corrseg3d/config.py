@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -361,7 +362,7 @@ class Config:
             raise ConfigError(f"validation.beta must be in (0, 1) (the multicut cost bias is log((1 - beta) / beta)), "
                               f"got {self.validation.beta}")
         for path, value, least in _lower_bounds(self):
-            if value < least:
+            if not value >= least:  # also refuses NaN
                 raise ConfigError(f"{path} must be >= {least}, got {value}")
         for path, value in _probabilities(self.augment):
             if not 0.0 <= value <= 1.0:
@@ -378,14 +379,14 @@ class Config:
         sizes = [("data.voxel_size", self.data.voxel_size)]
         sizes += [(f"data.sources.{i}.voxel_size", s.voxel_size) for i, s in enumerate(self.data.sources)]
         for path, size in sizes:
-            if size is not None and min(size) <= 0:
-                raise ConfigError(f"{path} must be three positive numbers (z, y, x in nm), got {list(size)}")
+            if size is not None and not all(math.isfinite(v) and v > 0 for v in size):
+                raise ConfigError(f"{path} must be three finite positive numbers (z, y, x in nm), got {list(size)}")
 
 
 def _lower_bounds(config: Config) -> list[tuple[str, float, float]]:
     """(path, value, smallest allowed value) of the settings that are counts, sizes or rates."""
     train, data = config.train, config.data
-    bounds = [("train.iterations", train.iterations, 1), ("train.batch_size", train.batch_size, 1),
+    bounds = [("model.embedding_dim", config.model.embedding_dim, 1), ("train.iterations", train.iterations, 1), ("train.batch_size", train.batch_size, 1),
               ("train.num_workers", train.num_workers, 0), ("train.threads", train.threads, 0),
               ("train.log_every", train.log_every, 1), ("train.checkpoint_every", train.checkpoint_every, 1),
               ("validation.every", config.validation.every, 1), ("validation.min_size", config.validation.min_size, 0),
@@ -457,14 +458,17 @@ def build_dataclass(cls: type, values: Any, path: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, converting and checking every value by its type hint.
 
     Unknown keys raise :class:`ConfigError` naming the dotted key (prefixed by ``path``) and the
-    closest valid one; nested dataclasses, tuples, lists and literals are converted recursively.
+    closest valid one; nested dataclasses, tuples, lists and literals are converted recursively. A
+    string given for a field with a ``parse`` function in its metadata (a stage option read from text
+    on the command line, e.g. ``ignore_gt: 0,5`` or ``none``) is parsed by it first.
     """
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in values.items():
         where = f"{path}.{key}" if path else str(key)
@@ -472,6 +476,12 @@ def build_dataclass(cls: type, values: Any, path: str = "") -> Any:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {(path + '.' if path else '') + close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown key {where!r}{hint}")
+        parse = fields[key].metadata.get("parse")
+        if parse is not None and isinstance(value, str):  # a field read from text as on its command line
+            try:
+                value = parse(value)
+            except ValueError as error:
+                raise ConfigError(f"{where}: {error}") from None
         kwargs[key] = _convert(value, hints[key], where)
     return cls(**kwargs)
 

@@ -152,11 +152,14 @@ def check_raw(location: str, shape: Sequence[int], dtype: DTypeLike, reader: str
     Raises
     ------
     ValueError
-        The volume is not 3D, or not uint8 (:func:`check_raw_dtype`).
+        The volume is not 3D, is empty along an axis, or is not uint8 (:func:`check_raw_dtype`).
     """
     if len(shape) != 3:
         raise ValueError(f"{location} has shape {tuple(shape)}: {reader} needs a 3D (z, y, x) volume; "
                          "stack 2D images into a volume with `python -m pipeline.data convert`")
+    if min(shape) == 0:
+        raise ValueError(f"{location} has shape {tuple(shape)}: it holds no voxels; write the image into it first "
+                         "(`python -m pipeline.data convert`)")
     check_raw_dtype(location, dtype, reader)
 
 

@@ -29,6 +29,7 @@ Conventions
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import uuid
@@ -48,6 +49,7 @@ __all__ = [
     "create_volume",
     "VOLUME_ID",
     "member_names",
+    "dataset_group",
     "parent_group",
     "check_write_alignment",
     "split_location",
@@ -189,7 +191,7 @@ def open_volume(location: str, dataset: str | None = None, *, mode: str = "r") -
     """
     location = os.fspath(location)
     if location.startswith(PRECOMPUTED_PREFIX):
-        return _open_precomputed(location, mode)
+        return _check_spatial_metadata(_open_precomputed(location, mode))
     root, inner = split_location(location)
     if not os.path.exists(root) and "://" not in root:
         raise StoreError(f"{root} does not exist: check the path (create it with `python -m pipeline.data synth`)")
@@ -211,8 +213,34 @@ def open_volume(location: str, dataset: str | None = None, *, mode: str = "r") -
     if isinstance(node, zarr.Group):
         if not _is_ome_image(node):
             raise StoreError(f"{shown} is a group, not an array ({_list_datasets(node)}); name one of its datasets")
-        return _volume_from_ome_group(node, shown)
-    return _volume_from_array(node, shown)
+        return _check_spatial_metadata(_volume_from_ome_group(node, shown))
+    return _check_spatial_metadata(_volume_from_array(node, shown))
+
+
+def _spatial_metadata_problem(voxel_size: Sequence[float], offset: Sequence[float], n_spatial: int) -> str | None:
+    """What is wrong with a voxel size (``n_spatial`` finite numbers > 0) and an offset
+    (``n_spatial`` finite numbers), or None when both are valid."""
+    if len(voxel_size) != n_spatial or not all(math.isfinite(v) and v > 0 for v in voxel_size):
+        return f"a voxel size of {list(voxel_size)} (it needs {n_spatial} finite positive numbers, z, y, x)"
+    if len(offset) != n_spatial or not all(math.isfinite(v) for v in offset):
+        return f"an offset of {list(offset)} (it needs {n_spatial} finite numbers, z, y, x)"
+    return None
+
+
+def _check_spatial_metadata(volume: Volume) -> Volume:
+    """``volume`` if the voxel size and offset its store states are valid.
+
+    Raises
+    ------
+    StoreError
+        A voxel size or offset of the wrong length, or with a value that is NaN, infinite or (for
+        the voxel size) not positive; the message names the metadata to correct.
+    """
+    problem = _spatial_metadata_problem(volume.voxel_size, volume.offset, min(len(volume.shape), 3))
+    if problem:
+        raise StoreError(f"{volume.location} states {problem}: correct its voxel_size / offset attribute "
+                         "(OME-Zarr: the scale / translation)")
+    return volume
 
 
 def parent_group(location: str) -> str:
@@ -235,6 +263,17 @@ def member_names(group: zarr.Group) -> list[str]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Object at .* is not recognized as a component")
         return sorted(name for name, _ in group.members())
+
+
+def dataset_group(location: str) -> zarr.Group | None:
+    """The zarr group ``location`` names (``vol.zarr`` or ``vol.zarr/G``) when it is a folder of
+    datasets, not an OME-Zarr image; None for an array, an image or a path that is no zarr group."""
+    root, inner = split_location(location)
+    try:
+        group = zarr.open_group(store=root, path=inner or "", mode="r")
+    except Exception:  # zarr raises several error types for paths that are not groups
+        return None
+    return None if _is_ome_image(group) else group
 
 
 def _list_datasets(group: zarr.Group) -> str:
@@ -264,6 +303,10 @@ def _volume_from_ome_group(group: zarr.Group, shown: str) -> Volume:
     translation = [0.0] * len(axes)
     scaled = False
     for transform in scale0.get("coordinateTransformations", []) + multiscale.get("coordinateTransformations", []):
+        values = transform.get(transform["type"])
+        if isinstance(values, list) and len(values) != len(axes):
+            raise StoreError(f"{shown} states an OME-Zarr {transform['type']} of {values} for {len(axes)} axes: "
+                             f"correct its metadata to {len(axes)} entries")
         if transform["type"] == "scale":
             scale = [a * b for a, b in zip(scale, transform["scale"])]
             scaled = True
@@ -354,6 +397,9 @@ def create_volume(
         raise StoreError(f"cannot create {location}: shape {shape} must be (z, y, x) or (c, z, y, x)")
     if len(chunks) != len(shape):
         raise StoreError(f"cannot create {location}: chunks {tuple(chunks)} must have {len(shape)} entries like shape {shape}")
+    problem = _spatial_metadata_problem(tuple(voxel_size), tuple(offset), 3)
+    if problem:
+        raise StoreError(f"cannot create {location} with {problem}")
     attrs = {**(attrs or {}), VOLUME_ID: uuid.uuid4().hex}
     if location.startswith(PRECOMPUTED_PREFIX):
         from .precomputed import create_precomputed

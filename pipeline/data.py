@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from typing import Callable, Sequence
@@ -42,8 +43,8 @@ def parse_numbers(kind: Callable[[str], float], count: int, example: str) -> Cal
             values = tuple(kind(v) for v in text.split(","))
         except ValueError:
             values = ()
-        if len(values) != count or any(v <= 0 for v in values):
-            raise argparse.ArgumentTypeError(f"{text!r} must be {count} positive comma-separated numbers, e.g. {example}")
+        if len(values) != count or not all(math.isfinite(v) and v > 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {count} finite positive comma-separated numbers, e.g. {example}")
         return values
 
     return parse

@@ -40,7 +40,7 @@ from .data import parse_numbers
 from .options import add_options, deprecated_flag, option, options_from_args
 from .runstate import require_finished
 
-__all__ = ["EvaluateOptions", "evaluate", "evaluate_counts", "format_report", "parse_labels", "parse_roi", "main"]
+__all__ = ["EvaluateOptions", "check_evaluate_options", "evaluate", "evaluate_counts", "format_report", "parse_labels", "parse_roi", "main"]
 
 
 def parse_labels(text: str) -> tuple[int, ...]:
@@ -122,6 +122,21 @@ class EvaluateOptions:
     top_k: int = option(10, "worst offenders listed")
 
 
+def check_evaluate_options(options: EvaluateOptions) -> None:
+    """Refuse options no volume can satisfy (``top_k`` < 0, negative ignore labels) before any reading.
+
+    Raises
+    ------
+    EvaluationError
+        The message names the option (command line and run YAML key) and its bound.
+    """
+    if options.top_k < 0:
+        raise EvaluationError(f"--top-k (evaluate.top_k) must be >= 0, got {options.top_k}")
+    if any(label < 0 for label in [*options.ignore_gt, *options.ignore_seg]):
+        raise EvaluationError("--ignore-gt and --ignore-seg (evaluate.ignore_gt, evaluate.ignore_seg) must be labels "
+                              ">= 0")
+
+
 def evaluate_counts(counts: BlockCounts, *, top_k: int = 10) -> dict[str, Any]:
     """Scores and worst offenders from summed block counts (with bounding boxes unless ``top_k == 0``).
 
@@ -198,9 +213,8 @@ def evaluate(
         (an unfinished segmentation).
     """
     start = time.perf_counter()
+    check_evaluate_options(options)
     ignore_gt, ignore_seg, roi, top_k = options.ignore_gt, options.ignore_seg, options.roi, options.top_k
-    if top_k < 0:
-        raise EvaluationError(f"top-k must be >= 0, got {top_k}")
     seg_volume = open_volume(seg, seg_dataset)
     gt_volume = open_volume(gt, options.gt_dataset)
     mask_volume = open_volume(options.mask, options.mask_dataset) if options.mask is not None else None

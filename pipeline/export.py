@@ -229,6 +229,10 @@ def _precomputed_parser() -> ArgumentParser:
 def _run_precomputed(args: argparse.Namespace) -> None:
     if args.viewer_state and os.path.exists(args.viewer_state) and not args.overwrite:
         raise ExportError(f"{args.viewer_state} already exists: pass --overwrite to replace it")
+    folder = os.path.dirname(args.viewer_state or "") or "."
+    if args.viewer_state and not os.path.isdir(folder):
+        raise ExportError(f"folder {folder} of --viewer-state {args.viewer_state} does not exist: create it or write "
+                          "the state elsewhere")
     layers = export_precomputed(args.segmentation, args.destination, raw=args.raw, chunks=args.chunks,
                                 overwrite=args.overwrite, allow_incomplete=args.allow_incomplete)
     state = viewer_state(layers, url_prefix=args.url_prefix)

@@ -36,6 +36,7 @@ compared bit for bit must pin the same count (``OMP_NUM_THREADS``; the SLURM scr
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -304,8 +305,9 @@ def _check_options(options: PredictOptions, offsets: Sequence[Sequence[int]]) ->
         raise PredictError(f"--batch-size must be >= 1, got {options.batch_size}")
     if options.threads < 0:
         raise PredictError(f"--threads must be >= 0 (0 = torch's default), got {options.threads}")
-    if options.voxel_size is not None and min(options.voxel_size) <= 0:
-        raise PredictError(f"--voxel-size {','.join(f'{v:g}' for v in options.voxel_size)} must be positive (z,y,x in nm)")
+    if options.voxel_size is not None and not all(math.isfinite(v) and v > 0 for v in options.voxel_size):
+        raise PredictError(f"--voxel-size {','.join(f'{v:g}' for v in options.voxel_size)} must be finite and positive "
+                           "(z,y,x in nm)")
     if options.voxel_size_tolerance < 0:
         raise PredictError(f"--voxel-size-tolerance must be >= 0, got {options.voxel_size_tolerance}")
     shortfall = halo_shortfall(options.halo, offsets)

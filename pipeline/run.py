@@ -45,7 +45,7 @@ from emcore.blocks import check_scheduler, write_json_atomic
 from emcore.contingency import EvaluationError
 from emcore.store import open_volume
 
-from .evaluate import evaluate, format_report, parse_roi
+from .evaluate import check_evaluate_options, evaluate, format_report, parse_roi
 from .predict import PredictStage, plan_predict
 from .runconfig import RunConfig, default_config_yaml, load_run_config, to_dict
 from .runstate import ConfigChangedError, check_distinct
@@ -81,7 +81,7 @@ def check_run(config: RunConfig, *, scheduler: str | None = None) -> None:
 
     Covers the scheduler and workers, everything ``predict`` checks (raw volume, checkpoint,
     options, device and precision), the ``segment`` options, with ``evaluate.gt`` the ground
-    truth, mask and ROI against the raw volume's shape, and that no output is an input or another
+    truth, mask and ROI against the raw volume's shape and the other ``evaluate`` options, and that no output is an input or another
     output (so no ``--restart`` can discard an input).
 
     Raises
@@ -115,8 +115,7 @@ def _check_ground_truth(config: RunConfig, shape: tuple[int, int, int]) -> dict[
     gt = volumes["evaluate.gt"]
     if not np.issubdtype(gt.dtype, np.integer):
         raise EvaluationError(f"evaluate.gt {gt.location} holds {gt.dtype} values: ground truth must be integer ids")
-    if any(label < 0 for label in [*options.ignore_gt, *options.ignore_seg]):
-        raise EvaluationError("evaluate.ignore_gt and evaluate.ignore_seg must be labels >= 0")
+    check_evaluate_options(options)
     if options.roi:
         parse_roi(options.roi, shape)
     return {key: volume.location for key, volume in volumes.items()}

@@ -205,8 +205,8 @@ def _position(text: str) -> tuple[float, float, float]:
 
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m pipeline.view", description=__doc__.split("\n\n")[0])
-    parser.add_argument("location", help="vol.zarr, vol.zarr/NAME, or precomputed://file:///ABS/PATH (a layer or an "
-                                         "export folder of layers)")
+    parser.add_argument("location", help="vol.zarr or a group in it (every dataset), vol.zarr/NAME, or "
+                                         "precomputed://file:///ABS/PATH (a layer or an export folder of layers)")
     parser.add_argument("--layers", help="comma-separated layers in order, e.g. raw,affinities,segmentation,labels,"
                                          "fragments,blocks (default: every dataset, then blocks)")
     parser.add_argument("--port", type=int, default=0, help="port to serve on (default 0: a free port)")

@@ -1,7 +1,7 @@
 """Which Neuroglancer layers a volume store holds, and how each one is shown.
 
-A *view location* is a zarr store (``vol.zarr``: every dataset in it), one zarr dataset
-(``vol.zarr/segmentation``), a folder of precomputed layers (``precomputed://file:///abs/ng``, as
+A *view location* is a zarr store or a group in one (``vol.zarr``, ``fib.zarr/gala-test``: every
+dataset in it), one zarr dataset (``vol.zarr/segmentation``), a folder of precomputed layers (``precomputed://file:///abs/ng``, as
 ``python -m pipeline.export`` writes it: every layer below it) or one precomputed layer. Layers:
 
 * ``raw`` and other grey-value 3D volumes -> ``image`` layers;
@@ -27,7 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from emcore.blocks import BlockGrid
-from emcore.store import PRECOMPUTED_PREFIX, StoreError, Volume, member_names, open_volume, split_location
+from emcore.store import (PRECOMPUTED_PREFIX, StoreError, Volume, dataset_group, member_names, open_volume,
+                          split_location)
 
 from .runstate import workdir_for
 from .viewarrays import MeanAffinityView, VolumeView
@@ -171,14 +172,10 @@ def _dataset_names(location: str) -> tuple[str, list[str]]:
         if not os.path.isdir(folder):
             raise ViewError(f"{folder} does not exist: pass precomputed://file:///ABS/PATH of a layer or of an export folder")
         return base, sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n, "info")))
-    import zarr
-
-    root, _ = split_location(location)
-    try:
-        group = zarr.open_group(store=root, mode="r")
-    except Exception:  # zarr raises several error types for folders that are not zarr groups
-        raise ViewError(f"{root} is not a zarr store: pass vol.zarr, vol.zarr/NAME or precomputed://file:///ABS/PATH") from None
-    return root, member_names(group)
+    group = dataset_group(location)
+    if group is None:
+        raise ViewError(f"{location} is not a zarr store: pass vol.zarr, vol.zarr/NAME or precomputed://file:///ABS/PATH")
+    return location.rstrip("/"), member_names(group)
 
 
 def _open_single(location: str) -> Volume | None:
@@ -188,7 +185,7 @@ def _open_single(location: str) -> Volume | None:
         if not os.path.exists(root):
             raise ViewError(f"{root} does not exist: pass a zarr store (vol.zarr), a dataset in it (vol.zarr/NAME) "
                             "or precomputed://file:///ABS/PATH")
-        if inner:
+        if inner and dataset_group(location) is None:
             return open_volume(location)
     try:
         return open_volume(location)

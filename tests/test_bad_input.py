@@ -19,6 +19,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import yaml
+import zarr
 
 from corrseg3d import train as train_cli
 from emcore.store import create_volume, open_volume
@@ -79,6 +80,11 @@ def template(run_inputs, tmp_path_factory):
     labels = open_volume(str(root / "raw.zarr" / "labels"))[:]
     for name, values in (("float", labels.astype(np.float32) + 0.5), ("negative", -labels.astype(np.int32))):
         create_volume(str(root / "labels.zarr" / name), labels.shape, values.dtype, chunks=labels.shape)[:] = values
+    zarr.open_group(str(root / "empty.zarr"), mode="w").create_array("raw", shape=(0, 32, 32), dtype=np.uint8,
+                                                                      chunks=(8, 32, 32))
+    misstated = zarr.open_group(str(root / "misstated.zarr"), mode="w")
+    for name, voxel_size in (("zero", [0, 6, 6]), ("negative", [-30, 6, 6]), ("short", [6, 6])):
+        misstated.create_array(name, data=np.zeros((8, 32, 32), np.uint8)).attrs["voxel_size"] = voxel_size
     (root / "pngs").mkdir()
     iio.imwrite(root / "pngs" / "00.png", np.zeros((32, 32), np.uint8))
     iio.imwrite(root / "pngs" / "01.png", np.full((32, 32), 9, np.uint8))
@@ -127,6 +133,7 @@ ROWS = [
     ("data", "preview vol.zarr --png nodir/p.png", "of --png nodir/p.png does not exist", {}),
     ("data", "convert pngs out.zarr/raw", "cannot read slice", {}),
     ("data", "convert nowhere out.zarr/raw", "does not exist", {}),
+    ("data", "synth out.zarr --shape 4,32,32 --voxel-size nan,6,6", "must be 3 finite positive", {}),
     # predict: every option is checked before the output and its run state exist
     ("predict", "raw.zarr --checkpoint tiny.pt --precision fp16 --device cpu", "fp16 needs a CUDA device", {}),
     ("predict", "raw.zarr --checkpoint tiny.pt --device cuda", "is not available", {}),
@@ -136,6 +143,11 @@ ROWS = [
     ("predict", "raw.zarr --checkpoint missing.pt", "does not exist", {}),
     ("predict", "raw.zarr --checkpoint tiny.pt --workers 0", "workers must be >= 1", {}),
     ("predict", "raw.zarr --checkpoint tiny.pt --out plain/affinities", "not a zarr location", {}),
+    ("predict", "raw.zarr --checkpoint tiny.pt --voxel-size inf,6,6", "must be 3 finite positive", {}),
+    ("predict", "empty.zarr --checkpoint tiny.pt", "holds no voxels", {}),
+    ("predict", "misstated.zarr/zero --checkpoint tiny.pt", "states a voxel size of [0.0, 6.0, 6.0]", {}),
+    ("predict", "misstated.zarr/negative --checkpoint tiny.pt --voxel-size 30,6,6", "it needs 3 finite positive numbers", {}),
+    ("predict", "misstated.zarr/short --checkpoint tiny.pt", "correct its voxel_size / offset attribute", {}),
     ("predict", "vol.zarr --checkpoint tiny.pt --out vol.zarr/raw --overwrite",
      "output affinities vol.zarr/raw would overwrite the input raw", {}),
     # segment
@@ -175,6 +187,8 @@ ROWS = [
      "would overwrite the input evaluate.gt", {}),
     ("run", "run.yaml --restart segment --phase fragments", "without --phase", {}),
     ("run", "bad.yaml", "is not valid YAML", {}),
+    ("run", "run.yaml --set evaluate.top_k=-1", "--top-k (evaluate.top_k) must be >= 0", {}),
+    ("run", "run.yaml --set evaluate.ignore_gt=0,x", "evaluate.ignore_gt: cannot read labels '0,x'", {}),
     # slurm
     ("slurm", "submit run.yaml", "sbatch not found", {"PATH": "{empty}"}),
     ("slurm", "submit run.yaml --dry-run --cpus 0", "slurm.cpus (--cpus) must be >= 1", {}),
@@ -187,6 +201,8 @@ ROWS = [
     ("export", "vol.zarr/segmentation precomputed://file://ng", "must be absolute", {}),
     ("export", "vol.zarr/halfseg precomputed://file:///{workspace}/ng", "has not completed", {}),
     ("export", "serve precomputed://ftp:///tmp/x", "scheme 'ftp' is not supported", {}),
+    ("export", "vol.zarr/segmentation precomputed://file:///{workspace}/ng --viewer-state nodir/s.json",
+     "folder nodir of --viewer-state", {}),
     # train: config, data, device, checkpoint and output folder, all before anything is written
     ("train", "-c missing.yaml", "config missing.yaml does not exist", {}),
     ("train", "-c bad.yaml", "is not valid YAML", {}),
@@ -210,6 +226,9 @@ ROWS = [
     ("train", "-c train.yaml validation.block=[0,32,32]", "validation.block.0 must be >= 1, got 0", {}),
     ("train", "-c train.yaml augment.flip=2", "augment.flip is a probability: it must be in [0, 1], got 2", {}),
     ("train", "-c train.yaml model.filters=[4,8]", "model.filters must be five positive widths", {}),
+    ("train", "-c train.yaml model.embedding_dim=0", "model.embedding_dim must be >= 1, got 0", {}),
+    ("train", "-c train.yaml data.voxel_size=[.nan,1,1]", "data.voxel_size must be three finite positive", {}),
+    ("train", "-c train.yaml optim.lr=.nan", "optim.lr must be >= 0, got nan", {}),
     ("train", "-c train.yaml data.sources.0.weight=-1", "data.sources.0.weight must be >= 0, got -1", {}),
     ("train", "-c train.yaml data.sources.0.weight=0", "the weights must be non-negative with a positive sum", {}),
     ("train", "-c train.yaml train.device=cuda", "is not available", {}),

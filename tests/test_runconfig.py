@@ -47,6 +47,15 @@ def test_set_takes_a_string_value_as_given(tmp_path):
     assert (config.segment.min_size, config.predict.block) == (5, (8, 32, 32))
 
 
+@pytest.mark.parametrize("written, labels", [("none", ()), ("'0,5'", (0, 5)), ("[0, 5]", (0, 5)), ("[]", ())])
+def test_ignore_labels_read_as_on_the_command_line_or_as_a_list(tmp_path, written, labels):
+    """``evaluate.ignore_gt`` / ``ignore_seg`` take ``--ignore-gt``'s text (comma-separated or none) or a list."""
+    path = tmp_path / "run.yaml"
+    path.write_text(f"{BASE}evaluate: {{gt: gt.zarr, ignore_gt: {written}}}\n")
+    assert load_run_config(path).evaluate.ignore_gt == labels
+    assert load_run_config(path, [f"evaluate.ignore_seg={written}"]).evaluate.ignore_seg == labels
+
+
 def test_null_for_a_required_string_is_refused(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(BASE)

@@ -96,6 +96,29 @@ def test_clear_errors(tmp_path):
         create_volume(str(tmp_path / "v.zarr" / "bad"), (16, 16), "uint8", chunks=(16, 16))
 
 
+@pytest.mark.parametrize(("voxel_size", "offset"), [((0, 6, 6), (0, 0, 0)), ((float("nan"), 6, 6), (0, 0, 0)),
+                                                    ((30, float("inf"), 6), (0, 0, 0)), ((6, 6), (0, 0, 0)),
+                                                    ((30, 6, 6), (float("nan"), 0, 0))])
+def test_invalid_voxel_size_or_offset_is_refused_on_create_and_on_open(tmp_path, voxel_size, offset):
+    """Neither a zarr attribute nor an OME-Zarr scale may state a size that is not finite and positive."""
+    with pytest.raises(StoreError, match="cannot create .* with a"):
+        create_volume(str(tmp_path / "v.zarr" / "raw"), (2, 16, 16), "uint8", chunks=(2, 16, 16),
+                      voxel_size=voxel_size, offset=offset)
+    assert not (tmp_path / "v.zarr").exists()
+    plain = zarr.open_group(str(tmp_path / "p.zarr"), mode="w").create_array("raw", data=np.zeros((2, 16, 16), "u1"))
+    plain.attrs.update({"voxel_size": list(voxel_size), "offset": list(offset)})
+    ome = create_volume(str(tmp_path / "o.zarr" / "raw"), (2, 16, 16), "uint8", chunks=(2, 16, 16))
+    group = zarr.open_group(str(tmp_path / "o.zarr" / "raw"), mode="r+")
+    multiscales = group.attrs["ome"]["multiscales"]
+    multiscales[0]["datasets"][0]["coordinateTransformations"] = [{"type": "scale", "scale": list(voxel_size)},
+                                                                  {"type": "translation", "translation": list(offset)}]
+    group.attrs["ome"] = {**group.attrs["ome"], "multiscales": multiscales}
+    assert ome.voxel_size == (1.0, 1.0, 1.0)
+    for location in (tmp_path / "p.zarr" / "raw", tmp_path / "o.zarr" / "raw"):
+        with pytest.raises(StoreError, match=r"states an? .*(correct its voxel_size / offset attribute|entries)"):
+            open_volume(str(location))
+
+
 @pytest.mark.parametrize(("location", "group"), [("vol.zarr/raw", "vol.zarr"), ("vol.zarr/g/raw", "vol.zarr/g"),
                                                 ("vol.zarr/raw/s0", "vol.zarr"), ("vol.zarr/g/raw/s0", "vol.zarr/g")])
 def test_parent_group_of_a_dataset_and_of_an_images_s0(location, group):

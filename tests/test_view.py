@@ -141,6 +141,16 @@ def test_layers_of_a_store(store):
     assert [s.name for s in open_sources(store, ["labels", "raw"]).layers] == ["labels", "raw"]
 
 
+def test_layers_of_a_volume_group_in_a_multi_volume_store(tmp_path):
+    """``pipeline.data fib25`` writes ``fib.zarr/NAME/{raw,labels}``: ``fib.zarr/NAME`` shows both."""
+    for volume in ("a", "b"):
+        for name, dtype in (("raw", np.uint8), ("labels", np.uint64)):
+            create_volume(str(tmp_path / "fib.zarr" / volume / name), (4, 16, 16), dtype, chunks=(4, 16, 16))
+    sources = open_sources(str(tmp_path / "fib.zarr" / "b"))
+    assert [(s.name, s.kind) for s in sources.layers] == [("raw", "image"), ("labels", "segmentation")]
+    assert open_sources(str(tmp_path / "fib.zarr" / "b" / "raw")).layers[0].name == "raw"
+
+
 def test_layers_of_precomputed_exports(store, tmp_path):
     """An export folder shows its layers; one layer alone works too; voxel size and offset survive."""
     layers = export_precomputed(f"{store}/segmentation", f"precomputed://file://{tmp_path}/ng", raw=f"{store}/raw")

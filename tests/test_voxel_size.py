@@ -179,8 +179,9 @@ def test_unknown_voxel_size_is_one_error_line_and_writes_nothing(tmp_path, monke
     out = open_volume(str(store / "affinities"))
     assert out.voxel_size == INPUT_VOXEL_SIZE and out.voxel_size_stated
     assert out.attrs["input_voxel_size"] == list(INPUT_VOXEL_SIZE) and out.attrs["resampled"] is True
-    with pytest.raises(PredictError, match="must be positive"):
-        predict(str(store), options=PredictOptions(voxel_size=(0, 10, 10)), progress=False)
+    for voxel_size in ((0, 10, 10), (float("nan"), 10, 10), (float("inf"), 10, 10)):
+        with pytest.raises(PredictError, match="must be finite and positive"):
+            predict(str(store), options=PredictOptions(voxel_size=voxel_size), progress=False)
 
 
 def test_output_attributes_record_what_was_done(tmp_path, monkeypatch):
@@ -303,5 +304,5 @@ def test_training_records_the_voxel_size_with_the_highest_summed_weight(tmp_path
     with pytest.raises(ConfigError, match=r"c.zarr/raw has no voxel size .* set data.sources.0.voxel_size"):
         train(config([0.7, 0.3], "ca"), tmp_path / "refused", progress=False)
     assert not (tmp_path / "refused").exists()
-    with pytest.raises(ConfigError, match="data.sources.1.voxel_size must be three positive numbers"):
+    with pytest.raises(ConfigError, match="data.sources.1.voxel_size must be three finite positive numbers"):
         config([0.7, 0.3], voxel_sizes=(None, [0, 1, 1]))

@@ -7,6 +7,11 @@ input) and per-block
 done records. A rerun with the same config resumes (also after an upgrade that added options, while
 they stay at their defaults); a different config is refused unless the user passes ``--overwrite``,
 which deletes the outputs and the work folder and starts again.
+Locations are not part of that identity where something better names the data: an input with a
+``VOLUME_ID`` is compared by its id, outputs by their dataset path inside the store that holds the
+work folder. So a run resumes when its paths are typed differently (``vol.zarr``, ``./vol.zarr``,
+``/abs/vol.zarr``), from another working directory (a SLURM job), or after the store was moved
+or copied (:func:`claim_outputs`).
 When every block is done the stage writes ``complete.json`` (:func:`mark_complete`); a stage
 reading an output of another stage refuses it while that marker is missing
 (:func:`require_finished`), so a killed run is never read as if it were whole.
@@ -90,6 +95,22 @@ def _stage_of(workdir: str) -> str:
     return os.path.basename(os.path.dirname(workdir))
 
 
+def _identity(config: Any) -> Any:
+    """``config`` as compared between runs: the ``location`` beside a ``VOLUME_ID`` dropped (the id
+    names the data wherever it lies) and each ``outputs`` location reduced to its dataset path in
+    its store (the store holds the work folder, so it moves with it)."""
+    if not isinstance(config, dict):
+        return config
+    compared = {}
+    for key, value in config.items():
+        if key == "location" and config.get(VOLUME_ID):
+            continue
+        if key == "outputs" and isinstance(value, dict):
+            value = {role: split_location(location)[1] for role, location in value.items()}
+        compared[key] = _identity(value)
+    return compared
+
+
 def _differences(new: Mapping[str, Any], old: Mapping[str, Any], defaults: Mapping[str, Any],
                  prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between ``new`` and ``old``; a key missing from ``old`` counts as
@@ -115,7 +136,8 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
     workdir
         The stage's work folder (see :func:`workdir_for`).
     config
-        JSON-serialisable parameters and input identity of the result.
+        JSON-serialisable parameters and input identity of the result; compared with the recorded
+        one without the paths that :func:`_identity` leaves out.
     outputs
         Output dataset locations by role; the first is named in error messages.
     overwrite
@@ -144,7 +166,7 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
     elif os.path.exists(path):
         with open(path) as handle:
             previous = json.load(handle)
-        changed = _differences(config, previous, json.loads(json.dumps(defaults or {})))
+        changed = _differences(_identity(config), _identity(previous), json.loads(json.dumps(defaults or {})))
         if changed:
             rewritten = "; the input was written anew since" if f"input.{VOLUME_ID}" in changed else ""
             raise ConfigChangedError(_stage_of(workdir), f"{shown} was started with a different config "

@@ -87,6 +87,28 @@ def test_a_run_begun_before_an_upgrade_resumes_while_the_new_options_are_at_thei
         assert added[stage] in json.loads(path.read_text())["options"]
 
 
+def test_a_moved_store_or_a_path_typed_otherwise_resumes(run_inputs, tmp_path, monkeypatch, capsys):
+    """Run state names its input by volume id and its outputs by dataset path: ``./a.zarr``,
+    ``a.zarr`` and ``/abs/a.zarr``, another working directory, or a moved store resume the run."""
+    shutil.copytree(run_inputs / "in.zarr", tmp_path / "a.zarr")
+    monkeypatch.chdir(tmp_path)
+    common = ["--checkpoint", str(run_inputs / "tiny.pt"), "--block", "8,32,32", "--halo", "4,32,32",
+              "--device", "cpu", "--precision", "fp32", "--no-progress"]
+    assert predict.main(["a.zarr", *common, "--task-index", "0", "--num-tasks", "2"]) == 0  # half, as if killed
+    shutil.move(tmp_path / "a.zarr", tmp_path / "moved.zarr")
+    capsys.readouterr()
+    assert predict.main([str(tmp_path / "moved.zarr"), *common]) == 0
+    assert "6 blocks already done" in capsys.readouterr().out
+    assert segment.main(["./moved.zarr", "--block", "8,32,32", "--no-progress"]) == 0
+    shutil.copytree(tmp_path / "moved.zarr", tmp_path / "copy.zarr")
+    written = _mtimes(tmp_path / "copy.zarr" / "segmentation")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert segment.main([str(tmp_path / "copy.zarr"), "--block", "8,32,32", "--no-progress"]) == 0
+    assert predict.main(["../copy.zarr", *common]) == 0
+    assert _mtimes(tmp_path / "copy.zarr" / "segmentation") == written
+
+
 def test_tta_axes_without_tta_change_nothing_and_resume(run_inputs, tmp_path, capsys):
     store = tmp_path / "in.zarr"
     shutil.copytree(run_inputs / "in.zarr", store)

@@ -252,9 +252,10 @@ def set_voxel_size(path: str | Path, voxel_size: Sequence[float], trained: Seque
     _write_atomic(checkpoint, path)
 
 
-def _check_output(path: str | Path, sources: Sequence[str | Path]) -> None:
-    """Refuse an output that is a folder, one of ``sources``, or a checkpoint of a training run
-    (its ``last.pt`` would lose the optimizer state that ``--resume`` needs)."""
+def _check_output(path: str | Path, sources: Sequence[str | Path], *, overwrite: bool) -> None:
+    """Refuse an output that is a folder, one of ``sources``, a checkpoint of a training run (its
+    ``last.pt`` would lose the optimizer state that ``--resume`` needs) or, unless ``overwrite``,
+    any other existing file."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder: name the output file, e.g. {path / 'model.pt'}")
@@ -262,9 +263,11 @@ def _check_output(path: str | Path, sources: Sequence[str | Path]) -> None:
         raise CheckpointError(f"{path} is also an input: write the result to another file")
     if path.exists() and path.name in RUN_FILES and (path.parent / "train.jsonl").exists():
         raise CheckpointError(f"{path} belongs to the training run in {path.parent}: write the result to another file")
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} already exists: pass --overwrite to replace it")
 
 
-def export_weights(source: str | Path, path: str | Path) -> None:
+def export_weights(source: str | Path, path: str | Path, *, overwrite: bool = False) -> None:
     """Write checkpoint ``source`` to ``path`` without its optimizer state (a file to ship or share).
 
     Every other entry is copied unchanged (same weights and ``model_sha256``); the result loads for
@@ -273,16 +276,16 @@ def export_weights(source: str | Path, path: str | Path) -> None:
     Raises
     ------
     CheckpointError
-        ``source`` is not a checkpoint, or ``path`` is a folder, ``source`` itself or a training
-        run's checkpoint.
+        ``source`` is not a checkpoint, or ``path`` is a folder, ``source`` itself, a training
+        run's checkpoint or (without ``overwrite``) another existing file.
     """
-    _check_output(path, [source])
+    _check_output(path, [source], overwrite=overwrite)
     checkpoint = read_checkpoint(source)
     checkpoint.pop("optimizer_state", None)
     _write_atomic(checkpoint, path)
 
 
-def average_checkpoints(sources: Sequence[str | Path], path: str | Path) -> None:
+def average_checkpoints(sources: Sequence[str | Path], path: str | Path, *, overwrite: bool = False) -> None:
     """Write the uniform average of the weights of ``sources`` to ``path`` (a "model soup").
 
     Every floating-point tensor of the state (weights, BatchNorm running mean and variance) is
@@ -294,12 +297,13 @@ def average_checkpoints(sources: Sequence[str | Path], path: str | Path) -> None
     Raises
     ------
     CheckpointError
-        No source, sources with different model configs, offsets or tensor shapes, or
-        an output that is a folder, a source or a training run's checkpoint.
+        No source, sources with different model configs, offsets, tensor shapes or recorded
+        voxel sizes, or an output that is a folder, a source, a training run's checkpoint or
+        (without ``overwrite``) another existing file.
     """
     if not sources:
         raise CheckpointError("no checkpoint to average: pass one or more checkpoint files")
-    _check_output(path, sources)
+    _check_output(path, sources, overwrite=overwrite)
     checkpoints = [read_checkpoint(source) for source in sources]
     first = checkpoints[0]
 
@@ -307,10 +311,17 @@ def average_checkpoints(sources: Sequence[str | Path], path: str | Path) -> None
         shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint["model_state"].items()}
         return checkpoint["model_config"], checkpoint["offsets"], shapes
 
+    def voxel_sizes(checkpoint: dict[str, Any]) -> tuple[Any, ...]:
+        return checkpoint.get("voxel_size"), checkpoint.get("trained_voxel_sizes")
+
     for source, checkpoint in zip(sources[1:], checkpoints[1:]):
         if network(checkpoint) != network(first):
             raise CheckpointError(f"{source} is a different network than {sources[0]} (model config, offsets or tensor "
                                   f"shapes differ): average only checkpoints of one network")
+        if voxel_sizes(checkpoint) != voxel_sizes(first):
+            raise CheckpointError(f"{source} records other voxel sizes than {sources[0]} ({voxel_sizes(checkpoint)} "
+                                  f"against {voxel_sizes(first)}): make them agree with `python -m corrseg3d.checkpoint "
+                                  "set-voxel-size` first")
     state = {}
     for name, tensor in first["model_state"].items():
         if tensor.is_floating_point():
@@ -352,19 +363,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = commands.add_parser("export", help="copy a checkpoint without its optimizer state (to ship or share)")
     command.add_argument("source", help="checkpoint file")
     command.add_argument("path", help="output file")
+    command.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     command = commands.add_parser("average", help="uniform average of the weights of checkpoints of one network")
     command.add_argument("sources", nargs="+", help="checkpoint files (fine-tuned from one start)")
     command.add_argument("--out", required=True, help="output file")
+    command.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
     if args.command == "set-voxel-size":
         voxel_size = (args.z, args.y, args.x)
         set_voxel_size(args.path, voxel_size, args.trained)
         print(f"{args.path}: voxel_size {' x '.join(f'{v:g}' for v in voxel_size)} nm")
     elif args.command == "export":
-        export_weights(args.source, args.path)
+        export_weights(args.source, args.path, overwrite=args.overwrite)
         print(f"{args.path}: weights of {args.source} without optimizer state")
     else:
-        average_checkpoints(args.sources, args.out)
+        average_checkpoints(args.sources, args.out, overwrite=args.overwrite)
         print(f"{args.out}: average of {len(args.sources)} checkpoints")
     return 0
 

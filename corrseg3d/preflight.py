@@ -41,7 +41,9 @@ def check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise ConfigError(f"--out {out} is a file: give a folder for the run")
     if resume:
         if not (out / "last.pt").is_file():
-            raise ConfigError(f"nothing to resume: {out / 'last.pt'} does not exist; start without --resume")
+            fix = ("the run stopped before its first checkpoint: start it again with --overwrite instead of --resume"
+                   if out.is_dir() and any(out.iterdir()) else "start without --resume")
+            raise ConfigError(f"nothing to resume: {out / 'last.pt'} does not exist; {fix}")
         return
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         held = sorted(name for name in RUN_FILES if (out / name).exists()) or sorted(os.listdir(out))[:3]

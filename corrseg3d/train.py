@@ -276,7 +276,7 @@ class RunLog:
             if valid_records:
                 right.plot([r["iteration"] for r in valid_records], [r[metric] for r in valid_records],
                            marker="o", label=metric)
-        right.set(xlabel="iteration", title="validation (mutex watershed)")
+        right.set(xlabel="iteration", title="validation (mean of the volumes)")
         for axis in (left, right):
             if axis.get_legend_handles_labels()[0]:
                 axis.legend()

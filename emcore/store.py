@@ -194,7 +194,8 @@ def open_volume(location: str, dataset: str | None = None, *, mode: str = "r") -
         return _check_spatial_metadata(_open_precomputed(location, mode))
     root, inner = split_location(location)
     if not os.path.exists(root) and "://" not in root:
-        raise StoreError(f"{root} does not exist: check the path (create it with `python -m pipeline.data synth`)")
+        raise StoreError(f"{root} does not exist: check the path (`python -m pipeline.data` writes the datasets a "
+                         "config names: synth, convert, fib25, isbi2012, ac3ac4)")
     try:
         group_or_array = zarr.open(store=root, mode="r" if mode == "r" else "r+")
     except Exception as exc:  # zarr raises several error types for non-zarr folders

@@ -98,6 +98,8 @@ def template(run_inputs, tmp_path_factory):
     (root / "old-run").mkdir()
     (root / "old-run" / "train.jsonl").write_text('{"kind": "train", "iteration": 50}\n')
     shutil.copy(root / "tiny.pt", root / "old-run" / "last.pt")
+    (root / "killed").mkdir()  # a run killed before its first checkpoint
+    (root / "killed" / "train.jsonl").write_text('{"kind": "train", "iteration": 10}\n')
     return root
 
 
@@ -236,6 +238,8 @@ ROWS = [
     ("train", "-c train.yaml train.precision=fp16", "fp16 needs a CUDA device", {}),
     ("train", "-c train.yaml --out old-run", "pass --resume to continue that run, --overwrite", {}),
     ("train", "-c train.yaml --out fresh --resume", "nothing to resume", {}),
+    ("train", "-c train.yaml --out killed --resume", "stopped before its first checkpoint: start it again with "
+     "--overwrite", {}),
     # python -m pipeline STAGE
     ("pipeline", "nosuch", "unknown command 'nosuch': run python -m pipeline COMMAND", {}),
     ("pipeline", "", "no command: run python -m pipeline COMMAND [ARGS] with one of data,", {}),

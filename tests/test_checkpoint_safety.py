@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from corrseg3d.checkpoint import (CheckpointError, average_checkpoints, load_model, main as checkpoint_main,
-                                  read_checkpoint, save_checkpoint)
+                                  read_checkpoint, save_checkpoint, set_voxel_size)
 from corrseg3d.model import ResidualUNet3D
 from corrseg3d.weights import default_checkpoint
 from emcore.conventions import PEA_OFFSETS
@@ -127,6 +127,11 @@ def test_average_refuses_different_networks(tmp_path):
     assert not (tmp_path / "soup.pt").exists()
     with pytest.raises(CheckpointError, match="no checkpoint to average"):
         average_checkpoints([], tmp_path / "soup.pt")
+    _tiny_checkpoint(tmp_path / "c.pt", 3)
+    set_voxel_size(tmp_path / "c.pt", (30, 6, 6))  # the same network, recorded at another voxel size
+    with pytest.raises(CheckpointError, match="c.pt records other voxel sizes than .*a.pt.*set-voxel-size"):
+        average_checkpoints([tmp_path / "a.pt", tmp_path / "c.pt"], tmp_path / "soup.pt")
+    assert not (tmp_path / "soup.pt").exists()
 
 
 def test_outputs_that_would_replace_an_input_or_a_run_checkpoint_are_refused(tmp_path, capsys):
@@ -139,13 +144,17 @@ def test_outputs_that_would_replace_an_input_or_a_run_checkpoint_are_refused(tmp
               "is also an input"),
              (["export", str(tmp_path / "b.pt"), str(run / "last.pt")], "belongs to the training run in"),
              (["export", str(tmp_path / "b.pt"), str(tmp_path / "b.pt")], "is also an input"),
-             (["export", str(tmp_path / "b.pt"), str(run)], "is a folder: name the output file")]
+             (["export", str(tmp_path / "b.pt"), str(run)], "is a folder: name the output file"),
+             (["export", str(run / "last.pt"), str(tmp_path / "b.pt")], "b.pt already exists: pass --overwrite"),
+             (["average", str(run / "last.pt"), "--out", str(tmp_path / "b.pt")], "already exists: pass --overwrite")]
     for argv, message in cases:
         assert checkpoint_main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert {path: path.stat().st_mtime_ns for path in before} == before
     assert sorted(os.listdir(run)) == ["last.pt", "train.jsonl"]  # no stray .tmp
+    assert checkpoint_main(["export", str(run / "last.pt"), str(tmp_path / "b.pt"), "--overwrite"]) == 0
+    assert read_checkpoint(tmp_path / "b.pt")["model_sha256"] == read_checkpoint(run / "last.pt")["model_sha256"]
 
 
 def test_set_voxel_size_help_names_the_three_axes(capsys):

@@ -412,8 +412,23 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _numbers(text: str, path: str) -> list[int | float]:
+    """``"16,128,128"`` -> [16, 128, 128] (ints where they parse as such, else floats)."""
+    values: list[int | float] = []
+    for part in text.split(","):
+        try:
+            values.append(int(part))
+        except ValueError:
+            try:
+                values.append(float(part))
+            except ValueError:
+                raise ConfigError(f"{path}: expected comma-separated numbers or a list, got {text!r}") from None
+    return values
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against the type annotation ``tp`` and convert it (lists to tuples...)."""
+    """Check ``value`` against the type annotation ``tp`` and convert it (lists to tuples...); a
+    tuple of numbers may also be given as the text ``"16,128,128"``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
@@ -431,6 +446,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if value not in args:
             raise ConfigError(f"{path}: expected one of {list(args)}, got {value!r}")
         return value
+    if origin is tuple and isinstance(value, str) and all(a in (int, float, Ellipsis) for a in args):
+        value = _numbers(value, path)  # "16,128,128", as the command-line option is written
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list ({_type_name(tp)}), got {value!r}")

@@ -79,6 +79,7 @@ def test_overrides_parse_yaml_scalars_and_index_lists():
     assert config.train.iterations == 10 and config.loss.ccm is False
     assert config.model.filters == (4, 4, 8, 8, 8)
     assert config.data.sources[0].weight == 2.5 and config.optim.lr == 3e-4 and config.train.device == "cpu"
+    assert load_config(None, ["data.patch=8,96,96", "model.filters=4,4,8,8,8"]).data.patch == (8, 96, 96)
     with pytest.raises(ConfigError, match="must look like key.sub=value"):
         apply_overrides({}, ["train.iterations"])
     with pytest.raises(ConfigError, match="is not an index"):

@@ -47,6 +47,16 @@ def test_set_takes_a_string_value_as_given(tmp_path):
     assert (config.segment.min_size, config.predict.block) == (5, (8, 32, 32))
 
 
+def test_number_tuples_take_the_command_line_text_too(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"{BASE}segment:\n  block: 16,128,128\n")
+    config = load_run_config(path, ["predict.block=8,32,32", "predict.voxel_size=30,6.5,6"])
+    assert (config.segment.block, config.predict.block) == ((16, 128, 128), (8, 32, 32))
+    assert config.predict.voxel_size == (30.0, 6.5, 6.0)
+    with pytest.raises(ConfigError, match="predict.block: expected comma-separated numbers or a list, got '8,x,32'"):
+        load_run_config(path, ["predict.block=8,x,32"])
+
+
 @pytest.mark.parametrize("written, labels", [("none", ()), ("'0,5'", (0, 5)), ("[0, 5]", (0, 5)), ("[]", ())])
 def test_ignore_labels_read_as_on_the_command_line_or_as_a_list(tmp_path, written, labels):
     """``evaluate.ignore_gt`` / ``ignore_seg`` take ``--ignore-gt``'s text (comma-separated or none) or a list."""

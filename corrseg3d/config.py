@@ -386,7 +386,8 @@ class Config:
 def _lower_bounds(config: Config) -> list[tuple[str, float, float]]:
     """(path, value, smallest allowed value) of the settings that are counts, sizes or rates."""
     train, data = config.train, config.data
-    bounds = [("model.embedding_dim", config.model.embedding_dim, 1), ("train.iterations", train.iterations, 1), ("train.batch_size", train.batch_size, 1),
+    bounds = [("model.embedding_dim", config.model.embedding_dim, 1),
+              ("train.iterations", train.iterations, 1), ("train.batch_size", train.batch_size, 1),
               ("train.num_workers", train.num_workers, 0), ("train.threads", train.threads, 0),
               ("train.log_every", train.log_every, 1), ("train.checkpoint_every", train.checkpoint_every, 1),
               ("validation.every", config.validation.every, 1), ("validation.min_size", config.validation.min_size, 0),

@@ -44,7 +44,8 @@ def parse_numbers(kind: Callable[[str], float], count: int, example: str) -> Cal
         except ValueError:
             values = ()
         if len(values) != count or not all(math.isfinite(v) and v > 0 for v in values):
-            raise argparse.ArgumentTypeError(f"{text!r} must be {count} finite positive comma-separated numbers, e.g. {example}")
+            raise argparse.ArgumentTypeError(f"{text!r} must be {count} finite positive comma-separated numbers, "
+                                             f"e.g. {example}")
         return values
 
     return parse

@@ -40,7 +40,8 @@ from .data import parse_numbers
 from .options import add_options, deprecated_flag, option, options_from_args
 from .runstate import require_finished
 
-__all__ = ["EvaluateOptions", "check_evaluate_options", "evaluate", "evaluate_counts", "format_report", "parse_labels", "parse_roi", "main"]
+__all__ = ["EvaluateOptions", "check_evaluate_options", "evaluate", "evaluate_counts", "format_report",
+           "parse_labels", "parse_roi", "main"]
 
 
 def parse_labels(text: str) -> tuple[int, ...]:

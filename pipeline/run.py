@@ -81,8 +81,8 @@ def check_run(config: RunConfig, *, scheduler: str | None = None) -> None:
 
     Covers the scheduler and workers, everything ``predict`` checks (raw volume, checkpoint,
     options, device and precision), the ``segment`` options, with ``evaluate.gt`` the ground
-    truth, mask and ROI against the raw volume's shape and the other ``evaluate`` options, and that no output is an input or another
-    output (so no ``--restart`` can discard an input).
+    truth, mask and ROI against the raw volume's shape and the other ``evaluate`` options, and
+    that no output is an input or another output (so no ``--restart`` can discard an input).
 
     Raises
     ------

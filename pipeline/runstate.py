@@ -95,7 +95,7 @@ def _stage_of(workdir: str) -> str:
     return os.path.basename(os.path.dirname(workdir))
 
 
-def _identity(config: Any) -> Any:
+def _compared(config: Any) -> Any:
     """``config`` as compared between runs: the ``location`` beside a ``VOLUME_ID`` dropped (the id
     names the data wherever it lies) and each ``outputs`` location reduced to its dataset path in
     its store (the store holds the work folder, so it moves with it)."""
@@ -107,7 +107,7 @@ def _identity(config: Any) -> Any:
             continue
         if key == "outputs" and isinstance(value, dict):
             value = {role: split_location(location)[1] for role, location in value.items()}
-        compared[key] = _identity(value)
+        compared[key] = _compared(value)
     return compared
 
 
@@ -137,7 +137,7 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
         The stage's work folder (see :func:`workdir_for`).
     config
         JSON-serialisable parameters and input identity of the result; compared with the recorded
-        one without the paths that :func:`_identity` leaves out.
+        one without the paths that :func:`_compared` leaves out.
     outputs
         Output dataset locations by role; the first is named in error messages.
     overwrite
@@ -166,7 +166,7 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
     elif os.path.exists(path):
         with open(path) as handle:
             previous = json.load(handle)
-        changed = _differences(_identity(config), _identity(previous), json.loads(json.dumps(defaults or {})))
+        changed = _differences(_compared(config), _compared(previous), json.loads(json.dumps(defaults or {})))
         if changed:
             rewritten = "; the input was written anew since" if f"input.{VOLUME_ID}" in changed else ""
             raise ConfigChangedError(_stage_of(workdir), f"{shown} was started with a different config "

@@ -1,8 +1,9 @@
 """Which Neuroglancer layers a volume store holds, and how each one is shown.
 
 A *view location* is a zarr store or a group in one (``vol.zarr``, ``fib.zarr/gala-test``: every
-dataset in it), one zarr dataset (``vol.zarr/segmentation``), a folder of precomputed layers (``precomputed://file:///abs/ng``, as
-``python -m pipeline.export`` writes it: every layer below it) or one precomputed layer. Layers:
+dataset in it), one zarr dataset (``vol.zarr/segmentation``), a folder of precomputed layers
+(``precomputed://file:///abs/ng``, as ``python -m pipeline.export`` writes it: every layer below
+it) or one precomputed layer. Layers:
 
 * ``raw`` and other grey-value 3D volumes -> ``image`` layers;
 * ``segmentation``, ``labels``, ``fragments`` and other uint32/uint64/int 3D volumes ->
@@ -174,7 +175,8 @@ def _dataset_names(location: str) -> tuple[str, list[str]]:
         return base, sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n, "info")))
     group = dataset_group(location)
     if group is None:
-        raise ViewError(f"{location} is not a zarr store: pass vol.zarr, vol.zarr/NAME or precomputed://file:///ABS/PATH")
+        raise ViewError(f"{location} is not a zarr store: pass vol.zarr, vol.zarr/NAME or "
+                        "precomputed://file:///ABS/PATH")
     return location.rstrip("/"), member_names(group)
 
 

@@ -509,15 +509,17 @@ def train(config: Config, out: str | Path, *, resume: bool = False, overwrite: b
     loader = make_loader(dataset, batch_size=config.train.batch_size, start_iteration=start,
                          stop_iteration=config.train.iterations, num_workers=config.train.num_workers)
     total = config.train.iterations
-    sums: dict[str, float] = {}
-    steps = 0
+    # The loss window not yet logged travels in last.pt, so a resumed run logs what a straight one does.
+    window = checkpoint["metrics"].get("loss_window", {}) if checkpoint is not None else {}
+    sums: dict[str, float] = dict(window.get("sums", {}))
+    steps = int(window.get("steps", 0))
     window_start, run_start, last_losses = time.perf_counter(), time.perf_counter(), {}
     bar = tqdm(total=total, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
 
     def save(path: Path, iteration: int, metrics: dict[str, Any]) -> None:
         save_checkpoint(path, model=model, optimizer=optimizer, iteration=iteration, offsets=config.loss.offsets,
-                        config=settings, metrics=dict(metrics, best_voi=best_voi), voxel_size=voxel_size,
-                        trained_voxel_sizes=trained_voxel_sizes)
+                        config=settings, voxel_size=voxel_size, trained_voxel_sizes=trained_voxel_sizes,
+                        metrics=dict(metrics, best_voi=best_voi, loss_window=dict(sums=sums, steps=steps)))
 
     for iteration, batch in enumerate(loader, start=start + 1):
         for group in optimizer.param_groups:

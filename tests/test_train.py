@@ -108,6 +108,35 @@ def test_resume_is_bit_for_bit(volume, tmp_path):
     assert iterations == [2, 4]
 
 
+def test_a_run_killed_between_log_records_resumes_to_the_same_log(volume, tmp_path, monkeypatch):
+    """Killed after the checkpoint of iteration 4 (log every 3), the resumed run's record of
+    iteration 6 averages iterations 4-6 as the straight run's does."""
+    import corrseg3d.train as train_module
+
+    config = _config(volume, iterations=6, validate=False, train={"log_every": 3})
+    train(config, tmp_path / "straight", progress=False)
+    real_step = train_module.train_step
+
+    def killed_at_five(*args, **kwargs):
+        if killed_at_five.calls == 4:
+            raise KeyboardInterrupt("killed")
+        killed_at_five.calls += 1
+        return real_step(*args, **kwargs)
+
+    killed_at_five.calls = 0
+    monkeypatch.setattr(train_module, "train_step", killed_at_five)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    train(config, tmp_path / "killed", resume=True, progress=False)
+
+    def losses(folder):
+        return [(r["iteration"], r["loss"]) for r in map(json.loads, (folder / "train.jsonl").read_text().splitlines())]
+
+    assert [i for i, _ in losses(tmp_path / "straight")] == [3, 6]
+    assert losses(tmp_path / "killed") == losses(tmp_path / "straight")
+
+
 def test_validation_never_changes_the_optimisation(volume, tmp_path):
     """Validating after every iteration, every third or never leaves the same weights and optimizer state."""
     train(_config(volume, iterations=4, validate=False), tmp_path / "never", progress=False)

@@ -60,7 +60,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from emcore.conventions import validate_offsets
+from emcore.conventions import finite_positive, validate_offsets
 
 from . import __version__
 from .cli import ArgumentParser, entry_point
@@ -157,13 +157,9 @@ def _voxel_size(value: Sequence[float] | None, where: str) -> list[float] | None
     """``value`` as three positive floats (z, y, x) in nm, or None; ``where`` names it in the error."""
     if value is None:
         return None
-    try:
-        voxel_size = [float(v) for v in value]
-    except (TypeError, ValueError):
-        voxel_size = []
-    if len(voxel_size) != 3 or not all(np.isfinite(v) and v > 0 for v in voxel_size):
+    if not finite_positive(value, 3):
         raise CheckpointError(f"{where} {value!r} must be three positive numbers (z, y, x) in nm")
-    return voxel_size
+    return [float(v) for v in value]
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import types
 import typing
@@ -35,7 +34,7 @@ from typing import Any, Callable, Literal, Sequence, Union
 
 import yaml
 
-from emcore.conventions import DEFAULT_STRIDES, PEA_OFFSETS, validate_offsets
+from emcore.conventions import DEFAULT_STRIDES, PEA_OFFSETS, finite_positive, validate_offsets
 from emcore.regiongraph import DEFAULT_BETA, DEFAULT_MIN_SIZE
 
 INT_TAG, FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
@@ -294,6 +293,10 @@ class TrainConfig:
     #: every weight, the BatchNorm scales and shifts included, trains: for fine-tuning at a batch too
     #: small for reliable batch statistics (the CPU recipe's batch 1 from GPU-trained weights).
     freeze_batchnorm: bool = False
+    #: Prefixes of the parameter names that train (e.g. ``[decoder.3, embed_out, out]``, or the text
+    #: ``decoder.3,embed_out,out``); empty: all. The other parameters keep their values, and the
+    #: BatchNorm layers among them their running statistics: fine-tuning of the last layers only.
+    trainable: tuple[str, ...] = ()
 
 
 @dataclass
@@ -379,7 +382,7 @@ class Config:
         sizes = [("data.voxel_size", self.data.voxel_size)]
         sizes += [(f"data.sources.{i}.voxel_size", s.voxel_size) for i, s in enumerate(self.data.sources)]
         for path, size in sizes:
-            if size is not None and not all(math.isfinite(v) and v > 0 for v in size):
+            if size is not None and not finite_positive(size, 3):
                 raise ConfigError(f"{path} must be three finite positive numbers (z, y, x in nm), got {list(size)}")
 
 
@@ -429,7 +432,7 @@ def _numbers(text: str, path: str) -> list[int | float]:
 
 def _convert(value: Any, tp: Any, path: str) -> Any:
     """Check ``value`` against the type annotation ``tp`` and convert it (lists to tuples...); a
-    tuple of numbers may also be given as the text ``"16,128,128"``."""
+    tuple of numbers or of names may also be given as comma-separated text (``"16,128,128"``)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
@@ -449,6 +452,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return value
     if origin is tuple and isinstance(value, str) and all(a in (int, float, Ellipsis) for a in args):
         value = _numbers(value, path)  # "16,128,128", as the command-line option is written
+    if origin is tuple and isinstance(value, str) and args == (str, Ellipsis):
+        value = [name.strip() for name in value.split(",") if name.strip()]  # "decoder.3,out"
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list ({_type_name(tp)}), got {value!r}")

@@ -84,7 +84,7 @@ from .sampler import TrainingPatches, make_loader, volume_is_2d
 
 __all__ = ["RESUMABLE_CHANGES", "segment", "validation_segmentation", "validate", "load_validation_volumes",
            "training_voxel_size", "source_voxel_sizes", "RunLog",
-           "build_optimizer", "set_training_mode", "load_teacher", "teacher_flip", "teacher_affinities",
+           "build_optimizer", "freeze_parameters", "set_training_mode", "load_teacher", "teacher_flip", "teacher_affinities",
            "train_step", "train", "main"]
 
 #: Config keys (``fnmatch`` patterns) that may differ between a checkpoint and a ``--resume`` run: none of
@@ -329,18 +329,38 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return targets
 
 
-def set_training_mode(model: torch.nn.Module, *, freeze_batchnorm: bool) -> None:
-    """Put ``model`` in train mode; with ``freeze_batchnorm`` its BatchNorm layers stay in eval mode.
+def freeze_parameters(model: torch.nn.Module, trainable: Sequence[str]) -> None:
+    """Let only the parameters whose names start with one of ``trainable`` train (all if empty).
 
-    A frozen BatchNorm normalises with its running mean and variance, ``(x - mean) / sqrt(var + eps)``
-    times its (trainable) scale plus shift, and leaves them unchanged, so a fine-tuning batch of
-    one patch neither normalises by its own statistics nor overwrites the statistics of the
-    weights it started from.
+    A prefix matches a whole name component: ``out`` matches ``out.weight``, not
+    ``embed_out.0.weight``. A prefix that matches no parameter raises ``ValueError`` naming the
+    model's top-level modules.
+    """
+    if not trainable:
+        return
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in trainable:
+        if not any(name == prefix or name.startswith(prefix + ".") for name in names):
+            modules = sorted({name.split(".")[0] for name in names})
+            raise ValueError(f"train.trainable: {prefix!r} names no parameter of the model; use prefixes of "
+                             f"parameter names such as {', '.join(modules)} or decoder.3")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(name == p or name.startswith(p + ".") for p in trainable))
+
+
+def set_training_mode(model: torch.nn.Module, *, freeze_batchnorm: bool) -> None:
+    """Put ``model`` in train mode; frozen BatchNorm layers stay in eval mode.
+
+    A BatchNorm layer is frozen with ``freeze_batchnorm`` or when its own scale and shift do not
+    train (:func:`freeze_parameters`). A frozen BatchNorm normalises with its running mean and
+    variance, ``(x - mean) / sqrt(var + eps)`` times its scale plus shift, and leaves them
+    unchanged, so a fine-tuning batch of one patch neither normalises by its own statistics nor
+    overwrites the statistics of the weights it started from.
     """
     model.train()
-    if freeze_batchnorm:
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            if freeze_batchnorm or not any(p.requires_grad for p in module.parameters()):
                 module.eval()
 
 
@@ -435,9 +455,10 @@ def initialise_from(model: ResidualUNet3D, path: str | Path, offsets: Sequence[S
 
 
 def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Adam:
-    """Adam with the configured (paper: eps 0.01, amsgrad, coupled L2 decay) settings."""
+    """Adam over the parameters that train, with the configured (paper: eps 0.01, amsgrad, coupled
+    L2 decay) settings."""
     o = config.optim
-    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=o.betas, eps=o.eps,
                             weight_decay=o.weight_decay, amsgrad=o.amsgrad)
 
 
@@ -487,6 +508,7 @@ def train(config: Config, out: str | Path, *, resume: bool = False, overwrite: b
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
     model = build_model(settings["model"]).to(device, memory_format=_memory_format(config.train.channels_last))
+    freeze_parameters(model, config.train.trainable)
     optimizer = build_optimizer(model, config)
     start, best_voi = 0, math.inf
     if config.train.init_from and not resume:

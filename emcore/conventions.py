@@ -23,6 +23,9 @@ C order of the block grid) ``1..n_b`` and stores them as the uint64 id
 ``b << 32 | local`` (:func:`fragment_ids`); 0 is background. :func:`fragment_block` and
 :func:`fragment_local` invert it.
 
+**Voxel sizes** are (z, y, x) in nm: finite numbers greater than 0, one per spatial axis
+(:func:`finite_positive`), wherever they are read (stores, configs, checkpoints, options).
+
 **Mutex edge strides.** Mutex watershed keeps every attractive edge and the long-range (mutex)
 edges on a regular (z, y, x) sub-grid, by default :data:`DEFAULT_STRIDES`.
 """
@@ -68,6 +71,21 @@ def validate_offsets(offsets: Sequence[Sequence[int]]) -> tuple[Offset, ...]:
     if result[:3] != NEAREST_OFFSETS:
         raise ValueError(f"the first three offsets must be {list(NEAREST_OFFSETS)} (attractive channels), got {list(result[:3])}")
     return result  # type: ignore[return-value]
+
+
+def finite_positive(values: Sequence[float], count: int) -> bool:
+    """True when ``values`` are ``count`` finite numbers greater than 0 (a voxel size, a shape).
+
+    NaN, infinities, 0, negative numbers and a wrong count all give False; so do values that are
+    not numbers (text such as ``"30"``, booleans, None).
+    """
+    try:
+        numbers = list(values)
+    except TypeError:
+        return False
+    return len(numbers) == count and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+        for v in numbers)
 
 
 def max_offset(offsets: Sequence[Sequence[int]]) -> Offset:

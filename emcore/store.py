@@ -42,6 +42,8 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from .conventions import finite_positive
+
 __all__ = [
     "StoreError",
     "Volume",
@@ -221,7 +223,7 @@ def open_volume(location: str, dataset: str | None = None, *, mode: str = "r") -
 def _spatial_metadata_problem(voxel_size: Sequence[float], offset: Sequence[float], n_spatial: int) -> str | None:
     """What is wrong with a voxel size (``n_spatial`` finite numbers > 0) and an offset
     (``n_spatial`` finite numbers), or None when both are valid."""
-    if len(voxel_size) != n_spatial or not all(math.isfinite(v) and v > 0 for v in voxel_size):
+    if not finite_positive(voxel_size, n_spatial):
         return f"a voxel size of {list(voxel_size)} (it needs {n_spatial} finite positive numbers, z, y, x)"
     if len(offset) != n_spatial or not all(math.isfinite(v) for v in offset):
         return f"an offset of {list(offset)} (it needs {n_spatial} finite numbers, z, y, x)"

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import sys
 from typing import Callable, Sequence
 
 from corrseg3d.cli import ArgumentParser, entry_point
+from emcore.conventions import finite_positive
 
 __all__ = ["SUBCOMMANDS", "main", "parse_numbers", "refuse_existing", "DataError"]
 
@@ -43,7 +43,7 @@ def parse_numbers(kind: Callable[[str], float], count: int, example: str) -> Cal
             values = tuple(kind(v) for v in text.split(","))
         except ValueError:
             values = ()
-        if len(values) != count or not all(math.isfinite(v) and v > 0 for v in values):
+        if not finite_positive(values, count):
             raise argparse.ArgumentTypeError(f"{text!r} must be {count} finite positive comma-separated numbers, "
                                              f"e.g. {example}")
         return values

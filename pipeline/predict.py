@@ -36,7 +36,6 @@ compared bit for bit must pin the same count (``OMP_NUM_THREADS``; the SLURM scr
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -50,7 +49,7 @@ import numpy as np
 from corrseg3d.cli import ArgumentParser, entry_point
 from corrseg3d.config import PREDICT_BLOCK, PREDICT_HALO
 from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks
-from emcore.conventions import affinities_as_uint8, check_raw, raw_to_float
+from emcore.conventions import affinities_as_uint8, check_raw, finite_positive, raw_to_float
 from emcore.store import (
     PRECOMPUTED_PREFIX,
     VOLUME_ID,
@@ -305,7 +304,7 @@ def _check_options(options: PredictOptions, offsets: Sequence[Sequence[int]]) ->
         raise PredictError(f"--batch-size must be >= 1, got {options.batch_size}")
     if options.threads < 0:
         raise PredictError(f"--threads must be >= 0 (0 = torch's default), got {options.threads}")
-    if options.voxel_size is not None and not all(math.isfinite(v) and v > 0 for v in options.voxel_size):
+    if options.voxel_size is not None and not finite_positive(options.voxel_size, 3):
         raise PredictError(f"--voxel-size {','.join(f'{v:g}' for v in options.voxel_size)} must be finite and positive "
                            "(z,y,x in nm)")
     if options.voxel_size_tolerance < 0:

@@ -295,6 +295,30 @@ def test_frozen_batchnorm_keeps_its_statistics_while_the_weights_train(volume, t
     assert affine and not any(torch.equal(base[k], tuned[k]) for k in affine)
 
 
+def test_only_the_trainable_layers_change_and_their_run_resumes_bit_for_bit(volume, tmp_path):
+    train(_config(volume, iterations=1, validate=False), tmp_path / "base", progress=False)
+    base = read_checkpoint(tmp_path / "base" / "last.pt")["model_state"]
+    tuned_config = dict(iterations=4, validate=False,
+                        train={"init_from": str(tmp_path / "base" / "last.pt"), "trainable": "decoder.3,out"})
+    train(_config(volume, **tuned_config), tmp_path / "straight", progress=False)
+    tuned = read_checkpoint(tmp_path / "straight" / "last.pt")["model_state"]
+    trains = [k for k in base if k.startswith(("decoder.3.", "out.")) and "running" not in k and "batches" not in k]
+    # "out" names the output convolution only, not embed_out; decoder.3's BatchNorm statistics train too
+    assert trains and all(not torch.equal(base[k], tuned[k]) for k in trains)
+    assert all(torch.equal(base[k], tuned[k]) for k in base if not k.startswith(("decoder.3.", "out.")))
+    train(_config(volume, **dict(tuned_config, iterations=2)), tmp_path / "resumed", progress=False)
+    train(_config(volume, **tuned_config), tmp_path / "resumed", resume=True, progress=False)
+    resumed = read_checkpoint(tmp_path / "resumed" / "last.pt")["model_state"]
+    assert all(torch.equal(tuned[k], resumed[k]) for k in tuned)
+
+
+def test_a_trainable_prefix_that_names_no_parameter_is_refused_before_the_run_starts(volume, tmp_path):
+    with pytest.raises(ValueError, match=r"train.trainable: 'decoder.9' names no parameter.*embed_out"):
+        train(_config(volume, iterations=1, validate=False, train={"trainable": ["out", "decoder.9"]}),
+              tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_of_a_checkpoint_older_than_a_config_key(volume, tmp_path):
     train(_config(volume, iterations=2, validate=False), tmp_path, progress=False)
     checkpoint = torch.load(tmp_path / "last.pt", weights_only=True)

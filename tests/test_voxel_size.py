@@ -20,7 +20,7 @@ from corrseg3d.resample import Resampling, input_grid_offsets, needs_resampling
 from corrseg3d.sampler import TrainingPatches
 from corrseg3d.train import train, training_voxel_size
 from corrseg3d.weights import default_checkpoint
-from emcore.conventions import PEA_OFFSETS, validate_offsets
+from emcore.conventions import PEA_OFFSETS, finite_positive, validate_offsets
 from emcore.metrics import segmentation_scores
 from emcore.store import create_volume, open_volume
 from pipeline.predict import PredictError, PredictOptions, main, predict
@@ -80,6 +80,15 @@ def _nearest(shape_from, shape_to, ratio):
     (clipped) of a ``shape_from`` array; ``ratio`` = ``from`` voxels per ``to`` voxel."""
     return np.ix_(*[np.minimum(np.floor(np.arange(n) * r + 0.5).astype(int), m - 1)
                     for n, r, m in zip(shape_to, ratio, shape_from)])
+
+
+@pytest.mark.parametrize("values, valid", [
+    ((30, 10, 10), True), ([30.0, 6.5, 6.5], True), (np.array([50, 4, 4]), True),
+    ((30, 10), False), ((30, 10, 10, 10), False), ((0, 10, 10), False), ((30, -4, 4), False),
+    ((float("nan"), 4, 4), False), ((30, float("inf"), 4), False), (("30", "10", "10"), False), ((True, 1, 1), False), (None, False),
+])
+def test_one_voxel_size_rule_for_stores_configs_checkpoints_and_options(values, valid):
+    assert finite_positive(values, 3) is valid
 
 
 def test_input_grid_offsets_rescale_long_range_and_keep_nearest_neighbours():

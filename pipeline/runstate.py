@@ -85,9 +85,13 @@ def check_distinct(inputs: Mapping[str, str], outputs: Mapping[str, str]) -> Non
 
 
 def workdir_for(output_location: str, stage: str) -> str:
-    """``vol.zarr/.corrseg3d/<stage>/<output>`` for an output dataset ``vol.zarr/<output>``."""
+    """``vol.zarr/.corrseg3d/<stage>/<output>`` for an output dataset ``vol.zarr/<output>``.
+
+    A nested output ``vol.zarr/a/b`` gets the nested folder ``<stage>/a/b``, so every dataset path
+    has its own folder (zarr arrays are leaves: no output path is a prefix of another).
+    """
     root, inner = split_location(output_location)
-    return os.path.join(root, ".corrseg3d", stage, inner.replace("/", "_"))
+    return os.path.join(root, ".corrseg3d", stage, *inner.split("/"))
 
 
 def _stage_of(workdir: str) -> str:

@@ -109,6 +109,19 @@ def test_a_moved_store_or_a_path_typed_otherwise_resumes(run_inputs, tmp_path, m
     assert _mtimes(tmp_path / "copy.zarr" / "segmentation") == written
 
 
+def test_outputs_whose_paths_differ_only_by_a_slash_keep_their_own_run_state(run_inputs, tmp_path, capsys):
+    store = tmp_path / "in.zarr"
+    shutil.copytree(run_inputs / "in.zarr", store)
+    assert predict.main([str(store), "--checkpoint", str(run_inputs / "tiny.pt"), "--block", "8,32,32", "--halo",
+                         "4,32,32", "--device", "cpu", "--precision", "fp32", "--no-progress"]) == 0
+    runs = [["--output", "seg/a", "--fragments", "frag/a", "--min-size", "0"],
+            ["--output", "seg_a", "--fragments", "frag_a", "--min-size", "50"]]
+    for options in runs + runs:  # each run, then each again: it resumes from its own records
+        assert segment.main([str(store), "--block", "8,32,32", "--no-progress"] + options) == 0, capsys.readouterr().err
+    assert os.path.isfile(store / ".corrseg3d" / "segment" / "seg" / "a" / "complete.json")
+    assert os.path.isfile(store / ".corrseg3d" / "segment" / "seg_a" / "complete.json")
+
+
 def test_tta_axes_without_tta_change_nothing_and_resume(run_inputs, tmp_path, capsys):
     store = tmp_path / "in.zarr"
     shutil.copytree(run_inputs / "in.zarr", store)

@@ -63,8 +63,8 @@ from emcore.store import (
 )
 
 from .options import add_options, option, options_from_args
-from .runstate import check_distinct, claim_outputs, mark_complete, workdir_for
-from .stage import PhaseProgress
+from .runstate import check_claim, check_distinct, claim_outputs, dataset_path, mark_complete, workdir_for
+from .stage import PhaseProgress, PlannedArray
 
 if TYPE_CHECKING:
     from corrseg3d.resample import Resampling
@@ -468,11 +468,9 @@ def predict(raw_location: str, *, out_location: str | None = None, options: Pred
 def _claim_output(plan: PredictPlan, *, overwrite: bool) -> Volume:
     """Claim the output for this run's configuration (:func:`pipeline.runstate.claim_outputs`), then
     open or create it; returns it open for writing."""
-    from corrseg3d.checkpoint import code_version
-
     claim_outputs(plan.workdir, plan.config, {"affinities": plan.out_location}, overwrite=overwrite,
                   defaults={"options": asdict(PredictOptions())})
-    out = _open_or_create_output(plan, code_version())
+    out = _open_or_create_output(plan)
     check_write_alignment(out, plan.options.block)
     return out
 
@@ -496,6 +494,21 @@ class PredictStage:
         _claim_output(plan, overwrite=overwrite)
         return {"predict": plan.grid.n_blocks}
 
+    def preview(self, upstream: Volume | None = None) -> tuple[dict[str, int], Volume]:
+        """The checks of :meth:`prepare` writing nothing; the number of blocks and the affinities as
+        they will be created (an existing output: as it is). ``upstream`` is unused: raw data is the input."""
+        plan = plan_predict(self.raw_location, out_location=self.out_location, options=self.options,
+                            scheduler="synchronous", dataset=self.dataset)
+        check_claim(plan.workdir, plan.config, {"affinities": plan.out_location},
+                    defaults={"options": asdict(PredictOptions())})
+        if os.path.exists(dataset_path(plan.out_location)):
+            out = open_volume(plan.out_location)
+            check_write_alignment(out, plan.options.block)
+        else:
+            out = Volume(_output_layout(plan), plan.out_location, plan.attributes["input_voxel_size"]
+                         or plan.raw.voxel_size, plan.raw.offset, ("c", "z", "y", "x"), plan.raw.units)
+        return {"predict": plan.grid.n_blocks}, out
+
     def run_phase(self, phase: str, **kwargs: Any) -> dict[str, Any]:
         """:func:`predict` (``kwargs``: its task split, scheduler, workers, progress, overwrite)."""
         kwargs.pop("allow_incomplete", None)  # prediction reads raw data, which has no unfinished state
@@ -512,16 +525,24 @@ class PredictStage:
         return {"predict": PhaseProgress(done, total, len(done) == total)}
 
 
-def _open_or_create_output(plan: PredictPlan, version: str) -> Volume:
+def _output_layout(plan: PredictPlan) -> PlannedArray:
+    """The affinity array ``plan`` creates: one channel per offset on the input grid, chunked by block."""
+    from corrseg3d.checkpoint import code_version
+
     raw, options = plan.raw, plan.options
     shape = (len(plan.offsets),) + raw.spatial_shape
     chunks = (len(plan.offsets),) + tuple(min(b, s) for b, s in zip(options.block, raw.spatial_shape))
     attrs = {**plan.attributes, "model_sha256": plan.metadata["model_sha256"], "config": plan.config,
-             "code_version": version, "dtype_scale": 255 if options.dtype == "uint8" else 1}
-    voxel_size = plan.attributes["input_voxel_size"] or raw.voxel_size
+             "code_version": code_version(), "dtype_scale": 255 if options.dtype == "uint8" else 1}
+    return PlannedArray(shape, options.dtype, chunks, attrs)
+
+
+def _open_or_create_output(plan: PredictPlan) -> Volume:
+    layout = _output_layout(plan)
+    voxel_size = plan.attributes["input_voxel_size"] or plan.raw.voxel_size
     try:
-        return create_volume(plan.out_location, shape, options.dtype, chunks=chunks, voxel_size=voxel_size,
-                             offset=raw.offset, units=raw.units, attrs=attrs)
+        return create_volume(plan.out_location, layout.shape, layout.dtype, chunks=layout.chunks,
+                             voxel_size=voxel_size, offset=plan.raw.offset, units=plan.raw.units, attrs=layout.attrs)
     except StoreError:  # resuming, or another array task created it first
         return open_volume(plan.out_location, mode="r+")
 

@@ -53,7 +53,7 @@ from .segment import SegmentStage, check_options
 from .slurmlimits import fitted_slurm_defaults
 from .stage import PhaseProgress, Stage
 
-__all__ = ["PHASES", "BLOCK_PHASES", "STAGES", "RunError", "check_run", "run", "run_phase", "stages", "prepare",
+__all__ = ["PHASES", "BLOCK_PHASES", "STAGES", "RunError", "check_run", "run", "run_phase", "stages", "prepare", "preview",
            "phase_progress", "block_progress", "done_blocks", "scores_finished", "dask_cluster", "restart_advice",
            "SUBMIT_AGAIN", "main"]
 
@@ -228,6 +228,20 @@ def prepare(config: RunConfig, *, restart: str | None = None) -> dict[str, int]:
         counts.update(stage.prepare(overwrite=stage.phases[0] in discarded))
     if "evaluate" in discarded and os.path.exists(_scores_path(config)):
         os.remove(_scores_path(config))
+    return counts
+
+
+def preview(config: RunConfig) -> dict[str, int]:
+    """What :func:`prepare` checks and counts, writing nothing: the block count of each phase.
+
+    Each stage is checked against the planned output of the one before, so a run whose outputs do
+    not exist yet is previewed as a submission would create them (``pipeline.slurm submit --dry-run``).
+    """
+    counts: dict[str, int] = {}
+    upstream = None
+    for stage in stages(config):
+        stage_counts, upstream = stage.preview(upstream)
+        counts.update(stage_counts)
     return counts
 
 

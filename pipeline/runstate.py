@@ -28,7 +28,7 @@ from emcore.blocks import write_json_atomic
 from emcore.store import VOLUME_ID, remove_volume, split_location
 
 __all__ = ["RunStateError", "ConfigChangedError", "COMPLETE", "workdir_for", "dataset_path", "check_distinct",
-           "claim_outputs", "mark_complete", "unfinished_stage", "require_finished"]
+           "check_claim", "claim_outputs", "mark_complete", "unfinished_stage", "require_finished"]
 
 #: File in a stage's work folder written once every block of the stage is done.
 COMPLETE = "complete.json"
@@ -131,6 +131,37 @@ def _differences(new: Mapping[str, Any], old: Mapping[str, Any], defaults: Mappi
     return found
 
 
+def check_claim(workdir: str, config: Mapping[str, Any], outputs: Mapping[str, str], *,
+                defaults: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """What :func:`claim_outputs` checks without ``overwrite``, writing nothing; the recorded config.
+
+    Returns the config recorded in ``workdir`` (None when the stage has not started there).
+
+    Raises
+    ------
+    ConfigChangedError
+        The work folder holds a different config.
+    RunStateError
+        An output exists that this stage did not start (no ``config.json``).
+    """
+    path = os.path.join(workdir, "config.json")
+    config = json.loads(json.dumps(config))
+    if os.path.exists(path):
+        with open(path) as handle:
+            previous = json.load(handle)
+        changed = _differences(_compared(config), _compared(previous), json.loads(json.dumps(defaults or {})))
+        if changed:
+            rewritten = "; the input was written anew since" if f"input.{VOLUME_ID}" in changed else ""
+            raise ConfigChangedError(_stage_of(workdir), f"{next(iter(outputs.values()))} was started with a "
+                                                         f"different config ({', '.join(changed)} differ{rewritten})")
+        return previous
+    for location in outputs.values():
+        if os.path.exists(dataset_path(location)):
+            raise RunStateError(f"{location} exists but was not written by this command: "
+                                "pass --overwrite to replace it")
+    return None
+
+
 def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str, str], *, overwrite: bool,
                   defaults: Mapping[str, Any] | None = None) -> None:
     """Start or resume a run whose result is defined by ``config``.
@@ -154,35 +185,20 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
 
     Raises
     ------
-    ConfigChangedError
-        The work folder holds a different config.
-    RunStateError
-        An output exists that this stage did not start (no ``config.json``).
+    ConfigChangedError, RunStateError
+        Without ``overwrite``, as :func:`check_claim`.
     """
-    path = os.path.join(workdir, "config.json")
     config = json.loads(json.dumps(config))
-    shown = next(iter(outputs.values()))
     previous = None
     if overwrite:
         shutil.rmtree(workdir, ignore_errors=True)
         for location in outputs.values():
             remove_volume(location)
-    elif os.path.exists(path):
-        with open(path) as handle:
-            previous = json.load(handle)
-        changed = _differences(_compared(config), _compared(previous), json.loads(json.dumps(defaults or {})))
-        if changed:
-            rewritten = "; the input was written anew since" if f"input.{VOLUME_ID}" in changed else ""
-            raise ConfigChangedError(_stage_of(workdir), f"{shown} was started with a different config "
-                                                         f"({', '.join(changed)} differ{rewritten})")
     else:
-        for location in outputs.values():
-            if os.path.exists(dataset_path(location)):
-                raise RunStateError(f"{location} exists but was not written by this command: "
-                                    "pass --overwrite to replace it")
+        previous = check_claim(workdir, config, outputs, defaults=defaults)
     os.makedirs(workdir, exist_ok=True)
     if previous != config:
-        write_json_atomic(path, config)
+        write_json_atomic(os.path.join(workdir, "config.json"), config)
 
 
 def mark_complete(workdir: str, summary: Mapping[str, Any]) -> None:

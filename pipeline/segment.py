@@ -42,8 +42,8 @@ from .data import parse_numbers
 from .fragments import METHODS, FragmentParams, compute_fragments
 from .options import add_options, deprecated_flag, option, options_from_args
 from .relabel import RelabelParams, relabel_block
-from .runstate import (check_distinct, claim_outputs, dataset_path, mark_complete, require_finished, unfinished_stage,
-                       workdir_for)
+from .runstate import (check_claim, check_distinct, claim_outputs, dataset_path, mark_complete, require_finished,
+                       unfinished_stage, workdir_for)
 from .stage import PhaseProgress
 from .stitch import StitchParams, build_lookup, stitch_faces
 
@@ -233,12 +233,20 @@ def _lookup_done(workdir: str) -> str:
 
 
 def _plan(store: str, options: SegmentOptions, *, input_name: str, output_name: str, fragments_name: str,
-          allow_incomplete: bool) -> _Plan:
-    """Check the options and the input and resolve the defaults; nothing is written."""
+          allow_incomplete: bool, planned_input: Volume | None = None) -> _Plan:
+    """Check the options and the input and resolve the defaults; nothing is written.
+
+    ``planned_input`` (a dry run) stands for affinities that do not exist yet: their layout and
+    offsets are checked, their values cannot be.
+    """
     check_options(options)
-    affinities = open_volume(f"{store}/{input_name}")
-    require_finished(affinities.location, allow_incomplete=allow_incomplete)
-    offsets = _check_input(affinities)
+    if planned_input is not None and not os.path.exists(dataset_path(f"{store}/{input_name}")):
+        affinities = planned_input
+        offsets = validate_offsets(affinities.attrs["offsets"])
+    else:
+        affinities = open_volume(f"{store}/{input_name}")
+        require_finished(affinities.location, allow_incomplete=allow_incomplete)
+        offsets = _check_input(affinities)
     options = _resolve(options, affinities, offsets)
     shortfall = halo_shortfall(options.halo, offsets)
     if options.method == "mws" and shortfall:
@@ -250,17 +258,22 @@ def _plan(store: str, options: SegmentOptions, *, input_name: str, output_name: 
                  BlockGrid(affinities.spatial_shape, options.block), locations)
 
 
+def _claimed_config(plan: _Plan, unfinished_input: bool) -> dict[str, Any]:
+    """The configuration the outputs are claimed for: options, input identity, output locations."""
+    config = {"options": asdict(plan.options), "input": _identity(plan.affinities, plan.offsets),
+              "outputs": plan.locations}
+    if unfinished_input:
+        config["input"]["unfinished"] = True
+    return config
+
+
 def _claim(plan: _Plan, *, overwrite: bool, unfinished_input: bool) -> tuple[Volume, Volume]:
     """Claim the outputs for this configuration, then open or create them (fragments, segmentation).
 
     ``unfinished_input`` (``--allow-incomplete`` on affinities whose prediction has not finished)
     is part of the claimed configuration, so such blocks are never resumed on finished affinities.
     """
-    config = {"options": asdict(plan.options), "input": _identity(plan.affinities, plan.offsets),
-              "outputs": plan.locations}
-    if unfinished_input:
-        config["input"]["unfinished"] = True
-    claim_outputs(plan.workdir, config, dict(plan.locations), overwrite=overwrite,
+    claim_outputs(plan.workdir, _claimed_config(plan, unfinished_input), dict(plan.locations), overwrite=overwrite,
                   defaults={"options": asdict(SegmentOptions())})
     volumes = _outputs(plan.affinities, plan.options, plan.locations)
     for volume in volumes:
@@ -289,6 +302,18 @@ class SegmentStage:
         plan = _plan(self.store, self.options, allow_incomplete=True, **self._names())
         _claim(plan, overwrite=overwrite, unfinished_input=False)
         return dict.fromkeys(PHASES, plan.grid.n_blocks)
+
+    def preview(self, upstream: Volume | None) -> tuple[dict[str, int], Volume | None]:
+        """The checks of :meth:`prepare` writing nothing; the number of blocks of each phase (and no
+        planned output: no stage reads the segmentation). ``upstream``: the affinities as prediction
+        will create them, used when they do not exist yet."""
+        plan = _plan(self.store, self.options, allow_incomplete=True, planned_input=upstream, **self._names())
+        check_claim(plan.workdir, _claimed_config(plan, False), plan.locations,
+                    defaults={"options": asdict(SegmentOptions())})
+        for location in plan.locations.values():
+            if os.path.exists(dataset_path(location)):
+                check_write_alignment(open_volume(location), plan.options.block)
+        return dict.fromkeys(PHASES, plan.grid.n_blocks), None
 
     def run_phase(self, phase: str, **kwargs: Any) -> dict[str, Any]:
         """:func:`segment` of one phase (``kwargs``: task split, scheduler, workers, progress, overwrite...)."""

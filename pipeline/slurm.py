@@ -14,7 +14,9 @@ no central server and no open port: tasks only share the zarr store and the done
 Before anything is created or submitted, ``submit`` checks the whole run config
 (:func:`pipeline.run.check_run`) and the request (CPUs, memory, GPUs, time, partition) against
 the nodes ``sinfo`` reports (:mod:`pipeline.slurmlimits`): a request no node can satisfy would
-pend forever, so it is refused with the values that fit. ``--dry-run`` checks only the formats.
+pend forever, so it is refused with the values that fit. ``--dry-run`` checks the run config and
+the run state as a submission does (:func:`pipeline.run.preview`) but only the request's formats,
+and writes nothing: it prints the scripts and ``sbatch`` commands a submission would write and run.
 
 ``status RUN`` shows per phase the blocks done / failed / pending (done records, ``squeue`` and
 the task logs; no accounting database needed), SLURM's reason for every waiting task (e.g.
@@ -44,7 +46,7 @@ from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.blocks import SCHEDULERS, task_blocks, write_json_atomic
 
 from .predict import PredictStage
-from .run import (BLOCK_PHASES, STAGES, SUBMIT_AGAIN, check_run, phase_progress, prepare, restart_advice,
+from .run import (BLOCK_PHASES, STAGES, SUBMIT_AGAIN, check_run, phase_progress, prepare, preview, restart_advice,
                   scores_finished)
 from .runconfig import RunConfig, load_run_config, to_dict
 from .slurmlimits import check_request, check_request_format, query_nodes
@@ -136,19 +138,22 @@ class _Job:
 
 def _submit_chain(config: RunConfig, jobs: Sequence[_Job], *, dry_run: bool, fresh: bool = False) -> dict[str, Any]:
     """Write and submit ``jobs`` in order, each after the previous one succeeded; record them (``fresh``:
-    as the run's first submission, forgetting the earlier ones, after a restart discarded their results)."""
+    as the run's first submission, forgetting the earlier ones, after a restart discarded their results).
+    ``dry_run`` prints the scripts and commands and writes nothing."""
     run_dir = config.run_dir
-    for folder in ("scripts", "logs"):
-        os.makedirs(os.path.join(run_dir, folder), exist_ok=True)
-    with open(os.path.join(run_dir, "run.yaml"), "w") as handle:
-        yaml.safe_dump(to_dict(config), handle, sort_keys=False)
+    if not dry_run:
+        for folder in ("scripts", "logs"):
+            os.makedirs(os.path.join(run_dir, folder), exist_ok=True)
+        with open(os.path.join(run_dir, "run.yaml"), "w") as handle:
+            yaml.safe_dump(to_dict(config), handle, sort_keys=False)
     submitted: dict[str, Any] = {}
     previous: str | None = None
     for job in jobs:
         script = os.path.join(run_dir, "scripts", f"{job.phase}.sbatch")
         text = _script(config, job.phase, job.num_tasks)
-        with open(script, "w") as handle:
-            handle.write(text)
+        if not dry_run:
+            with open(script, "w") as handle:
+                handle.write(text)
         command = ["sbatch", "--parsable"]
         command += [f"--array={_array_spec(job.tasks)}"] if job.tasks is not None else []
         command += [f"--dependency=afterok:{previous}"] if previous else []
@@ -210,7 +215,7 @@ def submit(config: RunConfig, *, dry_run: bool = False, restart: str | None = No
     if config.slurm.max_array is not None:
         limit = min(limit, config.slurm.max_array)
     with restart_advice():
-        blocks = prepare(config, restart=restart)
+        blocks = preview(config) if dry_run else prepare(config, restart=restart)
     _cancel_waiting(queue)
     jobs = []
     for phase in BLOCK_PHASES:
@@ -219,7 +224,7 @@ def submit(config: RunConfig, *, dry_run: bool = False, restart: str | None = No
     if config.evaluate.gt is not None:
         jobs.append(_Job("evaluate", None, None))
     if dry_run:
-        print("# dry run: outputs were created and claimed; nothing was submitted\n")
+        print("# dry run: nothing was written or submitted; the scripts would be written as named\n")
     return _submit_chain(config, jobs, dry_run=dry_run, fresh=restart is not None)
 
 
@@ -341,7 +346,7 @@ def resubmit(run_dir: str, *, dry_run: bool = False) -> dict[str, Any]:
     if not dry_run:
         _cancel_waiting(queue)
     with restart_advice(SUBMIT_AGAIN):
-        blocks = prepare(config)
+        blocks = preview(config) if dry_run else prepare(config)
     num_tasks = {phase: submissions[0][phase]["num_tasks"] for phase in BLOCK_PHASES}
     progress = phase_progress(config)
     jobs = []
@@ -383,7 +388,7 @@ def _parser() -> ArgumentParser:
                              ("max-array", int, "largest array size, at most the cluster's MaxArraySize")):
         sub.add_argument(f"--{name}", type=kind, help=f"{text} (default: the config's slurm section)")
     sub.add_argument("--dry-run", action="store_true",
-                     help="print the scripts and sbatch commands, submit nothing (the cluster is not asked)")
+                     help="print the scripts and sbatch commands; write and submit nothing (the cluster is not asked)")
     sub.add_argument("--restart", choices=tuple(STAGES),
                      help="discard this stage's results and every later stage's, then submit (after a config change)")
     for name, text in (("status", "blocks done / failed / pending per phase"),
@@ -391,7 +396,7 @@ def _parser() -> ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("run", help="run folder (output.run_dir) or the run YAML")
         if name == "resubmit":
-            sub.add_argument("--dry-run", action="store_true", help="print, submit nothing")
+            sub.add_argument("--dry-run", action="store_true", help="print; write and submit nothing")
     return parser
 
 

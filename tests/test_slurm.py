@@ -17,7 +17,7 @@ from dataclasses import asdict
 import pytest
 from conftest import REPO, assert_same_result, write_run_config
 
-from pipeline.run import block_progress, done_blocks
+from pipeline.run import block_progress, done_blocks, prepare, preview
 from pipeline.runconfig import SlurmConfig, load_run_config
 from pipeline.slurm import _array_spec, main, max_array_size, status
 from pipeline.slurmlimits import (
@@ -68,8 +68,28 @@ def test_dry_run_prints_chained_scripts_and_submits_nothing(run_inputs, tmp_path
     assert "sbatch --parsable --array=0-4 " in out and "--dependency=afterok:<predict>" in out
     assert "--dependency=afterok:<relabel>" in out and "scripts/evaluate.sbatch" in out
     config = load_run_config(path)
-    assert not os.path.exists(os.path.join(config.run_dir, "jobs.json"))
-    assert block_progress(config)["predict"] == (0, 12)  # outputs claimed, no block run
+    assert not os.path.exists(config.store) and block_progress(config)["predict"] is None  # nothing written
+
+
+@pytest.mark.parametrize("segment", [{}, {"block": None, "halo": None}])
+def test_dry_run_counts_the_blocks_a_submission_gets_and_writes_nothing(run_inputs, tmp_path, segment):
+    config = load_run_config(write_run_config(tmp_path, "counts", run_inputs, segment=segment))
+    planned = preview(config)  # before the outputs exist: segment plans with the affinities predict will create
+    assert not os.path.exists(config.store)
+    assert prepare(config) == planned and preview(config) == planned
+    assert planned["predict"] == 12 and set(planned) == {"predict", "fragments", "stitch", "relabel"}
+
+
+def test_dry_run_refuses_a_changed_config_like_a_submission(run_inputs, tmp_path, capsys):
+    path = write_run_config(tmp_path, "changed", run_inputs)
+    prepare(load_run_config(path))
+    path = write_run_config(tmp_path, "changed", run_inputs, segment={"min_size": 31})
+    before = {os.path.join(here, name): os.stat(os.path.join(here, name)).st_mtime_ns
+              for here, _, files in os.walk(tmp_path) for name in files}
+    assert main(["submit", path, "--dry-run"]) == 2
+    assert "options.min_size differ" in capsys.readouterr().err
+    assert before == {os.path.join(here, name): os.stat(os.path.join(here, name)).st_mtime_ns
+                      for here, _, files in os.walk(tmp_path) for name in files}
 
 
 def test_dry_run_requests_gpus_for_predict_only(run_inputs, tmp_path, capsys):

@@ -521,7 +521,8 @@ class PredictStage:
         if not os.path.exists(os.path.join(workdir, "config.json")):
             return None
         total = BlockGrid(open_volume(self.raw_location, self.dataset).spatial_shape, self.options.block).n_blocks
-        done = tuple(DoneRecords(os.path.join(workdir, "done")).done(range(total)))
+        folder = os.path.join(workdir, "done")  # no folder before the first block: progress writes nothing
+        done = tuple(DoneRecords(folder).done(range(total))) if os.path.isdir(folder) else ()
         return {"predict": PhaseProgress(done, total, len(done) == total)}
 
 

@@ -89,14 +89,35 @@ def workdir_for(output_location: str, stage: str) -> str:
 
     A nested output ``vol.zarr/a/b`` gets the nested folder ``<stage>/a/b``, so every dataset path
     has its own folder (zarr arrays are leaves: no output path is a prefix of another).
+
+    Run state written before this layout kept a nested output in the flattened folder
+    ``<stage>/a_b``; such a folder is still used while ``a/b`` has no folder of its own and the store
+    holds no dataset ``a_b`` (whose folder it would be).
+
+    Raises
+    ------
+    RunStateError
+        The dataset path has an empty, ``.`` or ``..`` part (it could name a folder outside the stage's).
     """
     root, inner = split_location(output_location)
-    return os.path.join(root, ".corrseg3d", stage, *inner.split("/"))
+    parts = inner.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise RunStateError(f"{output_location}: a dataset path may not have empty, '.' or '..' parts; "
+                            "name the dataset plainly, e.g. vol.zarr/segmentation or vol.zarr/runs/segmentation")
+    nested = os.path.join(root, ".corrseg3d", stage, *parts)
+    flattened_name = "_".join(parts)
+    flattened = os.path.join(root, ".corrseg3d", stage, flattened_name)
+    if (len(parts) > 1 and not os.path.isdir(nested) and os.path.isdir(flattened)
+            and not os.path.exists(os.path.join(root, flattened_name))):
+        return flattened
+    return nested
 
 
 def _stage_of(workdir: str) -> str:
-    """The stage owning ``workdir`` (the inverse of :func:`workdir_for`)."""
-    return os.path.basename(os.path.dirname(workdir))
+    """The stage owning ``workdir`` (the folder below ``.corrseg3d`` in :func:`workdir_for`)."""
+    parts = os.path.normpath(workdir).split(os.sep)
+    below = len(parts) - parts[::-1].index(".corrseg3d")  # the part after the last ".corrseg3d"
+    return parts[below]
 
 
 def _compared(config: Any) -> Any:

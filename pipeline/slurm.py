@@ -195,7 +195,7 @@ def check_submission(config: RunConfig, *, dry_run: bool = False) -> None:
     if not dry_run:
         if shutil.which("sbatch") is None:
             raise SlurmError("sbatch not found: run this on a SLURM login node, or pass --dry-run to only "
-                             "write and print the batch scripts")
+                             "print the batch scripts")
         check_request(config.slurm, query_nodes())
     check_run(config)
 
@@ -388,7 +388,7 @@ def _parser() -> ArgumentParser:
                              ("max-array", int, "largest array size, at most the cluster's MaxArraySize")):
         sub.add_argument(f"--{name}", type=kind, help=f"{text} (default: the config's slurm section)")
     sub.add_argument("--dry-run", action="store_true",
-                     help="print the scripts and sbatch commands; write and submit nothing (the cluster is not asked)")
+                     help="print the scripts and sbatch commands; write and submit nothing (the request is not checked against the nodes)")
     sub.add_argument("--restart", choices=tuple(STAGES),
                      help="discard this stage's results and every later stage's, then submit (after a config change)")
     for name, text in (("status", "blocks done / failed / pending per phase"),

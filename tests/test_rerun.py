@@ -120,6 +120,30 @@ def test_outputs_whose_paths_differ_only_by_a_slash_keep_their_own_run_state(run
         assert segment.main([str(store), "--block", "8,32,32", "--no-progress"] + options) == 0, capsys.readouterr().err
     assert os.path.isfile(store / ".corrseg3d" / "segment" / "seg" / "a" / "complete.json")
     assert os.path.isfile(store / ".corrseg3d" / "segment" / "seg_a" / "complete.json")
+    assert segment.main([str(store), "--block", "8,32,32", "--no-progress", "--output", "../seg"]) == 2
+    assert "a dataset path may not have empty, '.' or '..' parts" in capsys.readouterr().err
+
+
+def test_a_nested_output_started_with_the_flattened_run_state_folder_resumes(run_inputs, tmp_path, capsys):
+    store = tmp_path / "in.zarr"
+    shutil.copytree(run_inputs / "in.zarr", store)
+    options = ["--block", "8,32,32", "--halo", "4,32,32", "--device", "cpu", "--precision", "fp32", "--no-progress"]
+    args = [str(store / "raw"), "--out", str(store / "runs" / "aff"), "--checkpoint", str(run_inputs / "tiny.pt")]
+    assert predict.main(args + options + ["--task-index", "0", "--num-tasks", "2"]) == 0
+    folder = store / ".corrseg3d" / "predict"
+    os.rename(folder / "runs" / "aff", folder / "runs_aff")  # the layout of earlier releases
+    os.rmdir(folder / "runs")
+    capsys.readouterr()
+    assert predict.main(args + options) == 0
+    assert "6 blocks run, 6 blocks already done" in capsys.readouterr().out
+    assert os.path.isfile(folder / "runs_aff" / "complete.json") and not os.path.exists(folder / "runs")
+
+
+def test_a_changed_config_of_a_nested_output_names_the_stage_to_restart(run_inputs, tmp_path, capsys):
+    path = write_run_config(tmp_path, "nested", run_inputs, output={"segmentation": "seg/v1"}, evaluate={"gt": None})
+    run.prepare(load_run_config(path))
+    assert run.main([path, "--set", "segment.min_size=31", "--no-progress"]) == 2
+    assert "pass --restart segment to discard the segment results" in capsys.readouterr().err
 
 
 def test_tta_axes_without_tta_change_nothing_and_resume(run_inputs, tmp_path, capsys):

@@ -25,7 +25,7 @@ import shutil
 from typing import Any, Mapping
 
 from emcore.blocks import write_json_atomic
-from emcore.store import VOLUME_ID, remove_volume, split_location
+from emcore.store import VOLUME_ID, StoreError, open_volume, remove_volume, split_location
 
 __all__ = ["RunStateError", "ConfigChangedError", "COMPLETE", "workdir_for", "dataset_path", "check_distinct",
            "check_claim", "claim_outputs", "mark_complete", "unfinished_stage", "require_finished"]
@@ -60,8 +60,28 @@ def _nested(a: str, b: str) -> bool:
     return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
 
 
+def _dataset_parts(location: str) -> list[str]:
+    """The parts of the dataset path of ``location`` inside its store; refuses empty, ``.`` and ``..`` parts."""
+    parts = split_location(location)[1].split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise RunStateError(f"{location}: a dataset path may not have empty, '.' or '..' parts; "
+                            "name the dataset plainly, e.g. vol.zarr/segmentation or vol.zarr/runs/segmentation")
+    return parts
+
+
+def _is_dataset(location: str) -> bool:
+    """Whether ``location`` is an existing array or OME-Zarr image (a plain group is not)."""
+    try:
+        open_volume(location)
+    except (StoreError, FileNotFoundError):
+        return False
+    return True
+
+
 def check_distinct(inputs: Mapping[str, str], outputs: Mapping[str, str]) -> None:
-    """Refuse outputs that are, hold or lie inside an input dataset or another output.
+    """Refuse outputs that are, hold or lie inside an input dataset or another output, that lie
+    inside any existing dataset (an array or OME-Zarr image), or whose dataset path has an empty,
+    ``.`` or ``..`` part.
 
     Parameters
     ----------
@@ -77,6 +97,13 @@ def check_distinct(inputs: Mapping[str, str], outputs: Mapping[str, str]) -> Non
     """
     paths = [(f"input {role}", location) for role, location in inputs.items() if "://" not in location]
     for role, location in outputs.items():
+        root = split_location(location)[0]
+        parts = _dataset_parts(location)
+        for depth in range(1, len(parts)):
+            outer = f"{root}/{'/'.join(parts[:depth])}"
+            if _is_dataset(outer):
+                raise RunStateError(f"output {role} {location} lies inside the dataset {outer}, which replacing that "
+                                    f"dataset would delete: name a dataset outside it, e.g. {root}/{parts[-1]}")
         for other_role, other in paths:
             if _nested(dataset_path(location), dataset_path(other)):
                 raise RunStateError(f"output {role} {location} would overwrite the {other_role} {other}: "
@@ -99,11 +126,8 @@ def workdir_for(output_location: str, stage: str) -> str:
     RunStateError
         The dataset path has an empty, ``.`` or ``..`` part (it could name a folder outside the stage's).
     """
-    root, inner = split_location(output_location)
-    parts = inner.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise RunStateError(f"{output_location}: a dataset path may not have empty, '.' or '..' parts; "
-                            "name the dataset plainly, e.g. vol.zarr/segmentation or vol.zarr/runs/segmentation")
+    root = split_location(output_location)[0]
+    parts = _dataset_parts(output_location)
     nested = os.path.join(root, ".corrseg3d", stage, *parts)
     flattened_name = "_".join(parts)
     flattened = os.path.join(root, ".corrseg3d", stage, flattened_name)
@@ -176,10 +200,10 @@ def check_claim(workdir: str, config: Mapping[str, Any], outputs: Mapping[str, s
             raise ConfigChangedError(_stage_of(workdir), f"{next(iter(outputs.values()))} was started with a "
                                                          f"different config ({', '.join(changed)} differ{rewritten})")
         return previous
-    for location in outputs.values():
+    for role, location in outputs.items():
         if os.path.exists(dataset_path(location)):
-            raise RunStateError(f"{location} exists but was not written by this command: "
-                                "pass --overwrite to replace it")
+            raise RunStateError(f"{location} exists but this {_stage_of(workdir)} run did not start it (another run or "
+                                f"tool wrote it): name another {role} dataset, or pass --overwrite to replace it")
     return None
 
 

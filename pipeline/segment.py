@@ -252,7 +252,7 @@ def _plan(store: str, options: SegmentOptions, *, input_name: str, output_name: 
     if options.method == "mws" and shortfall:
         raise SegmentError(f"--halo (segment.halo) {shortfall}: mutex watershed would lose the long-range edges "
                            "that cross block borders; use at least that")
-    locations = {"fragments": f"{store}/{fragments_name}", "segmentation": f"{store}/{output_name}"}
+    locations = {"segmentation": f"{store}/{output_name}", "fragments": f"{store}/{fragments_name}"}
     check_distinct({"affinities": affinities.location}, locations)
     return _Plan(affinities, offsets, options, workdir_for(f"{store}/{output_name}", "segment"),
                  BlockGrid(affinities.spatial_shape, options.block), locations)

@@ -38,7 +38,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import yaml
 
@@ -162,7 +162,10 @@ def _submit_chain(config: RunConfig, jobs: Sequence[_Job], *, dry_run: bool, fre
             print(f"# {script}\n{text}\n$ {' '.join(shlex.quote(c) for c in command)}\n")
             job_id = f"<{job.phase}>"
         else:
-            job_id = _slurm(command).strip().split(";")[0]
+            try:
+                job_id = _slurm(command).strip().split(";")[0]
+            except SlurmError as error:
+                _withdraw([entry["job"] for entry in submitted.values()], error)
             print(f"submitted {job.phase}: job {job_id}" + (f" (array {_array_spec(job.tasks)})" if job.tasks else ""))
         submitted[job.phase] = {"job": job_id, "tasks": list(job.tasks) if job.tasks is not None else None,
                                 "num_tasks": job.num_tasks}
@@ -174,13 +177,27 @@ def _submit_chain(config: RunConfig, jobs: Sequence[_Job], *, dry_run: bool, fre
     return submitted
 
 
+def _withdraw(jobs: Sequence[str], error: SlurmError) -> NoReturn:
+    """Cancel ``jobs``, the part of a chain submitted before ``sbatch`` failed with ``error``, and raise:
+    a submission runs whole or not at all, so no job runs that ``jobs.json`` does not record."""
+    if not jobs:
+        raise error
+    try:
+        _slurm(["scancel", *jobs])
+    except SlurmError as cancel_error:
+        raise SlurmError(f"{error}; the jobs submitted before it ({', '.join(jobs)}) could not be cancelled "
+                         f"({cancel_error}): scancel them, then submit again") from None
+    raise SlurmError(f"{error}; the jobs submitted before it ({', '.join(jobs)}) were cancelled, so nothing of this "
+                     "submission runs (blocks already done are kept): fix the cause and submit again") from None
+
+
 def _load_jobs(run_dir: str, *, missing_ok: bool = False) -> dict[str, Any]:
     path = os.path.join(run_dir, "jobs.json")
     if not os.path.exists(path):
         if missing_ok:
             return {"submissions": []}
-        raise SlurmError(f"{run_dir} holds no submitted run (no jobs.json): submit with "
-                         "`python -m pipeline.slurm submit run.yaml`")
+        raise SlurmError(f"{run_dir} holds no SLURM submission (no jobs.json; a local `pipeline.run` records "
+                         "none): submit with `python -m pipeline.slurm submit run.yaml`")
     with open(path) as handle:
         return json.load(handle)
 
@@ -263,8 +280,8 @@ def _task_state(run_dir: str, phase: str, job: str, task: int | None, queue: dic
 
 def status(run_dir: str) -> list[dict[str, Any]]:
     """Per phase: blocks done/failed/pending/total, task states and the logs of failed tasks."""
-    config = load_run_config(os.path.join(run_dir, "run.yaml"))
     submissions = _load_jobs(run_dir)["submissions"]
+    config = load_run_config(os.path.join(run_dir, "run.yaml"))
     queue = _queue()
     progress = phase_progress(config)
     rows = []

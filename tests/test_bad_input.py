@@ -171,7 +171,7 @@ ROWS = [
     ("segment", "vol.zarr --output affinities --overwrite", "would overwrite the input affinities", {}),
     ("segment", "vol.zarr --output other --fragments affinities --overwrite", "would overwrite the input affinities",
      {}),
-    ("segment", "vol.zarr --output other --fragments other", "would overwrite the output fragments", {}),
+    ("segment", "vol.zarr --output other --fragments other", "would overwrite the output segmentation", {}),
     # evaluate
     ("evaluate", "vol.zarr/halfseg vol.zarr/labels", "`python -m pipeline.segment` run has not completed", {}),
     ("evaluate", "vol.zarr/segmentation missing.zarr/labels", "does not exist", {}),

@@ -124,6 +124,24 @@ def test_outputs_whose_paths_differ_only_by_a_slash_keep_their_own_run_state(run
     assert "a dataset path may not have empty, '.' or '..' parts" in capsys.readouterr().err
 
 
+def test_outputs_that_would_clash_are_refused_before_anything_is_written(run_inputs, tmp_path, capsys):
+    store = tmp_path / "in.zarr"
+    shutil.copytree(run_inputs / "in.zarr", store)
+    assert predict.main([str(store), "--checkpoint", str(run_inputs / "tiny.pt"), "--block", "8,32,32", "--halo",
+                         "4,32,32", "--device", "cpu", "--precision", "fp32", "--no-progress"]) == 0
+    assert segment.main([str(store), "--block", "8,32,32", "--no-progress"]) == 0
+    before = _mtimes(store)
+    capsys.readouterr()
+    for options, message in (
+            (["--output", "segmentation/v2", "--fragments", "frag/v2"], "lies inside the dataset"),
+            (["--output", "seg v1", "--fragments", "../x"], "may not have empty, '.' or '..' parts"),
+            (["--output", "seg2"], "this segment run did not start it (another run or tool wrote it): name another "
+                                   "fragments dataset")):
+        assert segment.main([str(store), "--block", "8,32,32", "--no-progress"] + options) == 2
+        assert message in capsys.readouterr().err
+        assert _mtimes(store) == before
+
+
 def test_a_nested_output_started_with_the_flattened_run_state_folder_resumes(run_inputs, tmp_path, capsys):
     store = tmp_path / "in.zarr"
     shutil.copytree(run_inputs / "in.zarr", store)

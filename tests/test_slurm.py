@@ -191,6 +191,28 @@ def test_status_shows_the_reason_a_task_waits(slurm_cluster, run_inputs, tmp_pat
         subprocess.run(["scancel", *jobs], check=True)
 
 
+def test_a_chain_whose_second_sbatch_fails_is_withdrawn_whole(slurm_cluster, run_inputs, tmp_path, monkeypatch, capsys):
+    from pipeline import slurm
+
+    path = write_run_config(tmp_path, "withdrawn", run_inputs, slurm={"extra": ["--begin=now+1hour"]})
+    calls = []
+
+    def second_sbatch_fails(args):
+        calls.append(list(args))
+        if args[0] == "sbatch" and sum(call[0] == "sbatch" for call in calls) == 2:
+            raise slurm.SlurmError("sbatch --parsable failed: Socket timed out")
+        return real(args)
+
+    real = slurm._slurm
+    monkeypatch.setattr(slurm, "_slurm", second_sbatch_fails)
+    assert main(["submit", path]) == 2
+    first = next(call for call in calls if call[0] == "scancel")[1]
+    assert "were cancelled, so nothing of this submission runs" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(load_run_config(path).run_dir, "jobs.json"))
+    assert subprocess.run(["squeue", "-h", "-j", first, "-o", "%T"], capture_output=True, text=True).stdout.strip() in (
+        "", "CANCELLED")
+
+
 def _readme_recipe() -> list[str]:
     """The command lines of the README's workstation recipe (the block that starts a local cluster)."""
     with open(os.path.join(REPO, "README.md")) as handle:

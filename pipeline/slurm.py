@@ -241,7 +241,11 @@ def submit(config: RunConfig, *, dry_run: bool = False, restart: str | None = No
     if config.evaluate.gt is not None:
         jobs.append(_Job("evaluate", None, None))
     if dry_run:
-        print("# dry run: nothing was written or submitted; the scripts would be written as named\n")
+        progress = phase_progress(config)
+        done = ", ".join(f"{phase} {len(progress[phase].done)} of {progress[phase].total}"
+                         for phase in BLOCK_PHASES if progress[phase] is not None)
+        print("# dry run: nothing was written or submitted; the scripts would be written as named"
+              + (f"\n# blocks already done (their tasks skip them): {done}" if done else "") + "\n")
     return _submit_chain(config, jobs, dry_run=dry_run, fresh=restart is not None)
 
 
@@ -313,8 +317,8 @@ def status(run_dir: str) -> list[dict[str, Any]]:
     return rows
 
 
-def format_status(rows: Sequence[dict[str, Any]]) -> str:
-    """Table of :func:`status` rows with the failed tasks' log paths below it."""
+def format_status(rows: Sequence[dict[str, Any]], run_dir: str) -> str:
+    """Table of :func:`status` rows of ``run_dir`` with the failed tasks' log paths below it."""
     lines = [f"{'phase':<10} {'done':>7} {'failed':>7} {'pending':>8} {'total':>7}  tasks"]
     for row in rows:
         tasks = ", ".join(f"{n} {state}" for state, n in sorted(row["tasks"].items()))
@@ -322,9 +326,13 @@ def format_status(rows: Sequence[dict[str, Any]]) -> str:
     logs = [log for row in rows for log in row["failed_logs"]]
     if logs:
         lines += ["", "failed tasks' logs:"] + [f"  {log}" for log in logs]
-    if any(row["done"] < row["total"] for row in rows) and not any(
-            state.startswith(("running", "queued")) for row in rows for state in row["tasks"]):
-        lines += ["", "unfinished and nothing running: `python -m pipeline.slurm resubmit RUN` reruns what is not done"]
+    # A task queued only for its dependency waits on the chain: without a running or otherwise queued task
+    # it waits on a failed one (SLURM marks the next job DependencyNeverSatisfied, "blocked", the later ones not).
+    active = any(state == "running" or (state.startswith("queued") and state != "queued (Dependency)")
+                 for row in rows for state in row["tasks"])
+    if any(row["done"] < row["total"] for row in rows) and not active:
+        lines += ["", f"unfinished and nothing running: `python -m pipeline.slurm resubmit {shlex.quote(run_dir)}` "
+                      "reruns what is not done"]
     return "\n".join(lines)
 
 
@@ -427,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         submit(replace(config, slurm=replace(config.slurm, **given)), dry_run=args.dry_run, restart=args.restart)
         print(f"run folder: {config.run_dir}  (python -m pipeline.slurm status {config.run_dir})")
     elif args.command == "status":
-        print(format_status(status(_run_dir(args.run))))
+        run_dir = _run_dir(args.run)
+        print(format_status(status(run_dir), run_dir))
     else:
         resubmit(_run_dir(args.run), dry_run=args.dry_run)
     return 0

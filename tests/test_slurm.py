@@ -80,6 +80,17 @@ def test_dry_run_counts_the_blocks_a_submission_gets_and_writes_nothing(run_inpu
     assert planned["predict"] == 12 and set(planned) == {"predict", "fragments", "stitch", "relabel"}
 
 
+def test_dry_run_after_a_local_run_says_what_is_done(run_inputs, tmp_path, capsys):
+    from pipeline import run
+
+    path = write_run_config(tmp_path, "finished", run_inputs)
+    assert run.main([path, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["submit", path, "--dry-run"]) == 0
+    assert ("# blocks already done (their tasks skip them): predict 12 of 12, fragments 12 of 12, stitch 12 of 12, "
+            "relabel 12 of 12") in capsys.readouterr().out
+
+
 def test_dry_run_refuses_a_changed_config_like_a_submission(run_inputs, tmp_path, capsys):
     path = write_run_config(tmp_path, "changed", run_inputs)
     prepare(load_run_config(path))
@@ -144,7 +155,7 @@ def test_scancel_then_resubmit_recomputes_nothing_done(slurm_cluster, run_inputs
         os.path.join(config.run_dir, "logs", f"predict-{job}_0.log")]
     assert rows["fragments"]["tasks"] == {"blocked": 2}
     assert main(["status", config.run_dir]) == 0
-    assert "resubmit" in capsys.readouterr().out
+    assert f"`python -m pipeline.slurm resubmit {config.run_dir}` reruns what is not done" in capsys.readouterr().out
     assert main(["resubmit", config.run_dir]) == 0
     out = capsys.readouterr().out
     assert re.search(r"submitted predict: job \d+ \(array 0\)\n", out)  # only the cancelled task's share

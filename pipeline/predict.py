@@ -63,7 +63,7 @@ from emcore.store import (
 )
 
 from .options import add_options, option, options_from_args
-from .runstate import check_claim, check_distinct, claim_outputs, dataset_path, mark_complete, workdir_for
+from .runstate import check_claim, check_distinct, claimed, dataset_path, mark_complete, workdir_for
 from .stage import PhaseProgress, PlannedArray
 
 if TYPE_CHECKING:
@@ -466,12 +466,12 @@ def predict(raw_location: str, *, out_location: str | None = None, options: Pred
 
 
 def _claim_output(plan: PredictPlan, *, overwrite: bool) -> Volume:
-    """Claim the output for this run's configuration (:func:`pipeline.runstate.claim_outputs`), then
+    """Claim the output for this run's configuration (:func:`pipeline.runstate.claimed`), then
     open or create it; returns it open for writing."""
-    claim_outputs(plan.workdir, plan.config, {"affinities": plan.out_location}, overwrite=overwrite,
-                  defaults={"options": asdict(PredictOptions())})
-    out = _open_or_create_output(plan)
-    check_write_alignment(out, plan.options.block)
+    with claimed(plan.workdir, plan.config, {"affinities": plan.out_location}, overwrite=overwrite,
+                 defaults={"options": asdict(PredictOptions())}):
+        out = _open_or_create_output(plan)
+        check_write_alignment(out, plan.options.block)
     return out
 
 

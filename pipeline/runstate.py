@@ -19,16 +19,17 @@ reading an output of another stage refuses it while that marker is missing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from emcore.blocks import write_json_atomic
 from emcore.store import VOLUME_ID, StoreError, open_volume, remove_volume, split_location
 
 __all__ = ["RunStateError", "ConfigChangedError", "COMPLETE", "workdir_for", "dataset_path", "check_distinct",
-           "check_claim", "claim_outputs", "mark_complete", "unfinished_stage", "require_finished"]
+           "check_claim", "claim_outputs", "claimed", "mark_complete", "unfinished_stage", "require_finished"]
 
 #: File in a stage's work folder written once every block of the stage is done.
 COMPLETE = "complete.json"
@@ -244,6 +245,37 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
     os.makedirs(workdir, exist_ok=True)
     if previous != config:
         write_json_atomic(os.path.join(workdir, "config.json"), config)
+
+
+@contextlib.contextmanager
+def claimed(workdir: str, config: Mapping[str, Any], outputs: Mapping[str, str], *, overwrite: bool,
+            defaults: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """:func:`claim_outputs`, then the ``with`` block that opens or creates the outputs.
+
+    When the block fails on a fresh claim (no run had started there, or ``overwrite``), the claim
+    and the outputs are removed again, so no half-made run state blocks the corrected command.
+    """
+    fresh = overwrite or not os.path.exists(os.path.join(workdir, "config.json"))
+    claim_outputs(workdir, config, outputs, overwrite=overwrite, defaults=defaults)
+    try:
+        yield
+    except BaseException:
+        if fresh:
+            shutil.rmtree(workdir, ignore_errors=True)
+            for location in outputs.values():
+                remove_volume(location)
+            _remove_empty_parents(workdir)
+        raise
+
+
+def _remove_empty_parents(workdir: str) -> None:
+    """Remove the folders above ``workdir`` up to and including ``.corrseg3d`` while they are empty."""
+    folder = os.path.dirname(os.path.normpath(workdir))
+    while os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+        if os.path.basename(folder) == ".corrseg3d":
+            return
+        folder = os.path.dirname(folder)
 
 
 def mark_complete(workdir: str, summary: Mapping[str, Any]) -> None:

@@ -42,7 +42,7 @@ from .data import parse_numbers
 from .fragments import METHODS, FragmentParams, compute_fragments
 from .options import add_options, deprecated_flag, option, options_from_args
 from .relabel import RelabelParams, relabel_block
-from .runstate import (check_claim, check_distinct, claim_outputs, dataset_path, mark_complete, require_finished,
+from .runstate import (check_claim, check_distinct, claimed, dataset_path, mark_complete, require_finished,
                        unfinished_stage, workdir_for)
 from .stage import PhaseProgress
 from .stitch import StitchParams, build_lookup, stitch_faces
@@ -273,11 +273,11 @@ def _claim(plan: _Plan, *, overwrite: bool, unfinished_input: bool) -> tuple[Vol
     ``unfinished_input`` (``--allow-incomplete`` on affinities whose prediction has not finished)
     is part of the claimed configuration, so such blocks are never resumed on finished affinities.
     """
-    claim_outputs(plan.workdir, _claimed_config(plan, unfinished_input), dict(plan.locations), overwrite=overwrite,
-                  defaults={"options": asdict(SegmentOptions())})
-    volumes = _outputs(plan.affinities, plan.options, plan.locations)
-    for volume in volumes:
-        check_write_alignment(volume, plan.options.block)
+    with claimed(plan.workdir, _claimed_config(plan, unfinished_input), dict(plan.locations), overwrite=overwrite,
+                 defaults={"options": asdict(SegmentOptions())}):
+        volumes = _outputs(plan.affinities, plan.options, plan.locations)
+        for volume in volumes:
+            check_write_alignment(volume, plan.options.block)
     return volumes
 
 

@@ -142,6 +142,28 @@ def test_outputs_that_would_clash_are_refused_before_anything_is_written(run_inp
         assert _mtimes(store) == before
 
 
+def test_outputs_that_fail_to_be_created_leave_no_claim_behind(run_inputs, tmp_path, monkeypatch, capsys):
+    store = tmp_path / "in.zarr"
+    shutil.copytree(run_inputs / "in.zarr", store)
+    args = [str(store), "--checkpoint", str(run_inputs / "tiny.pt"), "--block", "8,32,32", "--halo", "4,32,32",
+            "--device", "cpu", "--precision", "fp32", "--no-progress"]
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("pipeline.predict.create_volume", disk_full)
+        assert predict.main(args) != 0
+    assert sorted(os.listdir(store)) == ["labels", "raw", "zarr.json"]  # neither run state nor output
+    assert predict.main(args) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr("pipeline.segment.create_volume", disk_full)
+        assert segment.main([str(store), "--block", "8,32,32", "--no-progress"]) != 0
+    assert not os.path.exists(store / ".corrseg3d" / "segment") and not os.path.exists(store / "fragments")
+    capsys.readouterr()
+    assert segment.main([str(store), "--block", "8,32,32", "--no-progress"]) == 0, capsys.readouterr().err
+
+
 def test_a_nested_output_started_with_the_flattened_run_state_folder_resumes(run_inputs, tmp_path, capsys):
     store = tmp_path / "in.zarr"
     shutil.copytree(run_inputs / "in.zarr", store)

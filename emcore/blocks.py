@@ -302,7 +302,7 @@ def run_blocks(
     seconds = time.perf_counter() - start
     rate = n_voxels / seconds if seconds > 0 and n_voxels else 0.0
     print(f"{desc}: {len(todo)} blocks run, {len(done)} already done, {seconds:.1f} s"
-          + (f", {rate / 1e6:.2f} Mvoxel/s" if n_voxels else ""), file=sys.stderr)
+          + (f", {rate / 1e6:.3g} Mvoxel/s" if n_voxels else ""), file=sys.stderr)
     return {"blocks": len(todo), "skipped": len(done), "seconds": seconds, "voxels_per_second": rate}
 
 

@@ -578,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = [" x ".join(f"{v:g}" for v in voxel[k]) for k in ("input_voxel_size", "model_voxel_size")]
         print(f"predict: resampled {sizes[0]} nm input to the model's {sizes[1]} nm and back")
     print(f"predict: wrote {summary['output']} ({summary['blocks']} blocks run, {summary['skipped']} blocks "
-          f"already done, {summary['voxels_per_second'] / 1e6:.2f} Mvoxel/s)")
+          f"already done, {summary['voxels_per_second'] / 1e6:.3g} Mvoxel/s)")
     return 0
 
 

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 __all__ = [
+    "format_rate",
     "Block",
     "BlockGrid",
     "DoneRecords",
@@ -302,8 +303,14 @@ def run_blocks(
     seconds = time.perf_counter() - start
     rate = n_voxels / seconds if seconds > 0 and n_voxels else 0.0
     print(f"{desc}: {len(todo)} blocks run, {len(done)} already done, {seconds:.1f} s"
-          + (f", {rate / 1e6:.3g} Mvoxel/s" if n_voxels else ""), file=sys.stderr)
+          + (f", {format_rate(rate)}" if n_voxels else ""), file=sys.stderr)
     return {"blocks": len(todo), "skipped": len(done), "seconds": seconds, "voxels_per_second": rate}
+
+
+def format_rate(voxels_per_second: float) -> str:
+    """A throughput as ``"N Mvoxel/s"``: three significant digits below 100 Mvoxel/s, whole numbers above."""
+    mvoxels = voxels_per_second / 1e6
+    return f"{mvoxels:.3g} Mvoxel/s" if mvoxels < 100 else f"{mvoxels:.0f} Mvoxel/s"
 
 
 def check_scheduler(scheduler: str, num_workers: int | None = None) -> None:

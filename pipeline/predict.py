@@ -48,7 +48,7 @@ import numpy as np
 
 from corrseg3d.cli import ArgumentParser, entry_point
 from corrseg3d.config import PREDICT_BLOCK, PREDICT_HALO
-from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, run_blocks, task_blocks
+from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, format_rate, run_blocks, task_blocks
 from emcore.conventions import affinities_as_uint8, check_raw, finite_positive, raw_to_float
 from emcore.store import (
     PRECOMPUTED_PREFIX,
@@ -578,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = [" x ".join(f"{v:g}" for v in voxel[k]) for k in ("input_voxel_size", "model_voxel_size")]
         print(f"predict: resampled {sizes[0]} nm input to the model's {sizes[1]} nm and back")
     print(f"predict: wrote {summary['output']} ({summary['blocks']} blocks run, {summary['skipped']} blocks "
-          f"already done, {summary['voxels_per_second'] / 1e6:.3g} Mvoxel/s)")
+          f"already done, {format_rate(summary['voxels_per_second'])})")
     return 0
 
 

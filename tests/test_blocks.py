@@ -9,7 +9,7 @@ import distributed
 import numpy as np
 import pytest
 
-from emcore.blocks import BlockGrid, BlockRunError, DoneRecords, map_reduce_blocks, run_blocks, task_blocks
+from emcore.blocks import BlockGrid, BlockRunError, DoneRecords, format_rate, map_reduce_blocks, run_blocks, task_blocks
 
 
 @pytest.mark.parametrize("shape,block", [((10, 33, 17), (4, 16, 16)), ((5, 5, 5), (5, 5, 5)), ((7, 9, 11), (1, 2, 3))])
@@ -117,3 +117,9 @@ def test_failed_block_is_not_marked_done(tmp_path):
 def test_unknown_scheduler_is_refused():
     with pytest.raises(BlockRunError, match="scheduler"):
         run_blocks(print, [0], scheduler="gpu", progress=False)
+
+
+@pytest.mark.parametrize("voxels_per_second, shown", [
+    (5e3, "0.005 Mvoxel/s"), (1.2e5, "0.12 Mvoxel/s"), (4.56e7, "45.6 Mvoxel/s"), (1.234e9, "1234 Mvoxel/s")])
+def test_throughput_keeps_small_rates_visible_and_large_ones_plain(voxels_per_second, shown):
+    assert format_rate(voxels_per_second) == shown

@@ -48,6 +48,7 @@ __all__ = [
     "StoreError",
     "Volume",
     "open_volume",
+    "is_dataset",
     "create_volume",
     "VOLUME_ID",
     "member_names",
@@ -291,6 +292,20 @@ def _ome_attrs(group: zarr.Group) -> dict[str, Any] | None:
     if "multiscales" in attrs:
         return attrs
     return None
+
+
+def is_dataset(location: str) -> bool:
+    """Whether zarr ``location`` names an existing array or OME-Zarr image (a plain group or a
+    missing path does not). Reads the metadata only; metadata that zarr cannot read counts as
+    no dataset."""
+    root, inner = split_location(location)
+    try:
+        node = zarr.open(store=root, mode="r")
+        if inner:
+            node = node[inner] if isinstance(node, zarr.Group) and inner in node else None
+    except Exception:  # zarr raises several error types for folders that are not zarr
+        return False
+    return isinstance(node, zarr.Array) or (isinstance(node, zarr.Group) and _is_ome_image(node))
 
 
 def _is_ome_image(group: zarr.Group) -> bool:

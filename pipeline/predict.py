@@ -469,7 +469,7 @@ def _claim_output(plan: PredictPlan, *, overwrite: bool) -> Volume:
     """Claim the output for this run's configuration (:func:`pipeline.runstate.claimed`), then
     open or create it; returns it open for writing."""
     with claimed(plan.workdir, plan.config, {"affinities": plan.out_location}, overwrite=overwrite,
-                 defaults={"options": asdict(PredictOptions())}):
+                 defaults={"options": asdict(PredictOptions())}, alone=len(plan.blocks) == plan.grid.n_blocks):
         out = _open_or_create_output(plan)
         check_write_alignment(out, plan.options.block)
     return out

@@ -26,7 +26,7 @@ import shutil
 from typing import Any, Iterator, Mapping
 
 from emcore.blocks import write_json_atomic
-from emcore.store import VOLUME_ID, StoreError, open_volume, remove_volume, split_location
+from emcore.store import VOLUME_ID, is_dataset, remove_volume, split_location
 
 __all__ = ["RunStateError", "ConfigChangedError", "COMPLETE", "workdir_for", "dataset_path", "check_distinct",
            "check_claim", "claim_outputs", "claimed", "mark_complete", "unfinished_stage", "require_finished"]
@@ -70,15 +70,6 @@ def _dataset_parts(location: str) -> list[str]:
     return parts
 
 
-def _is_dataset(location: str) -> bool:
-    """Whether ``location`` is an existing array or OME-Zarr image (a plain group is not)."""
-    try:
-        open_volume(location)
-    except (StoreError, FileNotFoundError):
-        return False
-    return True
-
-
 def check_distinct(inputs: Mapping[str, str], outputs: Mapping[str, str]) -> None:
     """Refuse outputs that are, hold or lie inside an input dataset or another output, that lie
     inside any existing dataset (an array or OME-Zarr image), or whose dataset path has an empty,
@@ -102,7 +93,7 @@ def check_distinct(inputs: Mapping[str, str], outputs: Mapping[str, str]) -> Non
         parts = _dataset_parts(location)
         for depth in range(1, len(parts)):
             outer = f"{root}/{'/'.join(parts[:depth])}"
-            if _is_dataset(outer):
+            if is_dataset(outer):
                 raise RunStateError(f"output {role} {location} lies inside the dataset {outer}, which replacing that "
                                     f"dataset would delete: name a dataset outside it, e.g. {root}/{parts[-1]}")
         for other_role, other in paths:
@@ -249,13 +240,15 @@ def claim_outputs(workdir: str, config: Mapping[str, Any], outputs: Mapping[str,
 
 @contextlib.contextmanager
 def claimed(workdir: str, config: Mapping[str, Any], outputs: Mapping[str, str], *, overwrite: bool,
-            defaults: Mapping[str, Any] | None = None) -> Iterator[None]:
+            defaults: Mapping[str, Any] | None = None, alone: bool = True) -> Iterator[None]:
     """:func:`claim_outputs`, then the ``with`` block that opens or creates the outputs.
 
-    When the block fails on a fresh claim (no run had started there, or ``overwrite``), the claim
-    and the outputs are removed again, so no half-made run state blocks the corrected command.
+    When the block fails on a fresh claim (no run had started there, or ``overwrite``) of a process
+    that runs the whole output ``alone``, the claim and the outputs are removed again, so no
+    half-made run state blocks the corrected command. Array tasks (not ``alone``) remove nothing:
+    another task may have created the outputs meanwhile and be writing them.
     """
-    fresh = overwrite or not os.path.exists(os.path.join(workdir, "config.json"))
+    fresh = alone and (overwrite or not os.path.exists(os.path.join(workdir, "config.json")))
     claim_outputs(workdir, config, outputs, overwrite=overwrite, defaults=defaults)
     try:
         yield

@@ -173,7 +173,8 @@ def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_nam
         _require_done(folders["fragments"], grid.n_blocks, "fragments")
     if phase == "relabel" and not os.path.exists(lookup_done):
         raise SegmentError(f"no lookup table in {workdir}: finish --phase stitch first")
-    _claim(plan, overwrite=overwrite, unfinished_input=bool(mine) and unfinished_stage(affinities.location) is not None)
+    _claim(plan, overwrite=overwrite, unfinished_input=bool(mine) and unfinished_stage(affinities.location) is not None,
+           alone=task_index is None)
     run = partial(run_blocks, scheduler=scheduler, num_workers=num_workers, progress=progress,
                   voxels=lambda i: grid.block(i).size)
     records = {name: DoneRecords(folder) for name, folder in folders.items()}
@@ -267,14 +268,15 @@ def _claimed_config(plan: _Plan, unfinished_input: bool) -> dict[str, Any]:
     return config
 
 
-def _claim(plan: _Plan, *, overwrite: bool, unfinished_input: bool) -> tuple[Volume, Volume]:
+def _claim(plan: _Plan, *, overwrite: bool, unfinished_input: bool, alone: bool = True) -> tuple[Volume, Volume]:
     """Claim the outputs for this configuration, then open or create them (fragments, segmentation).
 
     ``unfinished_input`` (``--allow-incomplete`` on affinities whose prediction has not finished)
     is part of the claimed configuration, so such blocks are never resumed on finished affinities.
+    ``alone``: no other task works on these outputs (see :func:`pipeline.runstate.claimed`).
     """
     with claimed(plan.workdir, _claimed_config(plan, unfinished_input), dict(plan.locations), overwrite=overwrite,
-                 defaults={"options": asdict(SegmentOptions())}):
+                 defaults={"options": asdict(SegmentOptions())}, alone=alone):
         volumes = _outputs(plan.affinities, plan.options, plan.locations)
         for volume in volumes:
             check_write_alignment(volume, plan.options.block)

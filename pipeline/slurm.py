@@ -326,11 +326,14 @@ def format_status(rows: Sequence[dict[str, Any]], run_dir: str) -> str:
     logs = [log for row in rows for log in row["failed_logs"]]
     if logs:
         lines += ["", "failed tasks' logs:"] + [f"  {log}" for log in logs]
-    # A task queued only for its dependency waits on the chain: without a running or otherwise queued task
-    # it waits on a failed one (SLURM marks the next job DependencyNeverSatisfied, "blocked", the later ones not).
+    # A task queued only for its dependency waits on the chain: with nothing running or otherwise queued and a
+    # task that failed, was blocked or never ran, it waits forever (SLURM marks only the job right after a failed
+    # one DependencyNeverSatisfied, "blocked"); right after a phase succeeded it may still wait, briefly.
+    states = [state for row in rows for state in row["tasks"]]
     active = any(state == "running" or (state.startswith("queued") and state != "queued (Dependency)")
-                 for row in rows for state in row["tasks"])
-    if any(row["done"] < row["total"] for row in rows) and not active:
+                 for state in states)
+    stuck = any(state in ("failed", "blocked", "not run") for state in states)
+    if any(row["done"] < row["total"] for row in rows) and stuck and not active:
         lines += ["", f"unfinished and nothing running: `python -m pipeline.slurm resubmit {shlex.quote(run_dir)}` "
                       "reruns what is not done"]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from emcore.store import (
     StoreError,
     check_write_alignment,
     create_volume,
+    is_dataset,
     member_names,
     open_volume,
     parent_group,
@@ -177,3 +178,16 @@ def test_to_dask_matches_storage_chunks(tmp_path):
     array = volume.to_dask()
     assert array.chunks[0] == (3, 3)
     assert int(array.sum().compute()) == 6 * 40 * 40
+
+
+def test_is_dataset_reads_only_the_node_type(tmp_path):
+    root = zarr.open_group(str(tmp_path / "v.zarr"), mode="w")
+    root.create_array("plain", shape=(2, 2, 2), dtype="uint8")
+    bad = root.create_array("bad_voxel_size", shape=(2, 2, 2), dtype="uint8")
+    bad.attrs["voxel_size"] = [0, 1, 1]  # open_volume refuses it; it is a dataset all the same
+    root.create_group("image").attrs["multiscales"] = [{"datasets": []}]  # malformed OME: still an image
+    root.create_group("group")
+    found = {name: is_dataset(str(tmp_path / "v.zarr" / name))
+             for name in ("plain", "bad_voxel_size", "image", "group", "missing")}
+    assert found == {"plain": True, "bad_voxel_size": True, "image": True, "group": False, "missing": False}
+    assert not is_dataset(str(tmp_path / "none.zarr" / "x"))

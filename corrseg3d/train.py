@@ -338,14 +338,18 @@ def freeze_parameters(model: torch.nn.Module, trainable: Sequence[str]) -> None:
     """
     if not trainable:
         return
+
+    def within(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
     names = [name for name, _ in model.named_parameters()]
     for prefix in trainable:
-        if not any(name == prefix or name.startswith(prefix + ".") for name in names):
+        if not any(within(name, prefix) for name in names):
             modules = sorted({name.split(".")[0] for name in names})
             raise ValueError(f"train.trainable: {prefix!r} names no parameter of the model; use prefixes of "
                              f"parameter names such as {', '.join(modules)} or decoder.3")
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(any(name == p or name.startswith(p + ".") for p in trainable))
+        parameter.requires_grad_(any(within(name, prefix) for prefix in trainable))
 
 
 def set_training_mode(model: torch.nn.Module, *, freeze_batchnorm: bool) -> None:

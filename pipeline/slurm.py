@@ -46,8 +46,8 @@ from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.blocks import SCHEDULERS, task_blocks, write_json_atomic
 
 from .predict import PredictStage
-from .run import (BLOCK_PHASES, STAGES, SUBMIT_AGAIN, check_run, phase_progress, prepare, preview, restart_advice,
-                  scores_finished)
+from .run import (BLOCK_PHASES, STAGES, SUBMIT_AGAIN, block_progress, check_run, phase_progress, prepare, preview,
+                  restart_advice, scores_finished)
 from .runconfig import RunConfig, load_run_config, to_dict
 from .slurmlimits import check_request, check_request_format, query_nodes
 
@@ -241,9 +241,8 @@ def submit(config: RunConfig, *, dry_run: bool = False, restart: str | None = No
     if config.evaluate.gt is not None:
         jobs.append(_Job("evaluate", None, None))
     if dry_run:
-        progress = phase_progress(config)
-        done = ", ".join(f"{phase} {len(progress[phase].done)} of {progress[phase].total}"
-                         for phase in BLOCK_PHASES if progress[phase] is not None)
+        done = ", ".join(f"{phase} {counts[0]} of {counts[1]}"
+                         for phase, counts in block_progress(config).items() if counts is not None)
         print("# dry run: nothing was written or submitted; the scripts would be written as named"
               + (f"\n# blocks already done (their tasks skip them): {done}" if done else "") + "\n")
     return _submit_chain(config, jobs, dry_run=dry_run, fresh=restart is not None)

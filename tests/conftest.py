@@ -30,6 +30,13 @@ def run_inputs(tmp_path_factory):
     return folder
 
 
+def file_mtimes(folder) -> dict[str, int]:
+    """Modification time (ns) of every file below ``folder``, by path: equal before and after a command
+    that writes nothing there."""
+    return {os.path.join(here, name): os.stat(os.path.join(here, name)).st_mtime_ns
+            for here, _, files in os.walk(folder) for name in files}
+
+
 def write_run_config(folder, name: str, inputs, **sections) -> str:
     """Write ``folder/name.yaml`` for output store ``name.zarr`` with paths relative to ``folder``."""
     values = {

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import write_run_config
+from conftest import file_mtimes, write_run_config
 
 from corrseg3d import train as train_cli
 from pipeline import predict, run, segment, slurm
@@ -22,11 +22,6 @@ from pipeline.runconfig import load_run_config
 from pipeline.synth import write_synthetic
 
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")
-
-
-def _mtimes(folder) -> dict[str, int]:
-    return {os.path.join(here, name): os.stat(os.path.join(here, name)).st_mtime_ns
-            for here, _, files in os.walk(folder) for name in files}
 
 
 def test_corrected_predict_after_a_refused_one(run_inputs, tmp_path, capsys):
@@ -74,7 +69,7 @@ def test_a_run_begun_before_an_upgrade_resumes_while_the_new_options_are_at_thei
         config = json.loads(path.read_text())
         del config["options"][added[stage]]
         path.write_text(json.dumps(config))
-    written = _mtimes(store / "affinities") | _mtimes(store / "segmentation")
+    written = file_mtimes(store / "affinities") | file_mtimes(store / "segmentation")
     capsys.readouterr()
     assert predict.main(args + ["--tta", "--tta-axes", "yx"]) == 2
     assert "options.tta_axes" in capsys.readouterr().err
@@ -82,7 +77,7 @@ def test_a_run_begun_before_an_upgrade_resumes_while_the_new_options_are_at_thei
     assert "options.merge_floor differ" in capsys.readouterr().err
     assert predict.main(args) == 0 and segment.main(segment_args) == 0
     assert "12 blocks already done" in capsys.readouterr().out
-    assert _mtimes(store / "affinities") | _mtimes(store / "segmentation") == written
+    assert file_mtimes(store / "affinities") | file_mtimes(store / "segmentation") == written
     for stage, path in configs.items():
         assert added[stage] in json.loads(path.read_text())["options"]
 
@@ -101,12 +96,12 @@ def test_a_moved_store_or_a_path_typed_otherwise_resumes(run_inputs, tmp_path, m
     assert "6 blocks already done" in capsys.readouterr().out
     assert segment.main(["./moved.zarr", "--block", "8,32,32", "--no-progress"]) == 0
     shutil.copytree(tmp_path / "moved.zarr", tmp_path / "copy.zarr")
-    written = _mtimes(tmp_path / "copy.zarr" / "segmentation")
+    written = file_mtimes(tmp_path / "copy.zarr" / "segmentation")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert segment.main([str(tmp_path / "copy.zarr"), "--block", "8,32,32", "--no-progress"]) == 0
     assert predict.main(["../copy.zarr", *common]) == 0
-    assert _mtimes(tmp_path / "copy.zarr" / "segmentation") == written
+    assert file_mtimes(tmp_path / "copy.zarr" / "segmentation") == written
 
 
 def test_outputs_whose_paths_differ_only_by_a_slash_keep_their_own_run_state(run_inputs, tmp_path, capsys):
@@ -130,7 +125,7 @@ def test_outputs_that_would_clash_are_refused_before_anything_is_written(run_inp
     assert predict.main([str(store), "--checkpoint", str(run_inputs / "tiny.pt"), "--block", "8,32,32", "--halo",
                          "4,32,32", "--device", "cpu", "--precision", "fp32", "--no-progress"]) == 0
     assert segment.main([str(store), "--block", "8,32,32", "--no-progress"]) == 0
-    before = _mtimes(store)
+    before = file_mtimes(store)
     capsys.readouterr()
     for options, message in (
             (["--output", "segmentation/v2", "--fragments", "frag/v2"], "lies inside the dataset"),
@@ -139,7 +134,7 @@ def test_outputs_that_would_clash_are_refused_before_anything_is_written(run_inp
                                    "fragments dataset")):
         assert segment.main([str(store), "--block", "8,32,32", "--no-progress"] + options) == 2
         assert message in capsys.readouterr().err
-        assert _mtimes(store) == before
+        assert file_mtimes(store) == before
 
 
 def test_outputs_that_fail_to_be_created_leave_no_claim_behind(run_inputs, tmp_path, monkeypatch, capsys):
@@ -192,10 +187,10 @@ def test_tta_axes_without_tta_change_nothing_and_resume(run_inputs, tmp_path, ca
     args = [str(store), "--checkpoint", str(run_inputs / "tiny.pt"), "--block", "8,32,32", "--halo", "4,32,32",
             "--device", "cpu", "--precision", "fp32", "--no-progress"]
     assert predict.main(args + ["--tta-axes", "yx"]) == 0
-    written = _mtimes(store / "affinities")
+    written = file_mtimes(store / "affinities")
     capsys.readouterr()
     assert predict.main(args) == 0 and "12 blocks already done" in capsys.readouterr().out
-    assert _mtimes(store / "affinities") == written
+    assert file_mtimes(store / "affinities") == written
     assert predict.main(args + ["--tta"]) == 2 and "options.tta differ" in capsys.readouterr().err
 
 
@@ -206,14 +201,14 @@ def test_run_restarts_a_stage_after_a_config_change(run_inputs, tmp_path, capsys
     assert sorted(os.listdir(tmp_path)) == ["rerun.yaml"]  # refused before the first stage
     assert run.main([path, "--no-progress"]) == 0
     config = load_run_config(path)
-    predicted = _mtimes(os.path.join(config.store, ".corrseg3d", "predict"))
-    segmented = _mtimes(os.path.join(config.store, ".corrseg3d", "segment"))
+    predicted = file_mtimes(os.path.join(config.store, ".corrseg3d", "predict"))
+    segmented = file_mtimes(os.path.join(config.store, ".corrseg3d", "segment"))
     capsys.readouterr()
     assert run.main([path, "--set", "segment.min_size=300", "--no-progress"]) == 2
     assert "pass --restart segment" in capsys.readouterr().err
     assert run.main([path, "--set", "segment.min_size=300", "--restart", "segment", "--no-progress"]) == 0
-    assert _mtimes(os.path.join(config.store, ".corrseg3d", "predict")) == predicted  # predict kept
-    after = _mtimes(os.path.join(config.store, ".corrseg3d", "segment"))
+    assert file_mtimes(os.path.join(config.store, ".corrseg3d", "predict")) == predicted  # predict kept
+    after = file_mtimes(os.path.join(config.store, ".corrseg3d", "segment"))
     assert all(after.get(name) != stamp for name, stamp in segmented.items() if name.endswith(".done"))
     with open(os.path.join(config.run_dir, "scores.json")) as handle:
         scores = json.load(handle)

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict
 
 import pytest
-from conftest import REPO, assert_same_result, write_run_config
+from conftest import REPO, assert_same_result, file_mtimes, write_run_config
 
 from pipeline.run import block_progress, done_blocks, prepare, preview
 from pipeline.runconfig import SlurmConfig, load_run_config
@@ -95,12 +95,10 @@ def test_dry_run_refuses_a_changed_config_like_a_submission(run_inputs, tmp_path
     path = write_run_config(tmp_path, "changed", run_inputs)
     prepare(load_run_config(path))
     path = write_run_config(tmp_path, "changed", run_inputs, segment={"min_size": 31})
-    before = {os.path.join(here, name): os.stat(os.path.join(here, name)).st_mtime_ns
-              for here, _, files in os.walk(tmp_path) for name in files}
+    before = file_mtimes(tmp_path)
     assert main(["submit", path, "--dry-run"]) == 2
     assert "options.min_size differ" in capsys.readouterr().err
-    assert before == {os.path.join(here, name): os.stat(os.path.join(here, name)).st_mtime_ns
-                      for here, _, files in os.walk(tmp_path) for name in files}
+    assert file_mtimes(tmp_path) == before
 
 
 def test_dry_run_requests_gpus_for_predict_only(run_inputs, tmp_path, capsys):

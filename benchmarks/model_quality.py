@@ -57,7 +57,7 @@ from corrseg3d.checkpoint import load_model
 from corrseg3d.config import PREDICT_HALO
 from corrseg3d.inference import cpu_model_name, predict_volume, resolve_precision
 from corrseg3d.separability import affinity_separability
-from corrseg3d.train import segment as segment_slices
+from corrseg3d.validation import segment as segment_slices
 from corrseg3d.weights import default_checkpoint
 from emcore.conventions import DEFAULT_STRIDES, raw_to_float
 from emcore.metrics import segmentation_scores

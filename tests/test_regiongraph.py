@@ -8,7 +8,7 @@ import pytest
 import waterz
 
 from corrseg3d.config import ValidationConfig
-from corrseg3d.train import validation_segmentation
+from corrseg3d.validation import validation_segmentation
 from emcore.conventions import PEA_OFFSETS
 from emcore.regiongraph import agglomerate, multicut, multicut_segmentation
 from emcore.store import open_volume

@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/model_quality.py [--checkpoint PATH] [--shape 32,256,256] [--seed 1000] [--min-size 300]
-                                       [--method mws|waterz|multicut] [--threshold 0.5] [--tta [--tta-axes yx]]
+                                       [--method mws|waterz|multicut] [--threshold 0.5] [--beta 0.4]
+                                       [--supervoxels 0.55,1,1,25] [--tta [--tta-axes yx]]
                                        [--fib ../shared/data/fib25] [--isbi ../shared/data/isbi2012]
                                        [--isbi-slices 16-19] [--precision auto|fp32|bf16] [--training-fit]
                                        [--name NAME]
@@ -29,23 +30,29 @@ Everything runs on the CPU; ``--precision auto`` is bf16 autocast on a CPU with 
    20-slice stack, then mutex watershed per slice (in-plane only, as the labels are 2D), scored per
    slice against the connected components of the membrane-free label.
 
-``--method`` (and ``--threshold``) segment the synthetic and FIB volumes with another
-``pipeline.segment`` method than the default; ISBI stays per-slice mutex watershed.
+``--method`` (and ``--threshold``, ``--beta``, ``--supervoxels``) segment the synthetic and FIB volumes
+with other ``pipeline.segment`` settings than the defaults (``--beta 0.5 --supervoxels 0.25,2,2,100``:
+the reference's multicut, the defaults until the supervoxels were chosen on data); ISBI stays
+per-slice mutex watershed.
 
 Appends a record to ``benchmarks/results/model_quality.json`` (keyed by ``--name``) and prints it.
 
 ``--segment-sweep`` instead chooses ``pipeline.segment``'s defaults on the *validation* volumes of
-``configs/em-mixed.yaml`` (FIB gala-test at 30x10x10 nm and the synthetic seed-0 slices 48-63,
-never the held-out test volumes): the checkpoint predicts each volume once, then every
-combination of :data:`SWEEP_MIN_SIZES` and :data:`SWEEP_STRIDES` is segmented by mutex watershed
-and scored, and so are waterz at each :data:`SWEEP_WATERZ_THRESHOLDS` and multicut at each
-:data:`SWEEP_MULTICUT_BETAS`, at each min size; the table goes to
-``benchmarks/results/segment_defaults.json``.
+``configs/em-mixed.yaml`` (FIB gala-test at 30x10x10 nm and the synthetic seed-0 slices 48-63) and
+the medulla training slices (:data:`FIB_TRAINING`), never the held-out test volumes: the checkpoint
+predicts each volume once, then every combination of :data:`SWEEP_MIN_SIZES` and
+:data:`SWEEP_STRIDES` is segmented by mutex watershed and scored, and so are waterz at each
+:data:`SWEEP_WATERZ_THRESHOLDS` and min size, and multicut (:func:`sweep_options`: supervoxel
+settings, boundary bias and min size). The rows and their means over the volumes
+(:func:`sweep_summary`, lowest mean VOI first: the defaults) go to
+``benchmarks/results/segment_defaults.json``, and the best settings are printed as a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import tempfile
 from pathlib import Path
@@ -63,6 +70,7 @@ from emcore.conventions import DEFAULT_STRIDES, raw_to_float
 from emcore.metrics import segmentation_scores
 from emcore.regiongraph import DEFAULT_MIN_SIZE
 from emcore.store import create_volume, open_volume
+from emcore.supervoxels import SupervoxelSettings
 from pipeline.evaluate import EvaluateOptions, evaluate
 from pipeline.fib25 import write_fib25
 from pipeline.fragments import METHODS
@@ -76,7 +84,12 @@ SWEEP_RESULTS = Path(__file__).parent / "results" / "segment_defaults.json"
 SWEEP_MIN_SIZES = (0, 100, 300, 1000)
 SWEEP_STRIDES = ((1, 2, 2), (1, 4, 4), (1, 8, 8))
 SWEEP_WATERZ_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-SWEEP_MULTICUT_BETAS = (0.4, 0.5, 0.6)
+SWEEP_MULTICUT_BETAS = (0.3, 0.4, 0.5, 0.6)
+#: Per-slice supervoxel settings (threshold, seed sigma, weight sigma, min size) the multicut rows
+#: combine with :data:`SWEEP_SUPERVOXEL_BETAS` at min size 300; the chosen setting also runs at every
+#: :data:`SWEEP_MULTICUT_BETAS` and :data:`SWEEP_MIN_SIZES`.
+SWEEP_SUPERVOXELS = tuple(itertools.product((0.25, 0.4, 0.55), (1.0, 2.0), (1.0, 2.0), (25, 100)))
+SWEEP_SUPERVOXEL_BETAS = (0.4, 0.5)
 KEYS = ("voi_split", "voi_merge", "voi", "arand")
 #: Held-out FIB volumes at 30x10x10 nm: name -> [start, stop) slices of the z-step-3 store.
 FIB_HELDOUT = {"medulla-ts2-z0-150": (30, 50), "gala-test": (0, None), "gala-train": (0, None),
@@ -151,21 +164,30 @@ def heldout_fib_isotropic(predict_options: PredictOptions, source: str, segment_
 
 
 def sweep_options() -> list[SegmentOptions]:
-    """The post-processing the sweep compares: mutex watershed at every (:data:`SWEEP_MIN_SIZES`,
-    :data:`SWEEP_STRIDES`), waterz at every :data:`SWEEP_WATERZ_THRESHOLDS` and min size, and
-    multicut at every :data:`SWEEP_MULTICUT_BETAS` and min size (all with ``pipeline.segment``'s
-    default block)."""
+    """The post-processing the sweep compares (all with ``pipeline.segment``'s default block): mutex
+    watershed at every (:data:`SWEEP_MIN_SIZES`, :data:`SWEEP_STRIDES`), waterz at every
+    :data:`SWEEP_WATERZ_THRESHOLDS` and min size, multicut on every :data:`SWEEP_SUPERVOXELS` at
+    each :data:`SWEEP_SUPERVOXEL_BETAS` (min size 300), and multicut on the default supervoxels at
+    every :data:`SWEEP_MULTICUT_BETAS` and min size."""
     mws = [SegmentOptions(method="mws", min_size=m, strides=s) for m in SWEEP_MIN_SIZES for s in SWEEP_STRIDES]
     waterz = [SegmentOptions(method="waterz", threshold=t, min_size=m) for t in SWEEP_WATERZ_THRESHOLDS
               for m in SWEEP_MIN_SIZES]
+    supervoxels = [SegmentOptions(method="multicut", beta=b, min_size=300, sv_threshold=t, sv_seed_sigma=seed,
+                                  sv_weight_sigma=weight, sv_min_size=size)
+                   for t, seed, weight, size in SWEEP_SUPERVOXELS for b in SWEEP_SUPERVOXEL_BETAS]
     multicut = [SegmentOptions(method="multicut", beta=b, min_size=m) for b in SWEEP_MULTICUT_BETAS
                 for m in SWEEP_MIN_SIZES]
-    return mws + waterz + multicut
+    unique = {dataclasses.astuple(o): o for o in mws + waterz + supervoxels + multicut}
+    return list(unique.values())
 
 
 def segment_sweep(checkpoint: str, fib_source: str, work: Path) -> dict:
-    """Scores of every :func:`sweep_options` on the validation volumes (see module docstring)."""
+    """Scores of every :func:`sweep_options` on the validation volumes and the medulla training slices
+    (see module docstring)."""
+    training = work / "training"
+    training.mkdir()
     stores = {**fib_stores(fib_source, work, {"gala-test": (0, None)}),
+              "medulla-ts2-z0-150-training": fib_stores(fib_source, training, FIB_TRAINING)["medulla-ts2-z0-150"],
               "synthetic-seed0-z48-64": write_store(str(work / "valid-synthetic.zarr"),
                                                     *generate((64, 512, 512), seed=0, roi=(slice(48, 64), slice(None), slice(None))),
                                                     DEFAULT_VOXEL_SIZE)}
@@ -175,9 +197,41 @@ def segment_sweep(checkpoint: str, fib_source: str, work: Path) -> dict:
         for options in sweep_options():
             rows.append({"volume": name, "method": options.method, "min_size": options.min_size,
                          "strides": list(options.strides), "threshold": options.threshold, "beta": options.beta,
+                         "supervoxels": dataclasses.asdict(options.supervoxels),
                          **segment_scores(store, options)})
             print(json.dumps(rows[-1]))
     return {"checkpoint": checkpoint, "rows": rows}
+
+
+def sweep_summary(rows: list[dict]) -> list[dict]:
+    """One entry per post-processing setting of :func:`segment_sweep`'s ``rows``: its options and the mean
+    VOI (split / merge) and ARAND over the volumes, lowest mean VOI first."""
+    settings: dict[str, list[dict]] = {}
+    for row in rows:
+        key = json.dumps({k: v for k, v in row.items() if k not in KEYS and k != "volume"}, sort_keys=True)
+        settings.setdefault(key, []).append(row)
+    summary = [{**json.loads(key), **{k: float(np.mean([r[k] for r in group])) for k in KEYS}}
+               for key, group in settings.items()]
+    return sorted(summary, key=lambda entry: entry["voi"])
+
+
+def print_sweep_summary(summary: list[dict], top: int = 10) -> None:
+    """The ``top`` settings of :func:`sweep_summary` and the best of each method, as a table ("-": an
+    option the method does not use)."""
+    best = {}
+    for entry in summary:
+        best.setdefault(entry["method"], entry)
+    print(f"{'method':9} {'min size':>8} {'strides':>8} {'thresh.':>7} {'beta':>5} "
+          f"{'supervoxels (thr, seed, weight, size)':>38} {'VOI':>6} {'split':>6} {'merge':>6} {'ARAND':>6}")
+    for entry in summary[:top] + [e for e in best.values() if e not in summary[:top]]:
+        method, sv = entry["method"], entry["supervoxels"]
+        strides = "x".join(map(str, entry["strides"])) if method == "mws" else "-"
+        threshold = f"{entry['threshold']:.2f}" if method == "waterz" else "-"
+        beta = f"{entry['beta']:.2f}" if method == "multicut" else "-"
+        supervoxels = (f"{sv['threshold']:.2f}, {sv['seed_sigma']:g}, {sv['weight_sigma']:g}, {sv['min_size']}"
+                       if method == "multicut" else "-")
+        print(f"{method:9} {entry['min_size']:8d} {strides:>8} {threshold:>7} {beta:>5} {supervoxels:>38} "
+              f"{entry['voi']:6.3f} {entry['voi_split']:6.3f} {entry['voi_merge']:6.3f} {entry['arand']:6.3f}")
 
 
 def heldout_isbi(checkpoint: str, source: str, slices: tuple[int, int], work: Path, precision: str = "auto") -> dict:
@@ -210,6 +264,13 @@ def main() -> None:
                         help="pipeline.segment's method for the 3D volumes (default %(default)s; ISBI stays per-slice MWS)")
     parser.add_argument("--threshold", type=float, default=SegmentOptions().threshold,
                         help="pipeline.segment's --threshold (waterz; default %(default)s)")
+    parser.add_argument("--beta", type=float, default=SegmentOptions().beta,
+                        help="pipeline.segment's --beta (multicut; default %(default)s)")
+    default_supervoxels = SupervoxelSettings()
+    parser.add_argument("--supervoxels", default=",".join(f"{v:g}" for v in dataclasses.astuple(default_supervoxels)),
+                        metavar="T,SEED,WEIGHT,SIZE",
+                        help="pipeline.segment's --sv-threshold, --sv-seed-sigma, --sv-weight-sigma, --sv-min-size "
+                             "(multicut; default %(default)s; the reference's: 0.25,2,2,100)")
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     parser.add_argument("--fib", default=str(shared / "fib25"))
     parser.add_argument("--isbi", default=str(shared / "isbi2012"))
@@ -224,17 +285,23 @@ def main() -> None:
     parser.add_argument("--training-fit", action="store_true",
                         help="also score the FIB training slices (FIB_TRAINING) like the held-out volumes")
     parser.add_argument("--segment-sweep", action="store_true",
-                        help="choose segment defaults on the validation volumes instead (segment_defaults.json)")
+                        help="choose segment defaults on the validation volumes and the medulla training "
+                             "slices instead (segment_defaults.json)")
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
     if args.segment_sweep:
         sweep = segment_sweep(checkpoint, args.fib, Path(tempfile.mkdtemp(prefix="bench-sweep-")))
+        sweep["summary"] = sweep_summary(sweep["rows"])
         SWEEP_RESULTS.write_text(json.dumps(sweep, indent=2))
+        print_sweep_summary(sweep["summary"])
         return
     shape = tuple(int(v) for v in args.shape.split(","))
     first, last = (int(v) for v in args.isbi_slices.split("-"))
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
-    options = SegmentOptions(method=args.method, threshold=args.threshold, min_size=args.min_size)
+    sv_threshold, seed_sigma, weight_sigma, sv_min_size = (float(v) for v in args.supervoxels.split(","))
+    options = SegmentOptions(method=args.method, threshold=args.threshold, min_size=args.min_size, beta=args.beta,
+                             sv_threshold=sv_threshold, sv_seed_sigma=seed_sigma, sv_weight_sigma=weight_sigma,
+                             sv_min_size=int(sv_min_size))
     predict_options = PredictOptions(checkpoint=checkpoint, tta=args.tta, tta_axes=args.tta_axes,
                                      precision=args.precision, device="cpu")
     record = {"checkpoint": checkpoint, "tta": args.tta, **({"tta_axes": args.tta_axes} if args.tta else {}),
@@ -242,7 +309,9 @@ def main() -> None:
               "precision": str(resolve_precision(args.precision, torch.device("cpu")) or "fp32"),
               "segment": {"method": options.method, "min_size": options.min_size, "strides": list(options.strides),
                           "threshold": options.threshold if options.method == "waterz" else None,
-                          "beta": options.beta if options.method == "multicut" else None},
+                          "beta": options.beta if options.method == "multicut" else None,
+                          "supervoxels": (dataclasses.asdict(options.supervoxels) if options.method == "multicut"
+                                          else None)},
               "synthetic": {"shape": shape, "seed": args.seed, "min_size": args.min_size,
                             **heldout_synthetic(predict_options, shape, args.seed, options, work)}}
     if Path(args.fib).is_dir():

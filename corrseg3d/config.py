@@ -36,6 +36,7 @@ import yaml
 
 from emcore.conventions import DEFAULT_STRIDES, PEA_OFFSETS, finite_positive, validate_offsets
 from emcore.regiongraph import DEFAULT_BETA, DEFAULT_MIN_SIZE
+from emcore.supervoxels import SupervoxelSettings
 
 INT_TAG, FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 
@@ -316,8 +317,9 @@ class ValidationConfig:
     Volumes are predicted with :func:`corrseg3d.inference.predict_volume`: blocks of ``block``
     voxels, each with ``halo`` voxels of context (reflect-padded at the volume border), the same
     tiling as ``pipeline.predict``. ``method: multicut`` segments them as ``pipeline.segment``'s
-    default does (:func:`emcore.regiongraph.multicut_segmentation`: per-slice supervoxels,
-    multicut with boundary bias ``beta``, size merging below ``min_size`` voxels); ``mws`` runs
+    default does (:func:`emcore.regiongraph.multicut_segmentation`: per-slice supervoxels with
+    ``supervoxels``' settings, multicut with boundary bias ``beta``, size merging below ``min_size``
+    voxels; the defaults are ``pipeline.segment``'s); ``mws`` runs
     mutex watershed with ``mws_strides``. Volumes with 2D labels are segmented slice by slice by
     mutex watershed (in-plane channels) either way. The best checkpoint by mean VOI is kept.
     """
@@ -329,6 +331,7 @@ class ValidationConfig:
     method: Literal["multicut", "mws"] = "multicut"
     beta: float = DEFAULT_BETA
     min_size: int = DEFAULT_MIN_SIZE
+    supervoxels: SupervoxelSettings = field(default_factory=SupervoxelSettings)
     mws_strides: tuple[int, int, int] = DEFAULT_STRIDES
 
 
@@ -364,6 +367,9 @@ class Config:
         if not 0.0 < self.validation.beta < 1.0:
             raise ConfigError(f"validation.beta must be in (0, 1) (the multicut cost bias is log((1 - beta) / beta)), "
                               f"got {self.validation.beta}")
+        if not 0.0 < self.validation.supervoxels.threshold < 1.0:
+            raise ConfigError("validation.supervoxels.threshold must be in (0, 1) (it is compared with 1 - affinity), "
+                              f"got {self.validation.supervoxels.threshold}")
         for path, value, least in _lower_bounds(self):
             if not value >= least:  # also refuses NaN
                 raise ConfigError(f"{path} must be >= {least}, got {value}")
@@ -400,6 +406,8 @@ def _lower_bounds(config: Config) -> list[tuple[str, float, float]]:
     bounds += [(f"data.context.{i}", v, 0) for i, v in enumerate(data.context)]
     bounds += [(f"data.sources.{i}.weight", s.weight, 0) for i, s in enumerate(data.sources)]
     validation = config.validation
+    bounds += [(f"validation.supervoxels.{name}", getattr(validation.supervoxels, name), 0)
+               for name in ("seed_sigma", "weight_sigma", "min_size")]
     for name, least in (("block", 1), ("halo", 0), ("mws_strides", 1)):
         bounds += [(f"validation.{name}.{i}", v, least) for i, v in enumerate(getattr(validation, name))]
     return bounds

@@ -59,8 +59,8 @@ def validation_segmentation(affinities: np.ndarray, offsets: Sequence[Sequence[i
     offsets
         The model's offsets (the first three are the nearest neighbours in z, y, x).
     config
-        ``method: multicut``: :func:`emcore.regiongraph.multicut_segmentation` with ``beta`` and
-        ``min_size``; ``mws``: mutex watershed with ``mws_strides``.
+        ``method: multicut``: :func:`emcore.regiongraph.multicut_segmentation` with ``beta``,
+        ``min_size`` and ``supervoxels``; ``mws``: mutex watershed with ``mws_strides``.
     labels_2d
         The volume has 2D labels: mutex watershed of each slice on its own, whatever the method.
 
@@ -69,7 +69,8 @@ def validation_segmentation(affinities: np.ndarray, offsets: Sequence[Sequence[i
     (z, y, x) uint64 labels (ids of different slices differ for 2D labels).
     """
     if config.method == "multicut" and not labels_2d:
-        return multicut_segmentation(affinities[:3], beta=config.beta, min_size=config.min_size)
+        return multicut_segmentation(affinities[:3], beta=config.beta, min_size=config.min_size,
+                                     supervoxels=config.supervoxels)
     return segment(affinities, offsets, strides=config.mws_strides, per_slice=labels_2d)
 
 

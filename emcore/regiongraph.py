@@ -27,18 +27,16 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .conventions import FRAGMENT_ID_SHIFT, LOCAL_ID_MASK, affinities_as_float
-from .supervoxels import consecutive_labels, slice_supervoxels
+from .supervoxels import SupervoxelSettings, consecutive_labels, slice_supervoxels
 
 __all__ = ["DEFAULT_BETA", "DEFAULT_MIN_SIZE", "agglomerate", "components", "merge_small_segments", "multicut",
            "multicut_segmentation", "pair_statistics", "reduce_edges", "region_adjacency"]
 
-#: Multicut boundary bias and size merging (voxels) of ``pipeline.segment``'s default, chosen on the
-#: validation volumes (real FIB-SEM gala-test at 30x10x10 nm and a synthetic slab) with the shipped
-#: weights: multicut with min size 300 gave a mean VOI of 1.14 (ARAND 0.14) against 1.22 for the
-#: best waterz (threshold 0.6) and 1.46 for the best mutex watershed (strides 1x4x4, min size 300);
-#: min size 1000 was 0.01 lower in VOI and 0.005 higher in ARAND, beta 0.4 / 0.6 gave 1.14 / 1.26.
-#: ``benchmarks/model_quality.py --segment-sweep`` re-measures it.
-DEFAULT_BETA = 0.5
+#: Multicut boundary bias and size merging (voxels) of ``pipeline.segment``'s default, chosen with
+#: the supervoxel settings (:class:`emcore.supervoxels.SupervoxelSettings`) on real FIB-SEM (gala-test
+#: and the medulla training slices at 30x10x10 nm) and a synthetic slab with the shipped weights:
+#: lowest mean VOI of the three (README "Segment"; ``benchmarks/model_quality.py --segment-sweep``).
+DEFAULT_BETA = 0.4
 DEFAULT_MIN_SIZE = 300
 
 
@@ -263,8 +261,8 @@ def merge_small_segments(labels: np.ndarray, sizes: np.ndarray, edges: np.ndarra
     return labels
 
 
-def multicut_segmentation(nn_affs: np.ndarray, *, beta: float = DEFAULT_BETA,
-                          min_size: int = DEFAULT_MIN_SIZE) -> np.ndarray:
+def multicut_segmentation(nn_affs: np.ndarray, *, beta: float = DEFAULT_BETA, min_size: int = DEFAULT_MIN_SIZE,
+                          supervoxels: SupervoxelSettings = SupervoxelSettings()) -> np.ndarray:
     """Segment a volume in memory: per-slice supervoxels, :func:`multicut`, :func:`merge_small_segments`.
 
     The same steps as ``pipeline.segment --method multicut`` on one block (``merge_floor`` 0).
@@ -276,18 +274,20 @@ def multicut_segmentation(nn_affs: np.ndarray, *, beta: float = DEFAULT_BETA,
         1 = same object; float in [0, 1] or uint8 (``round(255 a)``).
     beta, min_size
         Multicut boundary bias in (0, 1) and the size (voxels) below which a segment merges.
+    supervoxels
+        Settings of the per-slice watershed (:class:`emcore.supervoxels.SupervoxelSettings`).
 
     Returns
     -------
     (z, y, x) uint64 labels 1..K (:func:`emcore.supervoxels.consecutive_labels` of the segments).
     """
     nn_affs = affinities_as_float(nn_affs)
-    supervoxels = slice_supervoxels(nn_affs)
-    n_nodes = int(supervoxels.max())
-    graph = region_adjacency(supervoxels, nn_affs)
+    fragments = slice_supervoxels(nn_affs, supervoxels)
+    n_nodes = int(fragments.max())
+    graph = region_adjacency(fragments, nn_affs)
     edges = graph["edges"].astype(np.int64) - 1
     segments = multicut(np.arange(n_nodes), edges, graph["edge_sum"], graph["edge_count"], beta=beta)
-    sizes = np.bincount(supervoxels.ravel().astype(np.int64), minlength=n_nodes + 1)[1:]
+    sizes = np.bincount(fragments.ravel().astype(np.int64), minlength=n_nodes + 1)[1:]
     segments = merge_small_segments(segments, sizes, edges, graph["edge_sum"], graph["edge_count"],
                                     min_size=min_size, merge_floor=0.0)
-    return consecutive_labels(segments)[supervoxels.astype(np.int64) - 1]
+    return consecutive_labels(segments)[fragments.astype(np.int64) - 1]

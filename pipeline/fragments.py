@@ -14,10 +14,10 @@ to the fragments array (chunk-aligned) and a small table file ``tables/<b>.npz``
   cross the lower face), for the region adjacency across block faces.
 
 Methods: ``mws`` (mutex watershed, :mod:`emcore.mws`), ``waterz`` (mean-affinity agglomeration
-of the NN channels at ``threshold``) and ``multicut`` (per-slice watershed supervoxels; the
-multicut itself, the paper's "LMC" (docs/method.md §11), partitions the region graph of all
-blocks in the stitch step, :func:`emcore.regiongraph.multicut`). Affinities: (C, z, y, x),
-1 = same object.
+of the NN channels at ``threshold``) and ``multicut`` (per-slice watershed supervoxels with the
+``supervoxels`` settings; the multicut itself, the paper's "LMC" (docs/method.md §11), partitions
+the region graph of all blocks in the stitch step, :func:`emcore.regiongraph.multicut`).
+Affinities: (C, z, y, x), 1 = same object.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from emcore.conventions import DEFAULT_STRIDES, affinities_as_float, fragment_id
 from emcore.mws import check_affinity_values, mutex_watershed
 from emcore.regiongraph import region_adjacency
 from emcore.store import open_volume
-from emcore.supervoxels import consecutive_labels, slice_supervoxels
+from emcore.supervoxels import SupervoxelSettings, consecutive_labels, slice_supervoxels
 
 __all__ = ["FragmentParams", "METHODS", "compute_fragments", "segment_labels", "sample_mutex_edges", "load_slab",
            "table_path"]
@@ -60,6 +60,7 @@ class FragmentParams:
     strides: tuple[int, int, int] = DEFAULT_STRIDES
     randomize_strides: int | None = None
     threshold: float = 0.5
+    supervoxels: SupervoxelSettings = SupervoxelSettings()
 
     @property
     def grid(self) -> BlockGrid:
@@ -111,7 +112,7 @@ def segment_labels(affs: np.ndarray, params: FragmentParams, *, origin: tuple[in
         unassigned, _ = ndimage.label(seg == 0)  # waterz leaves voxels without edges at 0
         return consecutive_labels(np.where(seg == 0, unassigned.astype(np.uint64) + seg.max(), seg))
     if params.method == "multicut":
-        return slice_supervoxels(affinities_as_float(affs[:3]))
+        return slice_supervoxels(affinities_as_float(affs[:3]), params.supervoxels)
     raise ValueError(f"unknown method {params.method!r}: use one of {', '.join(METHODS)}")
 
 

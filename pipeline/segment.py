@@ -37,6 +37,7 @@ from emcore.conventions import DEFAULT_STRIDES, halo_shortfall, max_offset, vali
 from emcore.mws import check_affinity_values
 from emcore.regiongraph import DEFAULT_BETA, DEFAULT_MIN_SIZE
 from emcore.store import VOLUME_ID, StoreError, Volume, check_write_alignment, create_volume, open_volume
+from emcore.supervoxels import SupervoxelSettings
 
 from .data import parse_numbers
 from .fragments import METHODS, FragmentParams, compute_fragments
@@ -87,6 +88,14 @@ class SegmentOptions:
         None, "sample mutex edges at random (probability 1/prod(strides)), deterministic for SEED", metavar="SEED")
     threshold: float = option(0.5, "waterz merge threshold: merge while 1 - mean boundary affinity is below it")
     beta: float = option(DEFAULT_BETA, "multicut boundary bias: above 0.5 cuts more, below joins more")
+    sv_threshold: float = option(SupervoxelSettings.threshold,
+                                 "multicut supervoxels: pixels with 1 - in-plane affinity above it are boundary")
+    sv_seed_sigma: float = option(SupervoxelSettings.seed_sigma, "multicut supervoxels: Gaussian sigma (pixels) of "
+                                  "the distance map whose maxima seed them (larger: fewer supervoxels)")
+    sv_weight_sigma: float = option(SupervoxelSettings.weight_sigma, "multicut supervoxels: Gaussian sigma (pixels) "
+                                    "of the boundary map the watershed floods (0: none)")
+    sv_min_size: int = option(SupervoxelSettings.min_size, "multicut supervoxels: regions smaller than this many "
+                              "pixels join a neighbour in their slice")
     majority: float = option(0.5, "face join rule: overlap > MAJORITY of both labels' halo voxels")
     agglomerate: float | None = option(
         None, "after stitching, merge adjacent segments in order of mean NN affinity on their boundary while it "
@@ -99,6 +108,12 @@ class SegmentOptions:
                                 "exceeds this")
     consecutive: bool = option(False, "relabel segments 1..K")
     dtype: Literal["uint64", "uint32"] = option("uint64", "output dtype (uint32 needs --consecutive)")
+
+    @property
+    def supervoxels(self) -> SupervoxelSettings:
+        """The per-slice watershed settings of ``method: multicut`` (the ``sv_*`` options)."""
+        return SupervoxelSettings(threshold=self.sv_threshold, seed_sigma=self.sv_seed_sigma,
+                                  weight_sigma=self.sv_weight_sigma, min_size=self.sv_min_size)
 
 
 def check_options(options: SegmentOptions) -> None:
@@ -125,9 +140,6 @@ def check_options(options: SegmentOptions) -> None:
     if options.method == "multicut" and options.agglomerate is not None:
         raise SegmentError("--agglomerate (segment.agglomerate) does not apply to --method multicut, which partitions "
                            "the region graph by a multicut: drop one of them")
-    if options.min_size < 0:
-        raise SegmentError(f"--min-size (segment.min_size) {options.min_size} must be >= 0 "
-                           "(a voxel count; 0 = no size merging)")
     if not 0.0 < options.beta < 1.0:
         raise SegmentError(f"--beta (segment.beta) {options.beta} must be in (0, 1): the multicut cost bias is "
                            "log((1 - beta) / beta)")
@@ -137,8 +149,17 @@ def check_options(options: SegmentOptions) -> None:
         if value is not None and not 0.0 <= value <= 1.0:
             raise SegmentError(f"{flag} (segment.{key}) {value} must be in [0, 1]: it is compared with "
                                "affinities (1 = same object)")
-    if options.randomize_strides is not None and options.randomize_strides < 0:
-        raise SegmentError(f"--randomize-strides (segment.randomize_strides) {options.randomize_strides} must be >= 0")
+    if not 0.0 < options.sv_threshold < 1.0:
+        raise SegmentError(f"--sv-threshold (segment.sv_threshold) {options.sv_threshold} must be in (0, 1): it is "
+                           "compared with 1 - affinity, and at 0 or 1 every pixel or none is boundary")
+    pixels = "pixels; 0 = off"
+    for flag, key, value, meaning in (("--min-size", "min_size", options.min_size, "a voxel count; 0 = no size merging"),
+                                      ("--sv-seed-sigma", "sv_seed_sigma", options.sv_seed_sigma, pixels),
+                                      ("--sv-weight-sigma", "sv_weight_sigma", options.sv_weight_sigma, pixels),
+                                      ("--sv-min-size", "sv_min_size", options.sv_min_size, pixels),
+                                      ("--randomize-strides", "randomize_strides", options.randomize_strides, "a seed")):
+        if value is not None and not value >= 0:  # also refuses NaN
+            raise SegmentError(f"{flag} (segment.{key}) {value} must be >= 0 ({meaning})")
     for flag, key, values, least in (("--strides", "strides", options.strides, 1),
                                      ("--block", "block", options.block, 1),
                                      ("--halo", "halo", options.halo, 0)):
@@ -183,7 +204,8 @@ def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_nam
     if phase in (None, "fragments"):
         params = FragmentParams(affinities=affinities.location, fragments=locations["fragments"], halo=options.halo,
                                 offsets=offsets, method=options.method, strides=options.strides,
-                                randomize_strides=options.randomize_strides, threshold=options.threshold, **common)
+                                randomize_strides=options.randomize_strides, threshold=options.threshold,
+                                supervoxels=options.supervoxels, **common)
         summary["fragments"] = run(partial(compute_fragments, params), mine, records=records["fragments"],
                                    desc="fragments")
     if phase in (None, "stitch"):  # a lone stitch phase checked its fragments above; in a full run they just ran

@@ -12,6 +12,7 @@ from corrseg3d.validation import validation_segmentation
 from emcore.conventions import PEA_OFFSETS
 from emcore.regiongraph import agglomerate, multicut, multicut_segmentation
 from emcore.store import open_volume
+from emcore.supervoxels import SupervoxelSettings, slice_supervoxels
 from pipeline.noisy_affinities import noisy_affinities
 from pipeline.segment import SegmentOptions, segment
 from pipeline.synth import generate
@@ -96,16 +97,27 @@ def test_blockwise_agglomeration_equals_waterz_on_the_stitched_fragments(tmp_pat
     assert _same_partition(ours, theirs)
 
 
-def test_whole_volume_multicut_equals_pipeline_segment_on_one_block(tmp_path):
+@pytest.mark.parametrize("settings", [SupervoxelSettings(), SupervoxelSettings(0.5, 0.5, 0.0, 5)])
+def test_whole_volume_multicut_equals_pipeline_segment_on_one_block(tmp_path, settings):
     """Training's validation segments as ``pipeline.segment``'s default does: the same partition as
-    the pipeline on one block, directly (uint8) and through ``validation_segmentation`` (float)."""
+    the pipeline on one block, directly (uint8) and through ``validation_segmentation`` (float);
+    the pipeline's ``sv_*`` options and ``validation.supervoxels`` reach the supervoxels (other
+    settings, other supervoxels)."""
     _, labels = generate((12, 96, 96), seed=5)
     affs = noisy_affinities(labels, seed=5)
     store = _write_store(tmp_path / "mc.zarr", labels, affs)
-    segment(store, SegmentOptions(method="multicut", block=labels.shape, min_size=60), progress=False)
+    options = SegmentOptions(method="multicut", block=labels.shape, min_size=60, sv_threshold=settings.threshold,
+                             sv_seed_sigma=settings.seed_sigma, sv_weight_sigma=settings.weight_sigma,
+                             sv_min_size=settings.min_size)
+    segment(store, options, progress=False)
     pipeline_result = open_volume(f"{store}/segmentation")[...]
-    ours = multicut_segmentation(affs[:3], min_size=60)  # uint8, as stored
-    validation = validation_segmentation(affs.astype(np.float32) / 255, PEA_OFFSETS, ValidationConfig(min_size=60),
-                                         labels_2d=False)
+    ours = multicut_segmentation(affs[:3], min_size=60, supervoxels=settings)  # uint8, as stored
     assert 10 < len(np.unique(ours)) and ours.min() == 1 and ours.max() == len(np.unique(ours))
-    assert _same_partition(ours, pipeline_result) and np.array_equal(ours, validation)
+    assert _same_partition(ours, pipeline_result)
+    fragments = open_volume(f"{store}/fragments")[...]
+    assert _same_partition(fragments, slice_supervoxels(affs[:3].astype(np.float32) / 255, settings))
+    assert not _same_partition(fragments, slice_supervoxels(affs[:3].astype(np.float32) / 255,
+                                                            SupervoxelSettings(0.3, 3.0, 3.0, 200)))
+    validation = validation_segmentation(affs.astype(np.float32) / 255, PEA_OFFSETS,
+                                         ValidationConfig(min_size=60, supervoxels=settings), labels_2d=False)
+    assert np.array_equal(ours, validation)

@@ -76,7 +76,7 @@ from pipeline.fib25 import write_fib25
 from pipeline.fragments import METHODS
 from pipeline.imagestack import write_isbi2012
 from pipeline.predict import PredictOptions, predict
-from pipeline.segment import SegmentOptions, segment
+from pipeline.segment import SegmentOptions, segment, supervoxel_options
 from pipeline.synth import DEFAULT_VOXEL_SIZE, generate, write_synthetic
 
 RESULTS = Path(__file__).parent / "results" / "model_quality.json"
@@ -163,6 +163,20 @@ def heldout_fib_isotropic(predict_options: PredictOptions, source: str, segment_
     return heldout_fib(predict_options, source, segment_options, work, z_step=1, volumes={name: slices})
 
 
+def parse_supervoxels(text: str) -> SupervoxelSettings:
+    """``--supervoxels T,SEED,WEIGHT,SIZE`` (threshold, seed sigma, weight sigma, min size)."""
+    parts = text.split(",")
+    try:
+        settings = SupervoxelSettings(float(parts[0]), float(parts[1]), float(parts[2]), int(parts[3]))
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"{text!r}: give threshold,seed sigma,weight sigma,min size, "
+                                         "e.g. 0.25,2,2,100") from None
+    if len(parts) != 4 or settings.problems():
+        raise argparse.ArgumentTypeError(f"{text!r}: four settings in range, e.g. 0.25,2,2,100 "
+                                         f"({'; '.join(f'{n} {r}' for n, r in settings.problems())})")
+    return settings
+
+
 def sweep_options() -> list[SegmentOptions]:
     """The post-processing the sweep compares (all with ``pipeline.segment``'s default block): mutex
     watershed at every (:data:`SWEEP_MIN_SIZES`, :data:`SWEEP_STRIDES`), waterz at every
@@ -172,9 +186,9 @@ def sweep_options() -> list[SegmentOptions]:
     mws = [SegmentOptions(method="mws", min_size=m, strides=s) for m in SWEEP_MIN_SIZES for s in SWEEP_STRIDES]
     waterz = [SegmentOptions(method="waterz", threshold=t, min_size=m) for t in SWEEP_WATERZ_THRESHOLDS
               for m in SWEEP_MIN_SIZES]
-    supervoxels = [SegmentOptions(method="multicut", beta=b, min_size=300, sv_threshold=t, sv_seed_sigma=seed,
-                                  sv_weight_sigma=weight, sv_min_size=size)
-                   for t, seed, weight, size in SWEEP_SUPERVOXELS for b in SWEEP_SUPERVOXEL_BETAS]
+    supervoxels = [SegmentOptions(method="multicut", beta=b, min_size=300,
+                                  **supervoxel_options(SupervoxelSettings(*settings)))
+                   for settings in SWEEP_SUPERVOXELS for b in SWEEP_SUPERVOXEL_BETAS]
     multicut = [SegmentOptions(method="multicut", beta=b, min_size=m) for b in SWEEP_MULTICUT_BETAS
                 for m in SWEEP_MIN_SIZES]
     unique = {dataclasses.astuple(o): o for o in mws + waterz + supervoxels + multicut}
@@ -266,11 +280,9 @@ def main() -> None:
                         help="pipeline.segment's --threshold (waterz; default %(default)s)")
     parser.add_argument("--beta", type=float, default=SegmentOptions().beta,
                         help="pipeline.segment's --beta (multicut; default %(default)s)")
-    default_supervoxels = SupervoxelSettings()
-    parser.add_argument("--supervoxels", default=",".join(f"{v:g}" for v in dataclasses.astuple(default_supervoxels)),
-                        metavar="T,SEED,WEIGHT,SIZE",
+    parser.add_argument("--supervoxels", type=parse_supervoxels, default=SupervoxelSettings(), metavar="T,SEED,WEIGHT,SIZE",
                         help="pipeline.segment's --sv-threshold, --sv-seed-sigma, --sv-weight-sigma, --sv-min-size "
-                             "(multicut; default %(default)s; the reference's: 0.25,2,2,100)")
+                             "(multicut; default 0.55,1,1,25; the reference's: 0.25,2,2,100)")
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     parser.add_argument("--fib", default=str(shared / "fib25"))
     parser.add_argument("--isbi", default=str(shared / "isbi2012"))
@@ -298,10 +310,8 @@ def main() -> None:
     shape = tuple(int(v) for v in args.shape.split(","))
     first, last = (int(v) for v in args.isbi_slices.split("-"))
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
-    sv_threshold, seed_sigma, weight_sigma, sv_min_size = (float(v) for v in args.supervoxels.split(","))
     options = SegmentOptions(method=args.method, threshold=args.threshold, min_size=args.min_size, beta=args.beta,
-                             sv_threshold=sv_threshold, sv_seed_sigma=seed_sigma, sv_weight_sigma=weight_sigma,
-                             sv_min_size=int(sv_min_size))
+                             **supervoxel_options(args.supervoxels))
     predict_options = PredictOptions(checkpoint=checkpoint, tta=args.tta, tta_axes=args.tta_axes,
                                      precision=args.precision, device="cpu")
     record = {"checkpoint": checkpoint, "tta": args.tta, **({"tta_axes": args.tta_axes} if args.tta else {}),

@@ -367,9 +367,9 @@ class Config:
         if not 0.0 < self.validation.beta < 1.0:
             raise ConfigError(f"validation.beta must be in (0, 1) (the multicut cost bias is log((1 - beta) / beta)), "
                               f"got {self.validation.beta}")
-        if not 0.0 < self.validation.supervoxels.threshold < 1.0:
-            raise ConfigError("validation.supervoxels.threshold must be in (0, 1) (it is compared with 1 - affinity), "
-                              f"got {self.validation.supervoxels.threshold}")
+        for name, requirement in self.validation.supervoxels.problems():
+            raise ConfigError(f"validation.supervoxels.{name} {requirement}, got "
+                              f"{getattr(self.validation.supervoxels, name)}")
         for path, value, least in _lower_bounds(self):
             if not value >= least:  # also refuses NaN
                 raise ConfigError(f"{path} must be >= {least}, got {value}")
@@ -406,8 +406,6 @@ def _lower_bounds(config: Config) -> list[tuple[str, float, float]]:
     bounds += [(f"data.context.{i}", v, 0) for i, v in enumerate(data.context)]
     bounds += [(f"data.sources.{i}.weight", s.weight, 0) for i, s in enumerate(data.sources)]
     validation = config.validation
-    bounds += [(f"validation.supervoxels.{name}", getattr(validation.supervoxels, name), 0)
-               for name in ("seed_sigma", "weight_sigma", "min_size")]
     for name, least in (("block", 1), ("halo", 0), ("mws_strides", 1)):
         bounds += [(f"validation.{name}.{i}", v, least) for i, v in enumerate(getattr(validation, name))]
     return bounds

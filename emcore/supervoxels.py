@@ -6,11 +6,12 @@ Affinities: (3, z, y, x) nearest-neighbour channels in the order of offsets (-1,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SupervoxelSettings", "consecutive_labels", "slice_supervoxels"]
+__all__ = ["REFERENCE_SETTINGS", "SupervoxelSettings", "consecutive_labels", "slice_supervoxels"]
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,7 @@ class SupervoxelSettings:
     The defaults were chosen with the multicut's bias on real FIB-SEM (gala-test, the medulla training
     slices) and a synthetic slab with the shipped weights: the lowest mean VOI of
     ``benchmarks/model_quality.py --segment-sweep`` (README "Segment"). Less smoothing and smaller
-    regions than the PEA reference's settings (elf's defaults with threshold 0.25 and seed sigma 2:
-    ``SupervoxelSettings(0.25, 2.0, 2.0, 100)``) keep thin neurites apart.
+    regions than the PEA reference's settings (:data:`REFERENCE_SETTINGS`) keep thin neurites apart.
 
     Attributes
     ----------
@@ -42,6 +42,22 @@ class SupervoxelSettings:
     seed_sigma: float = 1.0
     weight_sigma: float = 1.0
     min_size: int = 25
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(setting, what it must be) for every setting out of range (NaN and infinities included)."""
+        found = []
+        if not 0.0 < self.threshold < 1.0:
+            found.append(("threshold", "must be in (0, 1): it is compared with 1 - affinity"))
+        for name in ("seed_sigma", "weight_sigma", "min_size"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                found.append((name, "must be a finite number >= 0 (pixels; 0 = off)"))
+        return found
+
+
+#: The PEA reference's supervoxels (elf's ``distance_transform_watershed`` with threshold 0.25, seed
+#: sigma 2 and its defaults): ``pipeline.segment``'s multicut ran on them before the defaults above.
+REFERENCE_SETTINGS = SupervoxelSettings(threshold=0.25, seed_sigma=2.0, weight_sigma=2.0, min_size=100)
 
 
 def consecutive_labels(labels: np.ndarray) -> np.ndarray:

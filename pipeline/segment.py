@@ -37,7 +37,7 @@ from emcore.conventions import DEFAULT_STRIDES, halo_shortfall, max_offset, vali
 from emcore.mws import check_affinity_values
 from emcore.regiongraph import DEFAULT_BETA, DEFAULT_MIN_SIZE
 from emcore.store import VOLUME_ID, StoreError, Volume, check_write_alignment, create_volume, open_volume
-from emcore.supervoxels import SupervoxelSettings
+from emcore.supervoxels import REFERENCE_SETTINGS, SupervoxelSettings
 
 from .data import parse_numbers
 from .fragments import METHODS, FragmentParams, compute_fragments
@@ -48,8 +48,8 @@ from .runstate import (check_claim, check_distinct, claimed, dataset_path, mark_
 from .stage import PhaseProgress
 from .stitch import StitchParams, build_lookup, stitch_faces
 
-__all__ = ["DEFAULT_METHOD", "SegmentError", "SegmentOptions", "PHASES", "check_options", "segment",
-           "main"]
+__all__ = ["DEFAULT_METHOD", "EARLIER_MULTICUT", "SegmentError", "SegmentOptions", "PHASES", "check_options", "segment",
+           "supervoxel_options", "main"]
 
 PHASES = ("fragments", "stitch", "relabel")
 # Default block (every method): the smallest multiple of the affinity chunk covering this shape.
@@ -112,8 +112,18 @@ class SegmentOptions:
     @property
     def supervoxels(self) -> SupervoxelSettings:
         """The per-slice watershed settings of ``method: multicut`` (the ``sv_*`` options)."""
-        return SupervoxelSettings(threshold=self.sv_threshold, seed_sigma=self.sv_seed_sigma,
-                                  weight_sigma=self.sv_weight_sigma, min_size=self.sv_min_size)
+        return SupervoxelSettings(**{name: getattr(self, f"sv_{name}") for name in asdict(SupervoxelSettings())})
+
+
+def supervoxel_options(settings: SupervoxelSettings) -> dict[str, float]:
+    """The ``sv_*`` keyword arguments of :class:`SegmentOptions` for ``settings``."""
+    return {f"sv_{name}": value for name, value in asdict(settings).items()}
+
+
+#: The multicut's settings in runs started before the defaults were chosen on data (beta 0.5 and the
+#: reference's supervoxels, which runs before the ``sv_*`` options did not record): such a run
+#: resumes on these values, and a run of another method, which they do not affect, records them.
+EARLIER_MULTICUT = {"beta": 0.5, **supervoxel_options(REFERENCE_SETTINGS)}
 
 
 def check_options(options: SegmentOptions) -> None:
@@ -149,17 +159,13 @@ def check_options(options: SegmentOptions) -> None:
         if value is not None and not 0.0 <= value <= 1.0:
             raise SegmentError(f"{flag} (segment.{key}) {value} must be in [0, 1]: it is compared with "
                                "affinities (1 = same object)")
-    if not 0.0 < options.sv_threshold < 1.0:
-        raise SegmentError(f"--sv-threshold (segment.sv_threshold) {options.sv_threshold} must be in (0, 1): it is "
-                           "compared with 1 - affinity, and at 0 or 1 every pixel or none is boundary")
-    pixels = "pixels; 0 = off"
     for flag, key, value, meaning in (("--min-size", "min_size", options.min_size, "a voxel count; 0 = no size merging"),
-                                      ("--sv-seed-sigma", "sv_seed_sigma", options.sv_seed_sigma, pixels),
-                                      ("--sv-weight-sigma", "sv_weight_sigma", options.sv_weight_sigma, pixels),
-                                      ("--sv-min-size", "sv_min_size", options.sv_min_size, pixels),
                                       ("--randomize-strides", "randomize_strides", options.randomize_strides, "a seed")):
-        if value is not None and not value >= 0:  # also refuses NaN
+        if value is not None and not value >= 0:
             raise SegmentError(f"{flag} (segment.{key}) {value} must be >= 0 ({meaning})")
+    for name, requirement in options.supervoxels.problems():
+        raise SegmentError(f"--sv-{name.replace('_', '-')} (segment.sv_{name}) {getattr(options, 'sv_' + name)} "
+                           f"{requirement}")
     for flag, key, values, least in (("--strides", "strides", options.strides, 1),
                                      ("--block", "block", options.block, 1),
                                      ("--halo", "halo", options.halo, 0)):
@@ -281,9 +287,22 @@ def _plan(store: str, options: SegmentOptions, *, input_name: str, output_name: 
                  BlockGrid(affinities.spatial_shape, options.block), locations)
 
 
+def _recorded_options(options: SegmentOptions) -> dict[str, Any]:
+    """The options as a run's ``config.json`` records them: the multicut's settings at
+    :data:`EARLIER_MULTICUT` for another method (they change nothing then, so they never block a resume)."""
+    recorded = asdict(options)
+    if options.method != "multicut":
+        recorded.update(EARLIER_MULTICUT)
+    return recorded
+
+
+#: What a run started before an option existed used for it (:func:`pipeline.runstate.claim_outputs`).
+_CLAIM_DEFAULTS = {"options": {**asdict(SegmentOptions()), **EARLIER_MULTICUT}}
+
+
 def _claimed_config(plan: _Plan, unfinished_input: bool) -> dict[str, Any]:
     """The configuration the outputs are claimed for: options, input identity, output locations."""
-    config = {"options": asdict(plan.options), "input": _identity(plan.affinities, plan.offsets),
+    config = {"options": _recorded_options(plan.options), "input": _identity(plan.affinities, plan.offsets),
               "outputs": plan.locations}
     if unfinished_input:
         config["input"]["unfinished"] = True
@@ -298,7 +317,7 @@ def _claim(plan: _Plan, *, overwrite: bool, unfinished_input: bool, alone: bool 
     ``alone``: no other task works on these outputs (see :func:`pipeline.runstate.claimed`).
     """
     with claimed(plan.workdir, _claimed_config(plan, unfinished_input), dict(plan.locations), overwrite=overwrite,
-                 defaults={"options": asdict(SegmentOptions())}, alone=alone):
+                 defaults=_CLAIM_DEFAULTS, alone=alone):
         volumes = _outputs(plan.affinities, plan.options, plan.locations)
         for volume in volumes:
             check_write_alignment(volume, plan.options.block)
@@ -333,7 +352,7 @@ class SegmentStage:
         will create them, used when they do not exist yet."""
         plan = _plan(self.store, self.options, allow_incomplete=True, planned_input=upstream, **self._names())
         check_claim(plan.workdir, _claimed_config(plan, False), plan.locations,
-                    defaults={"options": asdict(SegmentOptions())})
+                    defaults=_CLAIM_DEFAULTS)
         for location in plan.locations.values():
             if os.path.exists(dataset_path(location)):
                 check_write_alignment(open_volume(location), plan.options.block)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from emcore.store import open_volume
-from emcore.supervoxels import SupervoxelSettings
+from emcore.supervoxels import REFERENCE_SETTINGS
 from pipeline import ac3ac4
 from pipeline.ac3ac4 import download, ingest, sha256_of
 from pipeline.data import DataError, main
@@ -178,4 +178,4 @@ def test_eval_config_reads_what_ingest_writes(tmp_path):
     assert config.evaluate.gt.split("ac3ac4.zarr/")[1] in relative
     assert config.segment.method == "multicut" and config.evaluate.ignore_gt == (0,) and config.evaluate.roi is None
     # the reference's LMC: multicut bias 0.5 on elf's distance-transform watershed with its defaults
-    assert config.segment.beta == 0.5 and config.segment.supervoxels == SupervoxelSettings(0.25, 2.0, 2.0, 100)
+    assert config.segment.beta == 0.5 and config.segment.supervoxels == REFERENCE_SETTINGS

@@ -167,10 +167,13 @@ ROWS = [
     ("segment", "vol.zarr --output other --sv-threshold 0", "--sv-threshold (segment.sv_threshold) 0.0 must be in "
      "(0, 1)", {}),
     ("segment", "vol.zarr --output other --sv-seed-sigma -1", "--sv-seed-sigma (segment.sv_seed_sigma) -1.0 must be "
-     ">= 0", {}),
-    ("segment", "vol.zarr --output other --sv-min-size -2", "--sv-min-size (segment.sv_min_size) -2 must be >= 0", {}),
+     "a finite number >= 0", {}),
+    ("segment", "vol.zarr --output other --sv-min-size -2", "--sv-min-size (segment.sv_min_size) -2 must be a finite "
+     "number >= 0", {}),
     ("segment", "vol.zarr --output other --sv-weight-sigma nan", "--sv-weight-sigma (segment.sv_weight_sigma) nan "
-     "must be >= 0", {}),
+     "must be a finite number >= 0", {}),
+    ("segment", "vol.zarr --output other --sv-seed-sigma inf", "--sv-seed-sigma (segment.sv_seed_sigma) inf "
+     "must be a finite number >= 0", {}),
     ("segment", "vol.zarr --output other --phase stitch", "finish --phase fragments first", {}),
     ("segment", "vol.zarr --output other --task-index 0 --num-tasks 2", "need --phase", {}),
     ("segment", "vol.zarr --output other --method mws --halo 1,1,1",

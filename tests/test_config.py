@@ -43,7 +43,10 @@ def test_unknown_key_names_path_and_closest_key():
     ({"validation": {"method": "waterz"}}, r"validation.method: expected one of \['multicut', 'mws'\]"),
     ({"validation": {"beta": 1.0}}, r"validation.beta must be in \(0, 1\)"),
     ({"validation": {"supervoxels": {"threshold": 0.0}}}, r"validation.supervoxels.threshold must be in \(0, 1\)"),
-    ({"validation": {"supervoxels": {"seed_sigma": -1.0}}}, r"validation.supervoxels.seed_sigma must be >= 0"),
+    ({"validation": {"supervoxels": {"seed_sigma": -1.0}}}, r"validation.supervoxels.seed_sigma must be a finite "
+     r"number >= 0"),
+    ({"validation": {"supervoxels": {"weight_sigma": float("inf")}}}, r"validation.supervoxels.weight_sigma must be a "
+     r"finite number >= 0 \(pixels; 0 = off\), got inf"),
     ({"validation": {"supervoxels": {"size": 10}}}, r"unknown key 'validation.supervoxels.size'"),
     ({"validation": {"min_size": -1}}, r"validation.min_size must be >= 0"),
     ({"loss": {"mean_embedding": -0.5}}, r"loss.mean_embedding must be >= 0"),

@@ -14,7 +14,7 @@ from emcore.regiongraph import agglomerate, multicut, multicut_segmentation
 from emcore.store import open_volume
 from emcore.supervoxels import SupervoxelSettings, slice_supervoxels
 from pipeline.noisy_affinities import noisy_affinities
-from pipeline.segment import SegmentOptions, segment
+from pipeline.segment import SegmentOptions, segment, supervoxel_options
 from pipeline.synth import generate
 from test_segment import _write_store
 
@@ -106,9 +106,7 @@ def test_whole_volume_multicut_equals_pipeline_segment_on_one_block(tmp_path, se
     _, labels = generate((12, 96, 96), seed=5)
     affs = noisy_affinities(labels, seed=5)
     store = _write_store(tmp_path / "mc.zarr", labels, affs)
-    options = SegmentOptions(method="multicut", block=labels.shape, min_size=60, sv_threshold=settings.threshold,
-                             sv_seed_sigma=settings.seed_sigma, sv_weight_sigma=settings.weight_sigma,
-                             sv_min_size=settings.min_size)
+    options = SegmentOptions(method="multicut", block=labels.shape, min_size=60, **supervoxel_options(settings))
     segment(store, options, progress=False)
     pipeline_result = open_volume(f"{store}/segmentation")[...]
     ours = multicut_segmentation(affs[:3], min_size=60, supervoxels=settings)  # uint8, as stored

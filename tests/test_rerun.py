@@ -82,6 +82,37 @@ def test_a_run_begun_before_an_upgrade_resumes_while_the_new_options_are_at_thei
         assert added[stage] in json.loads(path.read_text())["options"]
 
 
+def test_a_segmentation_begun_before_the_supervoxel_options_resumes_on_its_own_settings(run_inputs, tmp_path,
+                                                                                         capsys):
+    """A multicut run from before the ``sv_*`` options (its config.json lacks them, beta 0.5) ran on the
+    reference's supervoxels: today's defaults are a changed config, its own settings resume it. A mutex
+    watershed run of then resumes with today's defaults: the multicut's settings change nothing for it."""
+    store = tmp_path / "in.zarr"
+    shutil.copytree(run_inputs / "in.zarr", store)
+    assert predict.main([str(store), "--checkpoint", str(run_inputs / "tiny.pt"), "--block", "8,32,32", "--halo",
+                         "4,32,32", "--device", "cpu", "--precision", "fp32", "--no-progress"]) == 0
+    earlier = ["--beta", "0.5", "--sv-threshold", "0.25", "--sv-seed-sigma", "2", "--sv-weight-sigma", "2",
+               "--sv-min-size", "100"]
+    runs = {"multicut": [str(store), "--block", "8,32,32", "--no-progress"],
+            "mws": [str(store), "--block", "8,32,32", "--method", "mws", "--output", "mws", "--fragments",
+                    "mws_fragments", "--no-progress"]}
+    assert segment.main(runs["multicut"] + earlier) == 0 and segment.main(runs["mws"] + ["--beta", "0.5"]) == 0
+    for output in ("segmentation", "mws"):
+        path = store / ".corrseg3d" / "segment" / output / "config.json"
+        config = json.loads(path.read_text())
+        assert config["options"]["beta"] == 0.5
+        config["options"] = {k: v for k, v in config["options"].items() if not k.startswith("sv_")}
+        path.write_text(json.dumps(config))
+    written = file_mtimes(store / "segmentation") | file_mtimes(store / "mws")
+    capsys.readouterr()
+    assert segment.main(runs["multicut"]) == 2
+    assert "options.beta, options.sv_min_size, options.sv_seed_sigma, options.sv_threshold, options.sv_weight_sigma " \
+           "differ" in capsys.readouterr().err
+    assert segment.main(runs["multicut"] + earlier) == 0 and segment.main(runs["mws"]) == 0
+    assert capsys.readouterr().err.count("fragments: 0 blocks run, 12 already done") == 2
+    assert file_mtimes(store / "segmentation") | file_mtimes(store / "mws") == written
+
+
 def test_a_moved_store_or_a_path_typed_otherwise_resumes(run_inputs, tmp_path, monkeypatch, capsys):
     """Run state names its input by volume id and its outputs by dataset path: ``./a.zarr``,
     ``a.zarr`` and ``/abs/a.zarr``, another working directory, or a moved store resume the run."""

@@ -70,7 +70,7 @@ from emcore.conventions import DEFAULT_STRIDES, raw_to_float
 from emcore.metrics import segmentation_scores
 from emcore.regiongraph import DEFAULT_MIN_SIZE
 from emcore.store import create_volume, open_volume
-from emcore.supervoxels import SupervoxelSettings
+from emcore.supervoxels import REFERENCE_SETTINGS, SupervoxelSettings
 from pipeline.evaluate import EvaluateOptions, evaluate
 from pipeline.fib25 import write_fib25
 from pipeline.fragments import METHODS
@@ -163,6 +163,11 @@ def heldout_fib_isotropic(predict_options: PredictOptions, source: str, segment_
     return heldout_fib(predict_options, source, segment_options, work, z_step=1, volumes={name: slices})
 
 
+def _settings_text(settings: SupervoxelSettings) -> str:
+    """``settings`` as ``--supervoxels`` takes them: ``T,SEED,WEIGHT,SIZE``."""
+    return ",".join(f"{v:g}" for v in dataclasses.astuple(settings))
+
+
 def parse_supervoxels(text: str) -> SupervoxelSettings:
     """``--supervoxels T,SEED,WEIGHT,SIZE`` (threshold, seed sigma, weight sigma, min size)."""
     parts = text.split(",")
@@ -170,9 +175,9 @@ def parse_supervoxels(text: str) -> SupervoxelSettings:
         settings = SupervoxelSettings(float(parts[0]), float(parts[1]), float(parts[2]), int(parts[3]))
     except (ValueError, IndexError):
         raise argparse.ArgumentTypeError(f"{text!r}: give threshold,seed sigma,weight sigma,min size, "
-                                         "e.g. 0.25,2,2,100") from None
+                                         f"e.g. {_settings_text(REFERENCE_SETTINGS)}") from None
     if len(parts) != 4 or settings.problems():
-        raise argparse.ArgumentTypeError(f"{text!r}: four settings in range, e.g. 0.25,2,2,100 "
+        raise argparse.ArgumentTypeError(f"{text!r}: four settings in range, e.g. {_settings_text(REFERENCE_SETTINGS)} "
                                          f"({'; '.join(f'{n} {r}' for n, r in settings.problems())})")
     return settings
 
@@ -280,9 +285,11 @@ def main() -> None:
                         help="pipeline.segment's --threshold (waterz; default %(default)s)")
     parser.add_argument("--beta", type=float, default=SegmentOptions().beta,
                         help="pipeline.segment's --beta (multicut; default %(default)s)")
-    parser.add_argument("--supervoxels", type=parse_supervoxels, default=SupervoxelSettings(), metavar="T,SEED,WEIGHT,SIZE",
+    parser.add_argument("--supervoxels", type=parse_supervoxels, default=SupervoxelSettings(),
+                        metavar="T,SEED,WEIGHT,SIZE",
                         help="pipeline.segment's --sv-threshold, --sv-seed-sigma, --sv-weight-sigma, --sv-min-size "
-                             "(multicut; default 0.55,1,1,25; the reference's: 0.25,2,2,100)")
+                             f"(multicut; default {_settings_text(SupervoxelSettings())}; the reference's: "
+                             f"{_settings_text(REFERENCE_SETTINGS)})")
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     parser.add_argument("--fib", default=str(shared / "fib25"))
     parser.add_argument("--isbi", default=str(shared / "isbi2012"))

@@ -431,6 +431,10 @@ def _recorded_options(options: PredictOptions) -> dict[str, Any]:
     return recorded
 
 
+#: What a run started before an option existed used for it (:func:`pipeline.runstate.claim_outputs`).
+_CLAIM_DEFAULTS = {"options": asdict(PredictOptions())}
+
+
 def predict(raw_location: str, *, out_location: str | None = None, options: PredictOptions = PredictOptions(),
             task_index: int | None = None, num_tasks: int | None = None, scheduler: str = "threads",
             num_workers: int | None = None, overwrite: bool = False, progress: bool = True,
@@ -469,7 +473,7 @@ def _claim_output(plan: PredictPlan, *, overwrite: bool) -> Volume:
     """Claim the output for this run's configuration (:func:`pipeline.runstate.claimed`), then
     open or create it; returns it open for writing."""
     with claimed(plan.workdir, plan.config, {"affinities": plan.out_location}, overwrite=overwrite,
-                 defaults={"options": asdict(PredictOptions())}, alone=len(plan.blocks) == plan.grid.n_blocks):
+                 defaults=_CLAIM_DEFAULTS, alone=len(plan.blocks) == plan.grid.n_blocks):
         out = _open_or_create_output(plan)
         check_write_alignment(out, plan.options.block)
     return out
@@ -500,7 +504,7 @@ class PredictStage:
         plan = plan_predict(self.raw_location, out_location=self.out_location, options=self.options,
                             scheduler="synchronous", dataset=self.dataset)
         check_claim(plan.workdir, plan.config, {"affinities": plan.out_location},
-                    defaults={"options": asdict(PredictOptions())})
+                    defaults=_CLAIM_DEFAULTS)
         if os.path.exists(dataset_path(plan.out_location)):
             out = open_volume(plan.out_location)
             check_write_alignment(out, plan.options.block)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from typing import Any, ClassVar, Literal, Sequence
 
@@ -112,7 +112,7 @@ class SegmentOptions:
     @property
     def supervoxels(self) -> SupervoxelSettings:
         """The per-slice watershed settings of ``method: multicut`` (the ``sv_*`` options)."""
-        return SupervoxelSettings(**{name: getattr(self, f"sv_{name}") for name in asdict(SupervoxelSettings())})
+        return SupervoxelSettings(**{f.name: getattr(self, f"sv_{f.name}") for f in fields(SupervoxelSettings)})
 
 
 def supervoxel_options(settings: SupervoxelSettings) -> dict[str, float]:

@@ -7,7 +7,8 @@ its arguments with :class:`ArgumentParser`. Bad input then always ends the same 
 
 User-facing errors are :class:`ValueError` (every library error class of the project derives
 from it: store, config, run state, checkpoint, ... errors) and :class:`OSError` (a file that
-cannot be read or written). Anything else is a bug and keeps its traceback. Warnings raised
+cannot be read or written). Ctrl-C (:class:`KeyboardInterrupt`) prints one ``interrupted:`` line
+and exits 130. Anything else is a bug and keeps its traceback. Warnings raised
 while the command runs (deprecated options, resampling notes) are printed the same way, one
 ``warning: <message>`` line each.
 """
@@ -20,12 +21,17 @@ import sys
 import warnings
 from typing import Callable, NoReturn, Sequence
 
-__all__ = ["USER_ERRORS", "EXIT_USAGE", "ArgumentParser", "error_line", "entry_point"]
+__all__ = ["USER_ERRORS", "EXIT_USAGE", "EXIT_INTERRUPTED", "INTERRUPTED", "ArgumentParser", "error_line",
+           "entry_point"]
 
 #: Exception types reported as one ``error:`` line instead of a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 #: Exit status of a refused invocation (argparse's usage-error status).
 EXIT_USAGE = 2
+#: Exit status after Ctrl-C (128 + SIGINT, as a shell reports it), and the one line printed instead of a traceback.
+EXIT_INTERRUPTED = 130
+INTERRUPTED = ("interrupted: rerun the same command to go on (blockwise stages keep their finished blocks; "
+               "training resumes with --resume)")
 
 Main = Callable[[Sequence[str] | None], int | None]
 
@@ -70,5 +76,8 @@ def entry_point(main: Main) -> Callable[[Sequence[str] | None], int]:
         except USER_ERRORS as error:
             print(error_line(error), file=sys.stderr)
             return EXIT_USAGE
+        except KeyboardInterrupt:
+            print(INTERRUPTED, file=sys.stderr)
+            return EXIT_INTERRUPTED
 
     return run

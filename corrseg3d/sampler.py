@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from emcore.conventions import check_raw, raw_to_float, validate_offsets
-from emcore.store import Volume, open_volume
+from emcore.store import Volume, check_whole, open_volume
 
 from .augment import augment
 from .ccm import make_view
@@ -130,6 +130,8 @@ class TrainingPatches(Dataset):
         raw = open_volume(config.raw)
         check_raw(raw.location, raw.shape, raw.dtype, "training")
         labels = open_volume(config.labels)
+        for volume in (raw, labels):
+            check_whole(volume.location)
         if raw.spatial_shape != labels.spatial_shape:
             raise ValueError(f"{config.raw} {raw.spatial_shape} and {config.labels} {labels.spatial_shape} differ in shape")
         _, _, start, stop = check_slices(f"data.sources.{index}.slices", config.raw, config.slices, raw.spatial_shape[0])

@@ -21,7 +21,7 @@ from emcore.conventions import check_raw, raw_to_float
 from emcore.metrics import segmentation_scores
 from emcore.mws import mutex_watershed
 from emcore.regiongraph import multicut_segmentation
-from emcore.store import open_volume
+from emcore.store import check_whole, open_volume
 
 from .config import ConfigError, ValidationConfig
 from .inference import predict_volume
@@ -99,6 +99,8 @@ def load_validation_volumes(config: ValidationConfig) -> list[dict[str, Any]]:
     volumes = []
     for index, spec in enumerate(config.volumes):
         raw, labels = open_volume(spec.raw), open_volume(spec.labels)
+        for volume in (raw, labels):
+            check_whole(volume.location)
         check_raw(raw.location, raw.shape, raw.dtype, "training")
         if raw.spatial_shape != labels.spatial_shape:
             raise ConfigError(f"validation.volumes.{index}: {spec.raw} {raw.spatial_shape} and {spec.labels} "

@@ -168,11 +168,16 @@ def task_blocks(n_blocks: int, task_index: int | None, num_tasks: int | None) ->
 def write_json_atomic(path: str, payload: Any) -> None:
     """Write JSON to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
     tmp = f"{path}.tmp{os.getpid()}.{time.monotonic_ns()}"
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def save_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:

@@ -58,6 +58,10 @@ __all__ = [
     "split_location",
     "remove_volume",
     "removed_on_error",
+    "WRITING",
+    "being_written",
+    "check_whole",
+    "remove_empty_folders",
 ]
 
 PRECOMPUTED_PREFIX = "precomputed://"
@@ -68,6 +72,10 @@ SCALE0 = "s0"
 #: the one an unfinished output was started from.
 VOLUME_ID = "volume_id"
 SPATIAL_AXES = ("z", "y", "x")
+#: Folder of a zarr store holding one marker file per dataset that :func:`removed_on_error` is
+#: writing (``vol.zarr/.corrseg3d/writing/NAME``): a writer killed outright (no exception, so no
+#: clean-up) leaves its marker, and readers refuse the dataset (:func:`being_written`).
+WRITING = os.path.join(".corrseg3d", "writing")
 
 
 class StoreError(ValueError):
@@ -182,8 +190,8 @@ def open_volume(location: str, dataset: str | None = None, *, mode: str = "r") -
     location
         ``vol.zarr``, ``vol.zarr/DATASET`` or ``precomputed://URL`` (see module docstring).
     dataset
-        Dataset inside the store when ``location`` names only the store root and the root
-        itself is not an array or OME-Zarr image.
+        Dataset inside the group when ``location`` names a group of datasets (the store root or
+        ``vol.zarr/G``) rather than an array or OME-Zarr image.
     mode
         ``"r"`` (read-only) or ``"r+"`` (read-write).
 
@@ -204,15 +212,19 @@ def open_volume(location: str, dataset: str | None = None, *, mode: str = "r") -
     except Exception as exc:  # zarr raises several error types for non-zarr folders
         raise StoreError(f"{root} is not a readable zarr store ({type(exc).__name__}: {exc})") from None
     node = group_or_array
-    if not inner and isinstance(node, zarr.Group) and not _is_ome_image(node):
-        if dataset is None:
-            raise StoreError(f"{root} is a group: name a dataset ({_list_datasets(node)}) as {root}/NAME")
-        inner = dataset
+    if not inner and isinstance(node, zarr.Group) and not _is_ome_image(node) and dataset is None:
+        raise StoreError(f"{root} is a group: name a dataset ({_list_datasets(node)}) as {root}/NAME")
     if inner:
         if not isinstance(node, zarr.Group) or inner not in node:
             present = _list_datasets(node) if isinstance(node, zarr.Group) else "it is an array"
             raise StoreError(f"dataset {inner!r} not found in {root} ({present}); pass {root}/NAME with an existing dataset")
         node = node[inner]
+    if dataset is not None and isinstance(node, zarr.Group) and not _is_ome_image(node):
+        group = f"{root}/{inner}" if inner else root
+        if dataset not in node:
+            raise StoreError(f"dataset {dataset!r} not found in {group} ({_list_datasets(node)}); pass {group}/NAME "
+                             "with an existing dataset")
+        node, inner = node[dataset], f"{inner}/{dataset}" if inner else dataset
     shown = f"{root}/{inner}" if inner else root
     if isinstance(node, zarr.Group):
         if not _is_ome_image(node):
@@ -461,12 +473,51 @@ def remove_volume(location: str) -> None:
         shutil.rmtree(path)
 
 
+def _writing_marker(location: str) -> str | None:
+    """The marker file of a zarr dataset location while it is written (None for precomputed layers)."""
+    if location.startswith(PRECOMPUTED_PREFIX):
+        return None
+    root, inner = split_location(location)
+    return os.path.join(root, WRITING, inner) if inner else None
+
+
+def being_written(location: str) -> bool:
+    """Whether a :func:`removed_on_error` body writing ``location`` started and never finished (it was killed)."""
+    marker = _writing_marker(location)
+    return marker is not None and os.path.exists(marker)
+
+
+def check_whole(location: str) -> None:
+    """Refuse a dataset whose writer was killed part way (:func:`being_written`) with a :class:`StoreError`."""
+    if being_written(location):
+        raise StoreError(f"{location} is incomplete: the command writing it was stopped before the end; "
+                         "write it again with that command and --overwrite")
+
+
+def remove_empty_folders(folder: str) -> None:
+    """Remove ``folder`` and the folders above it, up to and including ``.corrseg3d``, while they are empty."""
+    while os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+        if os.path.basename(folder) == ".corrseg3d":
+            return
+        folder = os.path.dirname(folder)
+
+
 @contextlib.contextmanager
 def removed_on_error(locations: Sequence[str]) -> Iterator[None]:
-    """Delete the volumes at ``locations`` if the body raises, and the zarr stores that did not exist
-    before the body ran, so nothing half-written stays."""
+    """Write the volumes at ``locations`` in the body, all or nothing.
+
+    If the body raises, the volumes are deleted, and so are the zarr stores that did not exist
+    before the body ran. While the body runs, each zarr dataset has a marker file under
+    :data:`WRITING`, removed when the body ends either way; a process killed outright leaves it,
+    so :func:`being_written` tells readers that the dataset is incomplete.
+    """
     roots = {split_location(location)[0] for location in locations if not location.startswith(PRECOMPUTED_PREFIX)}
     new_roots = [root for root in sorted(roots) if not os.path.exists(root)]
+    markers = [marker for marker in map(_writing_marker, locations) if marker is not None]
+    for marker in markers:
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        open(marker, "w").close()
     try:
         yield
     except BaseException:
@@ -475,6 +526,11 @@ def removed_on_error(locations: Sequence[str]) -> Iterator[None]:
         for root in new_roots:
             shutil.rmtree(root, ignore_errors=True)
         raise
+    finally:
+        for marker in markers:
+            if os.path.exists(marker):
+                os.remove(marker)
+            remove_empty_folders(os.path.dirname(marker))
 
 
 def check_write_alignment(volume: Volume, block_shape: Sequence[int]) -> None:

@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from emcore.store import create_volume, remove_volume, split_location
+from emcore.store import create_volume, removed_on_error, split_location
 
 from .data import DataError, refuse_existing
 from .imagestack import SLAB_CHUNKS, open_stack
@@ -231,8 +231,7 @@ def ingest(source: str, out: str, *, overwrite: bool = False) -> list[str]:
     if not overwrite:
         refuse_existing(locations)
     hashes = _verify(files)
-    store_existed = os.path.exists(root)
-    try:
+    with removed_on_error(locations):
         for group, volume, selection in SPLITS:
             src = sources[volume]
             start, stop, _ = selection.indices(src.raw.shape[0])
@@ -240,13 +239,6 @@ def ingest(source: str, out: str, *, overwrite: bool = False) -> list[str]:
                      "source_slices": [start, stop], "split": group}
             for kind, stack in (("raw", src.raw), ("labels", src.labels)):
                 _copy(stack, f"{root}/{group}/{kind}", start, stop, attrs, overwrite)
-    except BaseException:
-        if store_existed:
-            for location in locations:
-                remove_volume(location)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-        raise
     return locations
 
 

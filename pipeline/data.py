@@ -52,11 +52,14 @@ def parse_numbers(kind: Callable[[str], float], count: int, example: str) -> Cal
 
 
 def refuse_existing(locations: Sequence[str]) -> None:
-    """Raise :class:`DataError` if any zarr dataset location already exists."""
-    from emcore.store import split_location
+    """Raise :class:`DataError` if any zarr dataset location already exists (or was left half-written)."""
+    from emcore.store import being_written, split_location
 
     for location in locations:
         root, inner = split_location(location)
+        if being_written(location):
+            raise DataError(f"{location} is incomplete (the command writing it was stopped before the end): "
+                            "pass --overwrite to write it again")
         if os.path.exists(os.path.join(root, inner)):
             raise DataError(f"{location} already exists: pass --overwrite to replace it")
 

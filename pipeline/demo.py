@@ -5,8 +5,10 @@ segmentation; OME-Zarr, so napari-ome-zarr opens it), ``run.yaml`` (the run conf
 with ``python -m pipeline.run``), ``overview.png`` (raw, mean nearest-neighbour affinity,
 segmentation and ground truth for a few slices) and ``neuroglancer.json`` (a viewer state that
 expects ``--out`` served at ``http://localhost:8000``). Uses the shipped weights unless
-``--checkpoint`` is given. Rerunning resumes: finished blocks are not recomputed. Look at the
-result with ``python -m pipeline.view OUT/demo.zarr`` (a local Neuroglancer, :mod:`pipeline.view`).
+``--checkpoint`` is given. Rerunning resumes: finished blocks are not recomputed. A rerun with
+another ``--shape`` or ``--seed`` (or after the volume's generation was killed) writes the volume
+anew and starts the chain again; other changed options are refused unless ``--restart STAGE``
+discards that stage's results. Look at the result with ``python -m pipeline.view OUT/demo.zarr`` (a local Neuroglancer, :mod:`pipeline.view`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import yaml
 
 from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.metrics import SCORE_KEYS
-from emcore.store import open_volume
+from emcore.store import being_written, open_volume
 
 from .data import parse_numbers
 from .preview import label_colours
-from .run import run
+from .run import STAGES, run
 from .runconfig import load_run_config
 from .synth import write_synthetic
 
@@ -88,9 +90,22 @@ def neuroglancer_state(store_name: str, *, url: str = SERVE_URL) -> dict:
             "layout": "4panel"}
 
 
+def _holds_volume(store: str, shape: Sequence[int], seed: int) -> bool:
+    """Whether ``store`` holds the whole synthetic volume of this ``shape`` and ``seed``."""
+    locations = (f"{store}/raw", f"{store}/labels")
+    if not all(os.path.exists(location) for location in locations) or any(map(being_written, locations)):
+        return False
+    recorded = open_volume(locations[1]).attrs.get("synthetic", {})
+    return recorded.get("seed") == seed and recorded.get("shape") == [int(n) for n in shape]
+
+
 def run_demo(out: str, *, checkpoint: str | None = None, shape: Sequence[int] = (32, 256, 256), seed: int = 1000,
-             scheduler: str = "threads", progress: bool = True) -> dict:
-    """Generate the volume (once), run the whole chain, write the figures; return the scores."""
+             scheduler: str = "threads", progress: bool = True, restart: str | None = None) -> dict:
+    """Generate the volume (once per shape and seed), run the whole chain, write the figures; return the scores.
+
+    ``restart`` (a stage of :data:`pipeline.run.STAGES`) discards that stage's results and the later
+    ones first; a newly written volume restarts from ``predict``.
+    """
     from corrseg3d.weights import default_checkpoint
 
     weights = os.path.abspath(checkpoint or default_checkpoint())
@@ -100,8 +115,9 @@ def run_demo(out: str, *, checkpoint: str | None = None, shape: Sequence[int] = 
                         "(train one with `python -m corrseg3d.train`)")
     os.makedirs(out, exist_ok=True)
     store = os.path.join(os.path.abspath(out), "demo.zarr")
-    if not os.path.exists(os.path.join(store, "labels")):
-        write_synthetic(store, shape, seed=seed)
+    if not _holds_volume(store, shape, seed):
+        write_synthetic(store, shape, seed=seed, overwrite=True)
+        restart = "predict"  # every result in the folder was made from another volume
     block = tuple(min(b, s) for b, s in zip((16, 128, 128), shape))  # several blocks: shows the stitching
     values = {"input": {"raw": "demo.zarr/raw"},
               "predict": {"checkpoint": weights, "block": list(block)},
@@ -111,7 +127,7 @@ def run_demo(out: str, *, checkpoint: str | None = None, shape: Sequence[int] = 
     config_path = os.path.join(out, "run.yaml")
     with open(config_path, "w") as handle:
         yaml.safe_dump(values, handle, sort_keys=False)
-    report = run(load_run_config(config_path), progress=progress)["evaluate"]
+    report = run(load_run_config(config_path), progress=progress, restart=restart)["evaluate"]
     write_overview(store, os.path.join(out, "overview.png"))
     with open(os.path.join(out, "neuroglancer.json"), "w") as handle:
         json.dump(neuroglancer_state("demo.zarr"), handle, indent=2)
@@ -127,6 +143,9 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--seed", type=int, default=1000,
                         help="synthetic volume seed (default 1000, a seed the shipped weights never saw)")
     parser.add_argument("--scheduler", default="threads", help="threads (default), processes, synchronous, tcp://...")
+    parser.add_argument("--restart", choices=tuple(STAGES),
+                        help="discard the results of this stage and the later ones first (after changing "
+                             "--checkpoint: predict)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -135,7 +154,7 @@ def _parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     report = run_demo(args.out, checkpoint=args.checkpoint, shape=args.shape, seed=args.seed,
-                      scheduler=args.scheduler, progress=not args.no_progress)
+                      scheduler=args.scheduler, progress=not args.no_progress, restart=args.restart)
     print(f"\n{'metric':<12} {'value':>10}   ({report['n_gt_objects']} GT objects, {report['n_segments']} segments)")
     print("\n".join(f"{key:<12} {report['scores'][key]:>10.4f}" for key in SCORE_KEYS))
     print(f"\nwrote {os.path.join(args.out, 'overview.png')} and {os.path.join(args.out, 'neuroglancer.json')}")

@@ -300,6 +300,8 @@ def _parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 with a one-line ``error:`` on bad input)."""
     args = _parser().parse_args(argv)
+    if args.json and (os.path.isdir(args.json) or args.json.endswith(os.sep)):
+        raise EvaluationError(f"--json {args.json} is a folder: name the file to write, e.g. {os.path.join(args.json, 'scores.json')}")
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise EvaluationError(f"cannot write --json {args.json}: its folder does not exist")
     if args.view:

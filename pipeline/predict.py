@@ -55,6 +55,7 @@ from emcore.store import (
     VOLUME_ID,
     StoreError,
     Volume,
+    check_whole,
     check_write_alignment,
     create_volume,
     open_volume,
@@ -341,7 +342,8 @@ def _plan_voxel_size(raw: Volume, options: PredictOptions, model_voxel_size: tup
                                "nm; pass --voxel-size Z,Y,X (nm; predict.voxel_size in a pipeline.run config)")
         ratio = voxel_ratio(model_voxel_size, input_voxel_size)
         if max(max(r, 1 / r) for r in ratio) > MAX_VOXEL_RATIO:
-            raise PredictError(f"{raw.location} states a voxel size of {'x'.join(f'{v:g}' for v in input_voxel_size)} nm, "
+            stated = "--voxel-size is" if options.voxel_size else f"{raw.location} states a voxel size of"
+            raise PredictError(f"{stated} {'x'.join(f'{v:g}' for v in input_voxel_size)} nm, "
                                f"more than {MAX_VOXEL_RATIO:g}x off the model's {shown} nm along an axis: pass the "
                                "true --voxel-size Z,Y,X (nm), or --no-resample to predict on the input grid")
         if all(needs_resampling(input_voxel_size, trained, options.voxel_size_tolerance)
@@ -392,6 +394,7 @@ def plan_predict(raw_location: str, *, out_location: str | None = None, options:
     """
     check_scheduler(scheduler, num_workers)
     raw = open_volume(raw_location, dataset)
+    check_whole(raw.location)
     check_raw(raw.location, raw.shape, raw.dtype, "predict")
     _, offsets, metadata, checkpoint = _load_model(options.checkpoint)
     options = PredictOptions(**{**asdict(options), "checkpoint": checkpoint})

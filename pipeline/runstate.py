@@ -26,10 +26,12 @@ import shutil
 from typing import Any, Iterator, Mapping
 
 from emcore.blocks import write_json_atomic
-from emcore.store import VOLUME_ID, is_dataset, remove_volume, split_location
+from emcore.store import (VOLUME_ID, check_whole, is_dataset, open_volume, remove_empty_folders, remove_volume,
+                          split_location)
 
 __all__ = ["RunStateError", "ConfigChangedError", "COMPLETE", "workdir_for", "dataset_path", "check_distinct",
-           "check_claim", "claim_outputs", "claimed", "mark_complete", "unfinished_stage", "require_finished"]
+           "check_claim", "claim_outputs", "claimed", "mark_complete", "unfinished_stage", "rewritten_input",
+           "require_finished"]
 
 #: File in a stage's work folder written once every block of the stage is done.
 COMPLETE = "complete.json"
@@ -257,18 +259,8 @@ def claimed(workdir: str, config: Mapping[str, Any], outputs: Mapping[str, str],
             shutil.rmtree(workdir, ignore_errors=True)
             for location in outputs.values():
                 remove_volume(location)
-            _remove_empty_parents(workdir)
+            remove_empty_folders(os.path.dirname(os.path.normpath(workdir)))
         raise
-
-
-def _remove_empty_parents(workdir: str) -> None:
-    """Remove the folders above ``workdir`` up to and including ``.corrseg3d`` while they are empty."""
-    folder = os.path.dirname(os.path.normpath(workdir))
-    while os.path.isdir(folder) and not os.listdir(folder):
-        os.rmdir(folder)
-        if os.path.basename(folder) == ".corrseg3d":
-            return
-        folder = os.path.dirname(folder)
 
 
 def mark_complete(workdir: str, summary: Mapping[str, Any]) -> None:
@@ -297,8 +289,59 @@ def unfinished_stage(location: str) -> str | None:
     return None
 
 
+def _recorded_input(location: str) -> tuple[str, str, str] | None:
+    """(stage, input location, input :data:`VOLUME_ID`) that the stage which wrote ``location`` recorded.
+
+    Only an input in the same store is followed (recorded by a path relative to the working folder,
+    which the stages use for inputs of their own store, or by this store's absolute path), and it is
+    looked up in this store as it is now. None without a recorded id, for an input in another store
+    or a remote one (a store moved or copied since cannot tell them apart), or when it is gone.
+    """
+    if "://" in location:
+        return None
+    root, inner = split_location(location)
+    stages = os.path.join(root, ".corrseg3d")
+    if not inner or not os.path.isdir(stages):
+        return None
+    for stage in sorted(os.listdir(stages)):
+        path = os.path.join(workdir_for(location, stage), "config.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as handle:
+            recorded = json.load(handle).get("input", {})
+        source, source_id = recorded.get("location"), recorded.get(VOLUME_ID)
+        if not isinstance(source, str) or not source_id or "://" in source:
+            return None
+        source_root, source_inner = split_location(source)
+        if os.path.isabs(source_root) and os.path.abspath(source_root) != os.path.abspath(root):
+            return None  # another store, or this one before it was moved or copied: nothing to compare safely
+        source = f"{root}/{source_inner}"
+        return (stage, source, source_id) if is_dataset(source) else None
+    return None
+
+
+def rewritten_input(location: str) -> tuple[str, str, str] | None:
+    """(output, stage, input) when ``location``, or an output of this pipeline it was made from, was
+    made from an input that has been written anew since (its :data:`VOLUME_ID` changed): ``stage``
+    wrote ``output`` from ``input``. None when every recorded input along the chain is unchanged.
+    """
+    seen = set()
+    while location not in seen:
+        seen.add(location)
+        recorded = _recorded_input(location)
+        if recorded is None:
+            return None
+        stage, source, source_id = recorded
+        if open_volume(source).attrs.get(VOLUME_ID) != source_id:
+            return location, stage, source
+        location = source
+    return None
+
+
 def require_finished(location: str, *, allow_incomplete: bool = False) -> None:
-    """Refuse ``location`` if a stage of this pipeline started writing it and has not finished.
+    """Refuse ``location`` if a stage of this pipeline started writing it and has not finished, if a
+    data command writing it was killed (:func:`emcore.store.being_written`), or if it was computed
+    from an input written anew since (:func:`rewritten_input`, checked also with ``allow_incomplete``).
 
     Parameters
     ----------
@@ -310,10 +353,22 @@ def require_finished(location: str, *, allow_incomplete: bool = False) -> None:
     Raises
     ------
     RunStateError
-        The producing stage's work folder holds a ``config.json`` but no ``complete.json``; the
-        message names the stage to rerun.
+        The producing stage's work folder holds a ``config.json`` but no ``complete.json``, or an
+        input along its chain was written anew; the message names the stage to rerun.
+    StoreError
+        A data command writing it was killed (:func:`emcore.store.check_whole`).
     """
-    stage = None if allow_incomplete else unfinished_stage(location)
+    rewritten = rewritten_input(location)
+    if rewritten is not None:
+        output, stage, source = rewritten
+        made = "was" if output == location else f"was made from {output}, which was"
+        raise RunStateError(f"{location} {made} computed from {source} before {source} was written anew: rerun "
+                            f"`python -m pipeline.{stage}` with --overwrite and the stages after it (pipeline.run: "
+                            f"--restart {stage})")
+    if allow_incomplete:
+        return
+    check_whole(location)
+    stage = unfinished_stage(location)
     if stage is not None:
         raise RunStateError(f"{location} is unfinished: its `python -m pipeline.{stage}` run has not completed "
                             f"every block (no {COMPLETE} in {workdir_for(location, stage)}); rerun that {stage} "

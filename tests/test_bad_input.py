@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import types
 
 import imageio.v3 as iio
@@ -22,11 +24,13 @@ import yaml
 import zarr
 
 from corrseg3d import train as train_cli
+from corrseg3d.cli import EXIT_INTERRUPTED, INTERRUPTED, entry_point
 from emcore.store import create_volume, open_volume
 from pipeline import __main__ as pipeline_cli
 from pipeline import data, evaluate, export, predict, run, segment, slurm
 from pipeline.predict import PredictOptions
 from pipeline.segment import SegmentOptions
+from pipeline.synth import write_synthetic
 
 MAINS = {"data": data.main, "predict": predict.main, "segment": segment.main, "evaluate": evaluate.main,
          "run": run.main, "slurm": slurm.main, "export": export.main, "train": train_cli.main,
@@ -95,12 +99,30 @@ def template(run_inputs, tmp_path_factory):
                          ("no-gt", _run_config(evaluate={"gt": "missing.zarr/labels"})),
                          ("fp16", _run_config(predict={"precision": "fp16"}))):
         (root / f"{name}.yaml").write_text(yaml.safe_dump(values))
+    _killed_synth(root / "killed.zarr")
+    (root / "scores").mkdir()
     (root / "old-run").mkdir()
     (root / "old-run" / "train.jsonl").write_text('{"kind": "train", "iteration": 50}\n')
     shutil.copy(root / "tiny.pt", root / "old-run" / "last.pt")
     (root / "killed").mkdir()  # a run killed before its first checkpoint
     (root / "killed" / "train.jsonl").write_text('{"kind": "train", "iteration": 10}\n')
     return root
+
+
+def _killed_synth(store) -> None:
+    """What ``python -m pipeline.data synth`` leaves when it is killed outright (SIGKILL) after its first slab."""
+    script = ("import os, signal, sys\n"
+              "import pipeline.synth as synth\n"
+              "generate = synth.generate\n"
+              "def first_slab_then_killed(*args, roi, **kwargs):\n"
+              "    if roi[0].start > 0:\n"
+              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    return generate(*args, roi=roi, **kwargs)\n"
+              "synth.generate = first_slab_then_killed\n"
+              "synth.write_synthetic(sys.argv[1], (16, 64, 96), seed=2, chunks=(8, 64, 64))\n")
+    process = subprocess.run([sys.executable, "-c", script, str(store)], capture_output=True, text=True)
+    assert process.returncode == -9, process.stderr
+    assert open_volume(f"{store}/raw")[8:].max() == 0  # the datasets exist at full size, half written
 
 
 def _snapshot(folder) -> dict[str, tuple[int, int] | None]:
@@ -136,6 +158,8 @@ ROWS = [
     ("data", "convert pngs out.zarr/raw", "cannot read slice", {}),
     ("data", "convert nowhere out.zarr/raw", "does not exist", {}),
     ("data", "synth out.zarr --shape 4,32,32 --voxel-size nan,6,6", "must be 3 finite positive", {}),
+    ("data", "synth killed.zarr --shape 16,64,96 --seed 2", "killed.zarr/raw is incomplete (the command writing it "
+     "was stopped before the end): pass --overwrite", {}),
     # predict: every option is checked before the output and its run state exist
     ("predict", "raw.zarr --checkpoint tiny.pt --precision fp16 --device cpu", "fp16 needs a CUDA device", {}),
     ("predict", "raw.zarr --checkpoint tiny.pt --device cuda", "is not available", {}),
@@ -147,6 +171,8 @@ ROWS = [
     ("predict", "raw.zarr --checkpoint tiny.pt --out plain/affinities", "not a zarr location", {}),
     ("predict", "raw.zarr --checkpoint tiny.pt --voxel-size inf,6,6", "must be 3 finite positive", {}),
     ("predict", "empty.zarr --checkpoint tiny.pt", "holds no voxels", {}),
+    ("predict", "killed.zarr --checkpoint tiny.pt", "killed.zarr/raw is incomplete: the command writing it was "
+     "stopped before the end; write it again with that command and --overwrite", {}),
     ("predict", "misstated.zarr/zero --checkpoint tiny.pt", "states a voxel size of [0.0, 6.0, 6.0]", {}),
     ("predict", "misstated.zarr/negative --checkpoint tiny.pt --voxel-size 30,6,6",
      "it needs 3 finite positive numbers", {}),
@@ -186,6 +212,9 @@ ROWS = [
     ("evaluate", "vol.zarr/halfseg vol.zarr/labels", "`python -m pipeline.segment` run has not completed", {}),
     ("evaluate", "vol.zarr/segmentation missing.zarr/labels", "does not exist", {}),
     ("evaluate", "vol.zarr/segmentation vol.zarr/labels --roi 0:99,:,:", "ROI range", {}),
+    ("evaluate", "vol.zarr/segmentation killed.zarr/labels", "killed.zarr/labels is incomplete", {}),
+    ("evaluate", "vol.zarr/segmentation vol.zarr/labels --json scores", "--json scores is a folder: name the file",
+     {}),
     ("evaluate", "precomputed://ftp:///tmp/x vol.zarr/labels", "scheme 'ftp' is not supported", {}),
     ("evaluate", "precomputed://s3://corrseg3d-no-such-bucket/seg vol.zarr/labels", "your credentials",
      {"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}),
@@ -235,6 +264,9 @@ ROWS = [
     ("train", "-c train.yaml validation.volumes.0.labels=labels.zarr/negative",
      "validation.volumes.0.labels labels.zarr/negative contains negative labels", {}),
     ("train", "-c train.yaml data.sources.0.slices=[8,4]", "data.sources.0.slices [8, 4] is empty", {}),
+    ("train", "-c train.yaml data.sources.0.raw=killed.zarr/raw data.sources.0.labels=killed.zarr/labels",
+     "killed.zarr/raw is incomplete", {}),
+    ("train", "-c train.yaml validation.volumes.0.labels=killed.zarr/labels", "killed.zarr/labels is incomplete", {}),
     ("train", "-c train.yaml validation.halo=[-4,-16,-16]", "validation.halo.0 must be >= 0, got -4", {}),
     ("train", "-c train.yaml validation.block=[0,32,32]", "validation.block.0 must be >= 1, got 0", {}),
     ("train", "-c train.yaml augment.flip=2", "augment.flip is a probability: it must be in [0, 1], got 2", {}),
@@ -308,3 +340,58 @@ def test_processes_print_one_error_line(workspace, command, arguments, fragment)
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert fragment in lines[0] and "Traceback" not in result.stdout + result.stderr
     assert _snapshot(workspace) == before
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path):
+    """SIGINT while ``pipeline.data synth`` writes: one ``interrupted:`` line, exit 130, no half-written store."""
+    store = tmp_path / "big.zarr"
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.data", "synth", str(store), "--shape", "128,512,512"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    marker = store / ".corrseg3d" / "writing" / "raw"
+    deadline = time.monotonic() + 120
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert process.returncode == 130 and lines == [INTERRUPTED], err
+    assert "Traceback" not in out + err
+    assert not store.exists()
+
+
+def test_interrupt_of_any_entry_point_is_one_line(capsys):
+    @entry_point
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    assert interrupted([]) == EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err == INTERRUPTED + "\n"
+
+
+def test_outputs_of_an_input_written_anew_are_refused_along_the_chain(run_inputs, tmp_path, monkeypatch, capfd):
+    """Raw regenerated after predict and segment ran: segment refuses the affinities, evaluate the
+    segmentation (made from affinities made from the old raw), each naming predict; nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(run_inputs / "in.zarr", "vol.zarr")
+    options = PredictOptions(checkpoint=str(run_inputs / "tiny.pt"), **PREDICT)
+    predict.predict("vol.zarr", options=options, scheduler="synchronous", progress=False)
+    segment.segment("vol.zarr", SegmentOptions(block=(8, 32, 32)), scheduler="synchronous", progress=False)
+    assert evaluate.main(["vol.zarr", "vol.zarr"]) == 0
+    write_synthetic("vol.zarr", (16, 64, 96), seed=5, chunks=(8, 64, 64), overwrite=True)
+    capfd.readouterr()
+    before = _snapshot(tmp_path)
+    rewritten = ("vol.zarr/affinities was computed from vol.zarr/raw before vol.zarr/raw was written anew: rerun "
+                 "`python -m pipeline.predict` with --overwrite")
+    rows = [(segment.main, ["vol.zarr"], rewritten),  # the finished run is not taken as done
+            (segment.main, ["vol.zarr", "--output", "other", "--fragments", "otherfrag"], rewritten),
+            (evaluate.main, ["vol.zarr", "vol.zarr", "--allow-incomplete"],
+             "vol.zarr/segmentation was made from vol.zarr/affinities, which was computed from vol.zarr/raw before")]
+    for main, argv, fragment in rows:
+        assert main(argv) == 2
+        lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and fragment in lines[0], lines
+    assert _snapshot(tmp_path) == before
+    predict.predict("vol.zarr", options=options, scheduler="synchronous", progress=False, overwrite=True)
+    segment.segment("vol.zarr", SegmentOptions(block=(8, 32, 32)), scheduler="synchronous", progress=False,
+                    overwrite=True)
+    assert evaluate.main(["vol.zarr", "vol.zarr"]) == 0

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import assert_same_result, write_run_config
 
+from emcore.store import VOLUME_ID, open_volume
 from pipeline import demo, slurm
 from pipeline.run import BLOCK_PHASES, block_progress, done_blocks, main, prepare, run_phase
 from pipeline.runconfig import RunConfig, default_config_yaml, load_run_config
@@ -120,6 +121,26 @@ def test_demo_with_tiny_checkpoint(run_inputs, tmp_path, capsys):
     config = load_run_config(out / "run.yaml")
     assert yaml.safe_load((out / "run.yaml").read_text())["predict"]["checkpoint"] == str(run_inputs / "tiny.pt")
     assert all(done == total for done, total in block_progress(config).values())
+
+
+def test_demo_writes_the_volume_anew_for_another_seed_or_after_a_killed_generation(run_inputs, tmp_path):
+    """A rerun with another --seed (or over a generation that was killed) scores a new volume from scratch."""
+    out, tiny = tmp_path / "demo", str(run_inputs / "tiny.pt")
+    common = dict(checkpoint=tiny, shape=(16, 64, 64), scheduler="synchronous", progress=False)
+    first = demo.run_demo(str(out), seed=3, **common)
+    assert demo.main(["--out", str(out), "--checkpoint", tiny, "--shape", "16,64,64", "--seed", "4",
+                      "--no-progress", "--scheduler", "synchronous"]) == 0
+    labels = open_volume(str(out / "demo.zarr" / "labels"))
+    assert labels.attrs["synthetic"]["seed"] == 4
+    second = demo.run_demo(str(out), seed=4, **common)  # the same volume: resumes, nothing to do
+    assert open_volume(str(out / "demo.zarr" / "labels")).attrs[VOLUME_ID] == labels.attrs[VOLUME_ID]
+    assert second["n_gt_objects"] != first["n_gt_objects"] and second["scores"] != first["scores"]
+    marker = out / "demo.zarr" / ".corrseg3d" / "writing" / "labels"
+    marker.parent.mkdir(parents=True)
+    marker.touch()  # what a generation killed outright leaves
+    third = demo.run_demo(str(out), seed=4, **common)
+    assert not marker.exists() and open_volume(str(out / "demo.zarr" / "labels")).attrs[VOLUME_ID] != labels.attrs[VOLUME_ID]
+    assert third["scores"] == second["scores"]
 
 
 def test_demo_without_weights_fails_before_writing(tmp_path, capsys, monkeypatch):

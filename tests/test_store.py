@@ -8,6 +8,8 @@ import zarr
 
 from emcore.store import (
     StoreError,
+    being_written,
+    check_whole,
     check_write_alignment,
     create_volume,
     is_dataset,
@@ -15,6 +17,7 @@ from emcore.store import (
     open_volume,
     parent_group,
     remove_volume,
+    removed_on_error,
     split_location,
 )
 
@@ -135,6 +138,38 @@ def test_run_state_folder_is_listed_without_a_warning(tmp_path, recwarn):
         with pytest.raises(StoreError, match=r"has: raw\b"):
             open_volume(str(tmp_path / "v.zarr"), dataset=dataset or None)
     assert not [w for w in recwarn if "not recognized" in str(w.message)]
+
+
+def test_a_dataset_inside_a_group_of_datasets(tmp_path):
+    """``dataset`` names a dataset of the group the location names, the store root or ``vol.zarr/G``."""
+    create_volume(str(tmp_path / "v.zarr" / "g" / "labels"), (2, 16, 16), "uint64", chunks=(2, 16, 16))[:] = 7
+    for location in ("v.zarr", "v.zarr/g"):
+        dataset = "g/labels" if location == "v.zarr" else "labels"
+        volume = open_volume(str(tmp_path / location), dataset=dataset)
+        assert volume.location == str(tmp_path / "v.zarr" / "g" / "labels") and int(volume[0, 0, 0]) == 7
+    with pytest.raises(StoreError, match=r"dataset 'raw' not found in .*v.zarr/g \(has: labels\)"):
+        open_volume(str(tmp_path / "v.zarr" / "g"), dataset="raw")
+    with pytest.raises(StoreError, match="is a group, not an array"):
+        open_volume(str(tmp_path / "v.zarr" / "g"))
+
+
+def test_removed_on_error_marks_the_datasets_while_it_writes(tmp_path):
+    """A marker per dataset while the body runs; gone after success and after a failure, so only a
+    process killed outright leaves one (tests/test_bad_input.py kills one)."""
+    locations = [str(tmp_path / "v.zarr" / "raw"), str(tmp_path / "v.zarr" / "g" / "labels")]
+    with removed_on_error(locations):
+        assert all(map(being_written, locations))
+        with pytest.raises(StoreError, match="is incomplete: the command writing it was stopped before the end"):
+            check_whole(locations[1])
+        for location in locations:
+            create_volume(location, (2, 16, 16), "uint8", chunks=(2, 16, 16))
+    assert not any(map(being_written, locations)) and not (tmp_path / "v.zarr" / ".corrseg3d").exists()
+    for location in locations:
+        check_whole(location)
+    with pytest.raises(RuntimeError), removed_on_error([str(tmp_path / "w.zarr" / "raw")]):
+        create_volume(str(tmp_path / "w.zarr" / "raw"), (2, 16, 16), "uint8", chunks=(2, 16, 16))
+        raise RuntimeError("generation failed")
+    assert not (tmp_path / "w.zarr").exists()
 
 
 def test_overwrite_and_remove(tmp_path):

@@ -227,8 +227,12 @@ def test_inputs_near_any_training_voxel_size_are_not_resampled(tmp_path, monkeyp
         assert attrs["resampled"] is resampled and attrs["model_voxel_size"] == list(MODEL_VOXEL_SIZE)
     store = str(tmp_path / "placeholder.zarr")
     _write(f"{store}/raw", raw, (1.0, 1.0, 1.0), (8, 32, 32))
-    with pytest.raises(PredictError, match="more than 8x off the model's 30x6x6 nm"):
+    with pytest.raises(PredictError, match="placeholder.zarr/raw states a voxel size of 1x1x1 nm, more than 8x off "
+                                           "the model's 30x6x6 nm"):
         predict(store, options=PredictOptions(**common), progress=False)
+    with pytest.raises(PredictError, match="^--voxel-size is 1x1x1 nm, more than 8x off"):  # the flag, not the store
+        predict(f"{tmp_path}/fib.zarr", options=PredictOptions(voxel_size=(1.0, 1.0, 1.0), **common),
+                out_location=f"{tmp_path}/fib.zarr/other", progress=False)
     assert not os.path.exists(f"{store}/affinities")
     predict(store, options=PredictOptions(resample=False, **common), progress=False)
 

@@ -30,8 +30,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 EXIT_USAGE = 2
 #: Exit status after Ctrl-C (128 + SIGINT, as a shell reports it), and the one line printed instead of a traceback.
 EXIT_INTERRUPTED = 130
-INTERRUPTED = ("interrupted: rerun the same command to go on (blockwise stages keep their finished blocks; "
-               "training resumes with --resume)")
+INTERRUPTED = ("interrupted: rerun the command without --overwrite or --restart to go on (blockwise stages keep "
+               "their finished blocks; training resumes with --resume)")
 
 Main = Callable[[Sequence[str] | None], int | None]
 

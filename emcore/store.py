@@ -478,7 +478,8 @@ def _writing_marker(location: str) -> str | None:
     if location.startswith(PRECOMPUTED_PREFIX):
         return None
     root, inner = split_location(location)
-    return os.path.join(root, WRITING, inner) if inner else None
+    parts = [part for part in inner.split("/") if part not in ("", ".")]
+    return os.path.join(root, WRITING, *parts) if parts else None
 
 
 def being_written(location: str) -> bool:
@@ -490,17 +491,33 @@ def being_written(location: str) -> bool:
 def check_whole(location: str) -> None:
     """Refuse a dataset whose writer was killed part way (:func:`being_written`) with a :class:`StoreError`."""
     if being_written(location):
-        raise StoreError(f"{location} is incomplete: the command writing it was stopped before the end; "
+        raise StoreError(f"{location} is incomplete: the command writing it is still running or was killed; "
                          "write it again with that command and --overwrite")
 
 
 def remove_empty_folders(folder: str) -> None:
-    """Remove ``folder`` and the folders above it, up to and including ``.corrseg3d``, while they are empty."""
+    """Remove ``folder`` and the folders above it, up to and including ``.corrseg3d``, while they are
+    empty (a folder another process fills meanwhile stays)."""
     while os.path.isdir(folder) and not os.listdir(folder):
-        os.rmdir(folder)
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
         if os.path.basename(folder) == ".corrseg3d":
             return
         folder = os.path.dirname(folder)
+
+
+def _create_marker(marker: str) -> None:
+    """Create the empty file ``marker`` and its folders (again if another writer just removed them)."""
+    for _ in range(3):
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        try:
+            open(marker, "w").close()
+            return
+        except FileNotFoundError:
+            continue
+    open(marker, "w").close()
 
 
 @contextlib.contextmanager
@@ -509,28 +526,32 @@ def removed_on_error(locations: Sequence[str]) -> Iterator[None]:
 
     If the body raises, the volumes are deleted, and so are the zarr stores that did not exist
     before the body ran. While the body runs, each zarr dataset has a marker file under
-    :data:`WRITING`, removed when the body ends either way; a process killed outright leaves it,
-    so :func:`being_written` tells readers that the dataset is incomplete.
+    :data:`WRITING`, removed once the body succeeded or its clean-up finished; a process killed
+    outright (or stopped during the clean-up) leaves it, so :func:`being_written` tells readers
+    that the dataset is incomplete.
     """
     roots = {split_location(location)[0] for location in locations if not location.startswith(PRECOMPUTED_PREFIX)}
     new_roots = [root for root in sorted(roots) if not os.path.exists(root)]
     markers = [marker for marker in map(_writing_marker, locations) if marker is not None]
-    for marker in markers:
-        os.makedirs(os.path.dirname(marker), exist_ok=True)
-        open(marker, "w").close()
     try:
+        for marker in markers:
+            _create_marker(marker)
         yield
     except BaseException:
         for location in locations:
             remove_volume(location)
         for root in new_roots:
             shutil.rmtree(root, ignore_errors=True)
+        _remove_markers(markers)
         raise
-    finally:
-        for marker in markers:
-            if os.path.exists(marker):
-                os.remove(marker)
-            remove_empty_folders(os.path.dirname(marker))
+    _remove_markers(markers)
+
+
+def _remove_markers(markers: Sequence[str]) -> None:
+    for marker in markers:
+        if os.path.exists(marker):
+            os.remove(marker)
+        remove_empty_folders(os.path.dirname(marker))
 
 
 def check_write_alignment(volume: Volume, block_shape: Sequence[int]) -> None:

@@ -58,7 +58,7 @@ def refuse_existing(locations: Sequence[str]) -> None:
     for location in locations:
         root, inner = split_location(location)
         if being_written(location):
-            raise DataError(f"{location} is incomplete (the command writing it was stopped before the end): "
+            raise DataError(f"{location} is incomplete (the command writing it is still running or was killed): "
                             "pass --overwrite to write it again")
         if os.path.exists(os.path.join(root, inner)):
             raise DataError(f"{location} already exists: pass --overwrite to replace it")

@@ -342,7 +342,8 @@ def _plan_voxel_size(raw: Volume, options: PredictOptions, model_voxel_size: tup
                                "nm; pass --voxel-size Z,Y,X (nm; predict.voxel_size in a pipeline.run config)")
         ratio = voxel_ratio(model_voxel_size, input_voxel_size)
         if max(max(r, 1 / r) for r in ratio) > MAX_VOXEL_RATIO:
-            stated = "--voxel-size is" if options.voxel_size else f"{raw.location} states a voxel size of"
+            stated = ("--voxel-size (predict.voxel_size) is" if options.voxel_size
+                      else f"{raw.location} states a voxel size of")
             raise PredictError(f"{stated} {'x'.join(f'{v:g}' for v in input_voxel_size)} nm, "
                                f"more than {MAX_VOXEL_RATIO:g}x off the model's {shown} nm along an axis: pass the "
                                "true --voxel-size Z,Y,X (nm), or --no-resample to predict on the input grid")

@@ -43,7 +43,7 @@ import numpy as np
 from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.blocks import check_scheduler, write_json_atomic
 from emcore.contingency import EvaluationError
-from emcore.store import open_volume
+from emcore.store import check_whole, open_volume
 
 from .evaluate import check_evaluate_options, evaluate, format_report, parse_roi
 from .predict import PredictStage, plan_predict
@@ -109,6 +109,7 @@ def _check_ground_truth(config: RunConfig, shape: tuple[int, int, int]) -> dict[
     if options.mask is not None:
         volumes["evaluate.mask"] = open_volume(options.mask, options.mask_dataset)
     for key, volume in volumes.items():
+        check_whole(volume.location)
         if volume.shape != tuple(shape):
             raise EvaluationError(f"{key} {volume.location} has shape {volume.shape} but the segmentation of "
                                   f"{config.input.raw} will be {tuple(shape)}: give a volume of the same extent")

@@ -292,10 +292,10 @@ def unfinished_stage(location: str) -> str | None:
 def _recorded_input(location: str) -> tuple[str, str, str] | None:
     """(stage, input location, input :data:`VOLUME_ID`) that the stage which wrote ``location`` recorded.
 
-    Only an input in the same store is followed (recorded by a path relative to the working folder,
-    which the stages use for inputs of their own store, or by this store's absolute path), and it is
-    looked up in this store as it is now. None without a recorded id, for an input in another store
-    or a remote one (a store moved or copied since cannot tell them apart), or when it is gone.
+    Only an input recorded by an absolute path inside this very store (the same real path) is
+    followed, and looked up there as it is now. None without a recorded id, for an input recorded by a
+    relative path, in another store or a remote one, or in a store moved or copied since (an input
+    elsewhere cannot be told apart from another volume), and when it is gone.
     """
     if "://" in location:
         return None
@@ -310,12 +310,12 @@ def _recorded_input(location: str) -> tuple[str, str, str] | None:
         with open(path) as handle:
             recorded = json.load(handle).get("input", {})
         source, source_id = recorded.get("location"), recorded.get(VOLUME_ID)
-        if not isinstance(source, str) or not source_id or "://" in source:
+        if not isinstance(source, str) or not source_id or not os.path.isabs(source):
             return None
-        source_root, source_inner = split_location(source)
-        if os.path.isabs(source_root) and os.path.abspath(source_root) != os.path.abspath(root):
+        inside = os.path.relpath(os.path.realpath(source), os.path.realpath(root))
+        if inside == os.curdir or inside.startswith(os.pardir):
             return None  # another store, or this one before it was moved or copied: nothing to compare safely
-        source = f"{root}/{source_inner}"
+        source = f"{root}/{inside.replace(os.sep, '/')}"
         return (stage, source, source_id) if is_dataset(source) else None
     return None
 

@@ -423,8 +423,13 @@ def _resolve(options: SegmentOptions, affinities: Volume, offsets: Sequence[Sequ
 
 
 def _identity(affinities: Volume, offsets: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """The input as ``config.json`` records it. Affinities with a :data:`VOLUME_ID` are recorded by their
+    absolute path (not compared on resume: the id is), so a later stage can find them from any folder
+    (:func:`pipeline.runstate.rewritten_input`); others by the path as given, which resume compares."""
     attrs = json.dumps(affinities.attrs, sort_keys=True, default=str)
-    return {"location": affinities.location, "shape": list(affinities.shape), "dtype": str(affinities.dtype),
+    identified = affinities.attrs.get(VOLUME_ID) and "://" not in affinities.location
+    location = os.path.abspath(affinities.location) if identified else affinities.location
+    return {"location": location, "shape": list(affinities.shape), "dtype": str(affinities.dtype),
             "chunks": list(affinities.chunks), "offsets": [list(o) for o in offsets], "attrs": attrs,
             VOLUME_ID: affinities.attrs.get(VOLUME_ID)}
 

@@ -30,6 +30,7 @@ from pipeline import __main__ as pipeline_cli
 from pipeline import data, evaluate, export, predict, run, segment, slurm
 from pipeline.predict import PredictOptions
 from pipeline.segment import SegmentOptions
+from pipeline.runstate import rewritten_input
 from pipeline.synth import write_synthetic
 
 MAINS = {"data": data.main, "predict": predict.main, "segment": segment.main, "evaluate": evaluate.main,
@@ -159,7 +160,7 @@ ROWS = [
     ("data", "convert nowhere out.zarr/raw", "does not exist", {}),
     ("data", "synth out.zarr --shape 4,32,32 --voxel-size nan,6,6", "must be 3 finite positive", {}),
     ("data", "synth killed.zarr --shape 16,64,96 --seed 2", "killed.zarr/raw is incomplete (the command writing it "
-     "was stopped before the end): pass --overwrite", {}),
+     "is still running or was killed): pass --overwrite", {}),
     # predict: every option is checked before the output and its run state exist
     ("predict", "raw.zarr --checkpoint tiny.pt --precision fp16 --device cpu", "fp16 needs a CUDA device", {}),
     ("predict", "raw.zarr --checkpoint tiny.pt --device cuda", "is not available", {}),
@@ -171,8 +172,8 @@ ROWS = [
     ("predict", "raw.zarr --checkpoint tiny.pt --out plain/affinities", "not a zarr location", {}),
     ("predict", "raw.zarr --checkpoint tiny.pt --voxel-size inf,6,6", "must be 3 finite positive", {}),
     ("predict", "empty.zarr --checkpoint tiny.pt", "holds no voxels", {}),
-    ("predict", "killed.zarr --checkpoint tiny.pt", "killed.zarr/raw is incomplete: the command writing it was "
-     "stopped before the end; write it again with that command and --overwrite", {}),
+    ("predict", "killed.zarr --checkpoint tiny.pt", "killed.zarr/raw is incomplete: the command writing it is "
+     "still running or was killed; write it again with that command and --overwrite", {}),
     ("predict", "misstated.zarr/zero --checkpoint tiny.pt", "states a voxel size of [0.0, 6.0, 6.0]", {}),
     ("predict", "misstated.zarr/negative --checkpoint tiny.pt --voxel-size 30,6,6",
      "it needs 3 finite positive numbers", {}),
@@ -395,3 +396,21 @@ def test_outputs_of_an_input_written_anew_are_refused_along_the_chain(run_inputs
     segment.segment("vol.zarr", SegmentOptions(block=(8, 32, 32)), scheduler="synchronous", progress=False,
                     overwrite=True)
     assert evaluate.main(["vol.zarr", "vol.zarr"]) == 0
+
+
+def test_inputs_of_another_store_are_not_compared(run_inputs, tmp_path, monkeypatch):
+    """A segmentation of ``../vol.zarr/affinities`` written into other.zarr, which holds affinities of its
+    own: they are not its input, so it is scored, also after vol.zarr's raw was written anew (an input in
+    another store is not followed)."""
+    monkeypatch.chdir(tmp_path)
+    options = PredictOptions(checkpoint=str(run_inputs / "tiny.pt"), **PREDICT)
+    for name in ("vol.zarr", "other.zarr"):
+        shutil.copytree(run_inputs / "in.zarr", name)
+        predict.predict(name, options=options, scheduler="synchronous", progress=False)
+    assert open_volume("vol.zarr/affinities").attrs["volume_id"] != open_volume("other.zarr/affinities").attrs["volume_id"]
+    segment.segment("other.zarr", SegmentOptions(block=(8, 32, 32)), input_name="../vol.zarr/affinities",
+                    output_name="fromvol", fragments_name="fromvolfragments", scheduler="synchronous",
+                    progress=False)
+    write_synthetic("vol.zarr", (16, 64, 96), seed=5, chunks=(8, 64, 64), overwrite=True)
+    assert rewritten_input("other.zarr/fromvol") is None
+    assert evaluate.main(["other.zarr/fromvol", str(run_inputs / "in.zarr" / "labels")]) == 0

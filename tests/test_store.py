@@ -159,7 +159,7 @@ def test_removed_on_error_marks_the_datasets_while_it_writes(tmp_path):
     locations = [str(tmp_path / "v.zarr" / "raw"), str(tmp_path / "v.zarr" / "g" / "labels")]
     with removed_on_error(locations):
         assert all(map(being_written, locations))
-        with pytest.raises(StoreError, match="is incomplete: the command writing it was stopped before the end"):
+        with pytest.raises(StoreError, match="is incomplete: the command writing it is still running or was killed"):
             check_whole(locations[1])
         for location in locations:
             create_volume(location, (2, 16, 16), "uint8", chunks=(2, 16, 16))
@@ -170,6 +170,24 @@ def test_removed_on_error_marks_the_datasets_while_it_writes(tmp_path):
         create_volume(str(tmp_path / "w.zarr" / "raw"), (2, 16, 16), "uint8", chunks=(2, 16, 16))
         raise RuntimeError("generation failed")
     assert not (tmp_path / "w.zarr").exists()
+    sloppy = str(tmp_path / "v.zarr") + "//./extra"  # a typed path with empty parts keeps its marker in the store
+    with removed_on_error([sloppy]):
+        assert (tmp_path / "v.zarr" / ".corrseg3d" / "writing" / "extra").exists() and being_written(sloppy)
+
+
+def test_a_clean_up_cut_short_keeps_the_marker(tmp_path, monkeypatch):
+    """A second Ctrl-C during the clean-up of a failed write: the dataset stays marked incomplete."""
+    location = str(tmp_path / "v.zarr" / "raw")
+    create_volume(str(tmp_path / "v.zarr" / "labels"), (2, 16, 16), "uint8", chunks=(2, 16, 16))
+
+    def interrupted(location):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("emcore.store.remove_volume", interrupted)
+    with pytest.raises(KeyboardInterrupt), removed_on_error([location]):
+        create_volume(location, (2, 16, 16), "uint8", chunks=(2, 16, 16))
+        raise RuntimeError("generation failed")
+    assert being_written(location)
 
 
 def test_overwrite_and_remove(tmp_path):

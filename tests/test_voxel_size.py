@@ -230,7 +230,7 @@ def test_inputs_near_any_training_voxel_size_are_not_resampled(tmp_path, monkeyp
     with pytest.raises(PredictError, match="placeholder.zarr/raw states a voxel size of 1x1x1 nm, more than 8x off "
                                            "the model's 30x6x6 nm"):
         predict(store, options=PredictOptions(**common), progress=False)
-    with pytest.raises(PredictError, match="^--voxel-size is 1x1x1 nm, more than 8x off"):  # the flag, not the store
+    with pytest.raises(PredictError, match=r"^--voxel-size \(predict.voxel_size\) is 1x1x1 nm, more than 8x off"):  # the flag, not the store
         predict(f"{tmp_path}/fib.zarr", options=PredictOptions(voxel_size=(1.0, 1.0, 1.0), **common),
                 out_location=f"{tmp_path}/fib.zarr/other", progress=False)
     assert not os.path.exists(f"{store}/affinities")

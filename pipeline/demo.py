@@ -8,7 +8,8 @@ expects ``--out`` served at ``http://localhost:8000``). Uses the shipped weights
 ``--checkpoint`` is given. Rerunning resumes: finished blocks are not recomputed. A rerun with
 another ``--shape`` or ``--seed`` (or after the volume's generation was killed) writes the volume
 anew and starts the chain again; other changed options are refused unless ``--restart STAGE``
-discards that stage's results. Look at the result with ``python -m pipeline.view OUT/demo.zarr`` (a local Neuroglancer, :mod:`pipeline.view`).
+discards that stage's results. Look at the result with ``python -m pipeline.view OUT/demo.zarr``
+(a local Neuroglancer, :mod:`pipeline.view`).
 """
 
 from __future__ import annotations

@@ -85,7 +85,8 @@ def slice_supervoxels(nn_affs: np.ndarray, settings: SupervoxelSettings = Superv
     The height of slice ``z`` is ``max(1 - a_y, 1 - a_x)`` of its in-plane affinities; pixels above
     ``settings.threshold`` are boundary, seeds are the maxima of the smoothed distance to it (elf's
     ``distance_transform_watershed``, :class:`SupervoxelSettings`). No supervoxel spans two slices,
-    so on anisotropic (serial-section) data the z links are left to the region graph.
+    so on anisotropic (serial-section) data the z links are left to the region graph. A slice with
+    no pixel at or below the threshold (a blank section, missing affinities) is one supervoxel.
     """
     from elf.segmentation.watershed import distance_transform_watershed
 
@@ -93,9 +94,14 @@ def slice_supervoxels(nn_affs: np.ndarray, settings: SupervoxelSettings = Superv
     supervoxels = np.zeros(heights.shape, dtype=np.uint64)
     next_id = 0
     for z, height in enumerate(heights):
-        slice_labels, max_id = distance_transform_watershed(
-            height, threshold=settings.threshold, sigma_seeds=settings.seed_sigma,
-            sigma_weights=settings.weight_sigma, min_size=settings.min_size)
+        if (height > settings.threshold).all():
+            # no interior (a blank section, missing affinities): one supervoxel, what elf returns after
+            # normalising by a zero distance, without its division warning
+            slice_labels, max_id = np.zeros(height.shape, np.uint64), 0
+        else:
+            slice_labels, max_id = distance_transform_watershed(
+                height, threshold=settings.threshold, sigma_seeds=settings.seed_sigma,
+                sigma_weights=settings.weight_sigma, min_size=settings.min_size)
         supervoxels[z] = slice_labels.astype(np.uint64) + np.uint64(next_id)
         next_id += int(max_id) + 1
     return consecutive_labels(supervoxels)

@@ -119,3 +119,17 @@ def test_whole_volume_multicut_equals_pipeline_segment_on_one_block(tmp_path, se
     validation = validation_segmentation(affs.astype(np.float32) / 255, PEA_OFFSETS,
                                          ValidationConfig(min_size=60, supervoxels=settings), labels_2d=False)
     assert np.array_equal(ours, validation)
+
+
+def test_a_slice_without_interior_is_one_supervoxel_without_a_warning(recwarn):
+    """A blank slice (affinities 0: a missing section, or missing chunks read with --allow-incomplete)
+    is one supervoxel, as elf gives it, and the slices around it are segmented as alone."""
+    _, labels = generate((3, 64, 64), seed=4)
+    affs = noisy_affinities(labels, seed=4)[:3].astype(np.float32) / 255
+    blank = affs.copy()
+    blank[:, 1] = 0.0
+    supervoxels = slice_supervoxels(blank)
+    assert len(np.unique(supervoxels[1])) == 1 and not np.isin(supervoxels[1], supervoxels[[0, 2]]).any()
+    alone = slice_supervoxels(affs[:, :1])
+    assert _same_partition(supervoxels[:1], alone)
+    assert not [w for w in recwarn if "invalid value" in str(w.message)]

@@ -343,11 +343,16 @@ def test_processes_print_one_error_line(workspace, command, arguments, fragment)
     assert _snapshot(workspace) == before
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path):
     """SIGINT while ``pipeline.data synth`` writes: one ``interrupted:`` line, exit 130, no half-written store."""
     store = tmp_path / "big.zarr"
     process = subprocess.Popen([sys.executable, "-m", "pipeline.data", "synth", str(store), "--shape", "128,512,512"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               preexec_fn=_default_sigint)  # a background job (CI) inherits SIGINT ignored
     marker = store / ".corrseg3d" / "writing" / "raw"
     deadline = time.monotonic() + 120
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:

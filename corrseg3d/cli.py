@@ -78,6 +78,8 @@ def entry_point(main: Main) -> Callable[[Sequence[str] | None], int]:
             return EXIT_USAGE
         except KeyboardInterrupt:
             print(INTERRUPTED, file=sys.stderr)
+            # zarr's store operations cut short leave coroutines that would each print two lines at exit
+            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
             return EXIT_INTERRUPTED
 
     return run

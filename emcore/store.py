@@ -32,10 +32,11 @@ import contextlib
 import math
 import os
 import shutil
+import time
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numcodecs
 import numpy as np
@@ -539,12 +540,30 @@ def removed_on_error(locations: Sequence[str]) -> Iterator[None]:
         yield
     except BaseException:
         for location in locations:
-            remove_volume(location)
+            _retried(remove_volume, location)
         for root in new_roots:
-            shutil.rmtree(root, ignore_errors=True)
+            _retried(_remove_tree, root)
         _remove_markers(markers)
         raise
     _remove_markers(markers)
+
+
+def _remove_tree(path: str) -> None:
+    if os.path.exists(path):
+        shutil.rmtree(path)
+
+
+def _retried(remove: Callable[[str], None], path: str, attempts: int = 20) -> None:
+    """``remove(path)``, tried again while it fails: after Ctrl-C, zarr's I/O thread may still be
+    finishing chunk writes into the folder being removed ("directory not empty")."""
+    for attempt in range(attempts):
+        try:
+            remove(path)
+            return
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
 
 
 def _remove_markers(markers: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import sys
 import warnings
 from typing import Callable, NoReturn, Sequence
@@ -78,8 +79,10 @@ def entry_point(main: Main) -> Callable[[Sequence[str] | None], int]:
             return EXIT_USAGE
         except KeyboardInterrupt:
             print(INTERRUPTED, file=sys.stderr)
-            # zarr's store operations cut short leave coroutines that would each print two lines at exit
+            # zarr's store operations cut short leave coroutines and asyncio tasks that would each be
+            # reported at exit ("coroutine ... was never awaited", "Task was destroyed but it is pending")
             warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             return EXIT_INTERRUPTED
 
     return run

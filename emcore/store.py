@@ -36,7 +36,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numcodecs
 import numpy as np
@@ -462,14 +462,18 @@ def create_volume(
     return _volume_from_ome_group(image, f"{root}/{inner}")
 
 
-def remove_volume(location: str) -> None:
-    """Delete a zarr dataset or a local (``file://``) precomputed layer, if it exists."""
+def _local_path(location: str) -> str | None:
+    """The folder of a zarr dataset or store, or of a local (``file://``) precomputed layer; else None."""
     if location.startswith(PRECOMPUTED_PREFIX):
         cloudpath = location[len(PRECOMPUTED_PREFIX):]
-        path = cloudpath[len("file://"):] if cloudpath.startswith("file://") else None
-    else:
-        root, inner = split_location(location)
-        path = os.path.join(root, inner) if inner else root
+        return cloudpath[len("file://"):] if cloudpath.startswith("file://") else None
+    root, inner = split_location(location)
+    return os.path.join(root, inner) if inner else root
+
+
+def remove_volume(location: str) -> None:
+    """Delete a zarr dataset or a local (``file://``) precomputed layer, if it exists."""
+    path = _local_path(location)
     if path and os.path.isdir(path):
         shutil.rmtree(path)
 
@@ -527,9 +531,9 @@ def removed_on_error(locations: Sequence[str]) -> Iterator[None]:
 
     If the body raises, the volumes are deleted, and so are the zarr stores that did not exist
     before the body ran. While the body runs, each zarr dataset has a marker file under
-    :data:`WRITING`, removed once the body succeeded or its clean-up finished; a process killed
-    outright (or stopped during the clean-up) leaves it, so :func:`being_written` tells readers
-    that the dataset is incomplete.
+    :data:`WRITING`, removed once the body succeeded or its clean-up removed everything; a process
+    killed outright (or stopped during the clean-up, or one whose clean-up could not remove the
+    volumes) leaves it, so :func:`being_written` tells readers that the dataset is incomplete.
     """
     roots = {split_location(location)[0] for location in locations if not location.startswith(PRECOMPUTED_PREFIX)}
     new_roots = [root for root in sorted(roots) if not os.path.exists(root)]
@@ -539,31 +543,31 @@ def removed_on_error(locations: Sequence[str]) -> Iterator[None]:
             _create_marker(marker)
         yield
     except BaseException:
-        for location in locations:
-            _retried(remove_volume, location)
-        for root in new_roots:
-            _retried(_remove_tree, root)
-        _remove_markers(markers)
+        paths = [_local_path(location) for location in locations] + new_roots
+        if _removed_for_good([path for path in paths if path]):
+            _remove_markers(markers)
         raise
     _remove_markers(markers)
 
 
-def _remove_tree(path: str) -> None:
-    if os.path.exists(path):
-        shutil.rmtree(path)
+def _removed_for_good(paths: Sequence[str], *, settle: float = 0.2, attempts: int = 25) -> bool:
+    """Remove the folders ``paths`` until they stay gone for ``settle`` seconds; whether they did.
 
-
-def _retried(remove: Callable[[str], None], path: str, attempts: int = 20) -> None:
-    """``remove(path)``, tried again while it fails: after Ctrl-C, zarr's I/O thread may still be
-    finishing chunk writes into the folder being removed ("directory not empty")."""
-    for attempt in range(attempts):
+    After Ctrl-C, zarr's I/O thread may still finish the chunk writes in flight: into a folder being
+    removed ("directory not empty") or into one already removed (which it creates again).
+    """
+    for _ in range(attempts):
         try:
-            remove(path)
-            return
+            for path in paths:
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
         except OSError:
-            if attempt == attempts - 1:
-                raise
             time.sleep(0.05)
+            continue
+        time.sleep(settle)
+        if not any(os.path.exists(path) for path in paths):
+            return True
+    return False
 
 
 def _remove_markers(markers: Sequence[str]) -> None:

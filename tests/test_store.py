@@ -180,10 +180,10 @@ def test_a_clean_up_cut_short_keeps_the_marker(tmp_path, monkeypatch):
     location = str(tmp_path / "v.zarr" / "raw")
     create_volume(str(tmp_path / "v.zarr" / "labels"), (2, 16, 16), "uint8", chunks=(2, 16, 16))
 
-    def interrupted(location):
+    def interrupted(paths):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("emcore.store.remove_volume", interrupted)
+    monkeypatch.setattr("emcore.store._removed_for_good", interrupted)
     with pytest.raises(KeyboardInterrupt), removed_on_error([location]):
         create_volume(location, (2, 16, 16), "uint8", chunks=(2, 16, 16))
         raise RuntimeError("generation failed")

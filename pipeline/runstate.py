@@ -270,23 +270,29 @@ def mark_complete(workdir: str, summary: Mapping[str, Any]) -> None:
         write_json_atomic(path, dict(summary))
 
 
+def _started_stages(location: str) -> Iterator[tuple[str, str]]:
+    """(stage, work folder) of every stage whose work folder for ``location`` holds a ``config.json``,
+    by stage name (none for precomputed layers and datasets no stage wrote)."""
+    if "://" in location:
+        return
+    root, inner = split_location(location)
+    stages = os.path.join(root, ".corrseg3d")
+    if not inner or not os.path.isdir(stages):
+        return
+    for stage in sorted(os.listdir(stages)):
+        workdir = workdir_for(location, stage)
+        if os.path.exists(os.path.join(workdir, "config.json")):
+            yield stage, workdir
+
+
 def unfinished_stage(location: str) -> str | None:
     """The stage of this pipeline that started writing ``location`` and has not finished it, else None.
 
     Precomputed layers and datasets no stage wrote (no work folder, e.g. ground truth or
     user-supplied affinities) count as finished.
     """
-    if "://" in location:
-        return None
-    root, inner = split_location(location)
-    stages = os.path.join(root, ".corrseg3d")
-    if not inner or not os.path.isdir(stages):
-        return None
-    for stage in sorted(os.listdir(stages)):
-        workdir = workdir_for(location, stage)
-        if os.path.exists(os.path.join(workdir, "config.json")) and not os.path.exists(os.path.join(workdir, COMPLETE)):
-            return stage
-    return None
+    return next((stage for stage, workdir in _started_stages(location)
+                 if not os.path.exists(os.path.join(workdir, COMPLETE))), None)
 
 
 def _recorded_input(location: str) -> tuple[str, str, str] | None:
@@ -297,27 +303,20 @@ def _recorded_input(location: str) -> tuple[str, str, str] | None:
     relative path, in another store or a remote one, or in a store moved or copied since (an input
     elsewhere cannot be told apart from another volume), and when it is gone.
     """
-    if "://" in location:
+    stage, workdir = next(_started_stages(location), (None, None))
+    if stage is None:
         return None
-    root, inner = split_location(location)
-    stages = os.path.join(root, ".corrseg3d")
-    if not inner or not os.path.isdir(stages):
+    with open(os.path.join(workdir, "config.json")) as handle:
+        recorded = json.load(handle).get("input", {})
+    source, source_id = recorded.get("location"), recorded.get(VOLUME_ID)
+    if not isinstance(source, str) or not source_id or not os.path.isabs(source):
         return None
-    for stage in sorted(os.listdir(stages)):
-        path = os.path.join(workdir_for(location, stage), "config.json")
-        if not os.path.exists(path):
-            continue
-        with open(path) as handle:
-            recorded = json.load(handle).get("input", {})
-        source, source_id = recorded.get("location"), recorded.get(VOLUME_ID)
-        if not isinstance(source, str) or not source_id or not os.path.isabs(source):
-            return None
-        inside = os.path.relpath(os.path.realpath(source), os.path.realpath(root))
-        if inside == os.curdir or inside.startswith(os.pardir):
-            return None  # another store, or this one before it was moved or copied: nothing to compare safely
-        source = f"{root}/{inside.replace(os.sep, '/')}"
-        return (stage, source, source_id) if is_dataset(source) else None
-    return None
+    root = split_location(location)[0]
+    inside = os.path.relpath(os.path.realpath(source), os.path.realpath(root))
+    if inside == os.curdir or inside.startswith(os.pardir):
+        return None  # another store, or this one before it was moved or copied: nothing to compare safely
+    source = f"{root}/{inside.replace(os.sep, '/')}"
+    return (stage, source, source_id) if is_dataset(source) else None
 
 
 def rewritten_input(location: str) -> tuple[str, str, str] | None:

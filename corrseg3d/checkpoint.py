@@ -31,7 +31,7 @@ A checkpoint is a ``torch.save`` dict that loads with ``torch.load(..., weights_
     ``torch.get_rng_state()`` (data randomness is seeded per sample, see
     :mod:`corrseg3d.sampler`, so nothing else is needed to resume bit for bit).
 ``config``
-    The full training configuration (:func:`corrseg3d.config.to_dict`).
+    The full training configuration (:func:`corrseg3d.typed_yaml.to_dict`).
 ``metrics``
     Validation scores at this iteration (``voi``, ``arand``, ...; may be empty) and
     ``best_voi``, the best validation VOI so far.

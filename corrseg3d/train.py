@@ -63,7 +63,8 @@ from emcore.contingency import check_label_dtype
 from .ccm import invert_flips
 from .checkpoint import read_checkpoint, save_checkpoint
 from .cli import ArgumentParser, entry_point
-from .config import Config, ConfigError, from_dict, load_config, to_dict
+from .config import Config, ConfigError, from_dict, load_config
+from .typed_yaml import to_dict
 from .correlation import self_correlation
 from .inference import autocast, inference_model, resolve_device, resolve_precision
 from .losses import pea_loss

@@ -30,7 +30,7 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
-from corrseg3d.config import ConfigError, apply_overrides, build_dataclass, read_yaml_mapping, to_dict
+from corrseg3d.typed_yaml import ConfigError, apply_overrides, build_dataclass, read_yaml_mapping, to_dict
 
 from .evaluate import EvaluateOptions
 from .options import rename_deprecated_keys, value_type

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from corrseg3d.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
+from corrseg3d.config import Config, ConfigError, from_dict, load_config
+from corrseg3d.typed_yaml import apply_overrides, to_dict
 from emcore.conventions import PEA_OFFSETS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from corrseg3d.checkpoint import export_weights, load_model, read_checkpoint, set_voxel_size
-from corrseg3d.config import from_dict, to_dict
+from corrseg3d.config import from_dict
+from corrseg3d.typed_yaml import to_dict
 from corrseg3d.inference import predict_volume, resolve_precision
 from corrseg3d.model import build_model
 from corrseg3d.correlation import self_correlation

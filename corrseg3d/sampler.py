@@ -36,7 +36,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from emcore.conventions import check_raw, raw_to_float, validate_offsets
-from emcore.store import Volume, check_whole, open_volume
+from emcore.store import Volume, open_volume
+from emcore.writing import check_whole
 
 from .augment import augment
 from .ccm import make_view

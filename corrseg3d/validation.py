@@ -21,7 +21,8 @@ from emcore.conventions import check_raw, raw_to_float
 from emcore.metrics import segmentation_scores
 from emcore.mws import mutex_watershed
 from emcore.regiongraph import multicut_segmentation
-from emcore.store import check_whole, open_volume
+from emcore.store import open_volume
+from emcore.writing import check_whole
 
 from .config import ConfigError, ValidationConfig
 from .inference import predict_volume

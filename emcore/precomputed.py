@@ -7,6 +7,8 @@ zarr array in :class:`emcore.store.Volume`. ``file://`` layers work offline.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from typing import Any, Sequence
 
@@ -91,13 +93,19 @@ def check_location(location: str) -> str:
     cloudpath = location[len(PRECOMPUTED_PREFIX):]
     scheme, separator, path = cloudpath.partition("://")
     if not separator or scheme not in ALLOWED_PROTOCOLS:
-        raise StoreError(f"{location}: {'scheme ' + repr(scheme) if separator else 'no scheme'} is not supported "
-                         f"by cloud-volume: use precomputed://file:///ABS/PATH, gs://BUCKET/PATH or s3://BUCKET/PATH "
-                         f"(supported: {', '.join(ALLOWED_PROTOCOLS)})")
+        problem = f"scheme {scheme!r} is not supported by cloud-volume" if separator else "names no scheme"
+        raise StoreError(f"{location}: {problem}: use precomputed://file:///ABS/PATH, precomputed://gs://BUCKET/PATH "
+                         f"or precomputed://s3://BUCKET/PATH (supported schemes: {', '.join(ALLOWED_PROTOCOLS)})")
     if scheme == "file" and not path.startswith("/"):
         raise StoreError(f"{location}: a file:// path must be absolute (three slashes), "
                          f"e.g. precomputed://file://{os.path.abspath(path)}")
     return cloudpath
+
+
+def _client_notes_silenced() -> contextlib.AbstractContextManager:
+    """Swallow what cloud-volume's storage clients print on stdout while they set up (e.g. nine coloured
+    lines about default Google credentials); a failure still ends in one :func:`_cloud_error` line."""
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def _cloud_error(location: str, error: Exception) -> StoreError:
@@ -124,8 +132,9 @@ def open_precomputed(location: str, mode: str = "r") -> Volume:
 
     cloudpath = check_location(location)
     try:
-        cv = CloudVolume(cloudpath, mip=0, fill_missing=True, progress=False,
-                         bounded=True, non_aligned_writes=False, cache=False)
+        with _client_notes_silenced():
+            cv = CloudVolume(cloudpath, mip=0, fill_missing=True, progress=False,
+                             bounded=True, non_aligned_writes=False, cache=False)
     except InfoUnavailableError:
         raise StoreError(f"{location} has no precomputed info file: check the path") from None
     except Exception as error:  # credentials, network, permissions: each client has its own error types
@@ -145,7 +154,8 @@ def create_precomputed(location: str, shape: Sequence[int], dtype: Any, *, chunk
     is_segmentation = len(shape) == 3 and dtype.type in SEGMENTATION_DTYPES
     cloudpath = check_location(location)
     try:
-        existing = CloudVolume(cloudpath, progress=False)
+        with _client_notes_silenced():
+            existing = CloudVolume(cloudpath, progress=False)
         exists = existing.info is not None
     except Exception:
         exists = False

@@ -28,15 +28,13 @@ Conventions
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
-import time
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numcodecs
 import numpy as np
@@ -58,11 +56,7 @@ __all__ = [
     "check_write_alignment",
     "split_location",
     "remove_volume",
-    "removed_on_error",
-    "WRITING",
-    "being_written",
-    "check_whole",
-    "remove_empty_folders",
+    "local_path",
 ]
 
 PRECOMPUTED_PREFIX = "precomputed://"
@@ -73,10 +67,6 @@ SCALE0 = "s0"
 #: the one an unfinished output was started from.
 VOLUME_ID = "volume_id"
 SPATIAL_AXES = ("z", "y", "x")
-#: Folder of a zarr store holding one marker file per dataset that :func:`removed_on_error` is
-#: writing (``vol.zarr/.corrseg3d/writing/NAME``): a writer killed outright (no exception, so no
-#: clean-up) leaves its marker, and readers refuse the dataset (:func:`being_written`).
-WRITING = os.path.join(".corrseg3d", "writing")
 
 
 class StoreError(ValueError):
@@ -183,6 +173,18 @@ def _has_zarr_metadata(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, f)) for f in ("zarr.json", ".zgroup", ".zarray"))
 
 
+def _check_root_group(root: str, inner: str) -> None:
+    """Refuse a local store whose root has no zarr metadata although a node inside it has (arrays
+    written straight to ``vol.zarr/raw``), naming the one line that adds the root group."""
+    if not inner or "://" in root or _has_zarr_metadata(root):
+        return
+    node = os.path.join(root, inner)
+    if _has_zarr_metadata(node):
+        version = 2 if any(os.path.exists(os.path.join(node, f)) for f in (".zarray", ".zgroup")) else 3
+        raise StoreError(f"{root} has no root group metadata (only {inner} inside it has): add it with "
+                         f"python -c \"import zarr; zarr.open_group('{root}', mode='a', zarr_format={version})\"")
+
+
 def open_volume(location: str, dataset: str | None = None, *, mode: str = "r") -> Volume:
     """Open an existing volume.
 
@@ -208,6 +210,7 @@ def open_volume(location: str, dataset: str | None = None, *, mode: str = "r") -
     if not os.path.exists(root) and "://" not in root:
         raise StoreError(f"{root} does not exist: check the path (`python -m pipeline.data` writes the datasets a "
                          "config names: synth, convert, fib25, isbi2012, ac3ac4)")
+    _check_root_group(root, inner)
     try:
         group_or_array = zarr.open(store=root, mode="r" if mode == "r" else "r+")
     except Exception as exc:  # zarr raises several error types for non-zarr folders
@@ -253,6 +256,9 @@ def _check_spatial_metadata(volume: Volume) -> Volume:
         A voxel size or offset of the wrong length, or with a value that is NaN, infinite or (for
         the voxel size) not positive; the message names the metadata to correct.
     """
+    if len(volume.shape) < 3 and len(volume.voxel_size) == 3:
+        raise StoreError(f"{volume.location} has shape {tuple(volume.shape)} but a (z, y, x) voxel size: volumes are "
+                         "(z, y, x) or (c, z, y, x); store a 2D image as one slice of shape (1, y, x)")
     problem = _spatial_metadata_problem(volume.voxel_size, volume.offset, min(len(volume.shape), 3))
     if problem:
         raise StoreError(f"{volume.location} states {problem}: correct its voxel_size / offset attribute "
@@ -462,7 +468,7 @@ def create_volume(
     return _volume_from_ome_group(image, f"{root}/{inner}")
 
 
-def _local_path(location: str) -> str | None:
+def local_path(location: str) -> str | None:
     """The folder of a zarr dataset or store, or of a local (``file://``) precomputed layer; else None."""
     if location.startswith(PRECOMPUTED_PREFIX):
         cloudpath = location[len(PRECOMPUTED_PREFIX):]
@@ -473,108 +479,9 @@ def _local_path(location: str) -> str | None:
 
 def remove_volume(location: str) -> None:
     """Delete a zarr dataset or a local (``file://``) precomputed layer, if it exists."""
-    path = _local_path(location)
+    path = local_path(location)
     if path and os.path.isdir(path):
         shutil.rmtree(path)
-
-
-def _writing_marker(location: str) -> str | None:
-    """The marker file of a zarr dataset location while it is written (None for precomputed layers)."""
-    if location.startswith(PRECOMPUTED_PREFIX):
-        return None
-    root, inner = split_location(location)
-    parts = [part for part in inner.split("/") if part not in ("", ".")]
-    return os.path.join(root, WRITING, *parts) if parts else None
-
-
-def being_written(location: str) -> bool:
-    """Whether a :func:`removed_on_error` body writing ``location`` started and never finished (it was killed)."""
-    marker = _writing_marker(location)
-    return marker is not None and os.path.exists(marker)
-
-
-def check_whole(location: str) -> None:
-    """Refuse a dataset whose writer was killed part way (:func:`being_written`) with a :class:`StoreError`."""
-    if being_written(location):
-        raise StoreError(f"{location} is incomplete: the command writing it is still running or was killed; "
-                         "write it again with that command and --overwrite")
-
-
-def remove_empty_folders(folder: str) -> None:
-    """Remove ``folder`` and the folders above it, up to and including ``.corrseg3d``, while they are
-    empty (a folder another process fills meanwhile stays)."""
-    while os.path.isdir(folder) and not os.listdir(folder):
-        try:
-            os.rmdir(folder)
-        except OSError:
-            return
-        if os.path.basename(folder) == ".corrseg3d":
-            return
-        folder = os.path.dirname(folder)
-
-
-def _create_marker(marker: str) -> None:
-    """Create the empty file ``marker`` and its folders (again if another writer just removed them)."""
-    for _ in range(3):
-        os.makedirs(os.path.dirname(marker), exist_ok=True)
-        try:
-            open(marker, "w").close()
-            return
-        except FileNotFoundError:
-            continue
-    open(marker, "w").close()
-
-
-@contextlib.contextmanager
-def removed_on_error(locations: Sequence[str]) -> Iterator[None]:
-    """Write the volumes at ``locations`` in the body, all or nothing.
-
-    If the body raises, the volumes are deleted, and so are the zarr stores that did not exist
-    before the body ran. While the body runs, each zarr dataset has a marker file under
-    :data:`WRITING`, removed once the body succeeded or its clean-up removed everything; a process
-    killed outright (or stopped during the clean-up, or one whose clean-up could not remove the
-    volumes) leaves it, so :func:`being_written` tells readers that the dataset is incomplete.
-    """
-    roots = {split_location(location)[0] for location in locations if not location.startswith(PRECOMPUTED_PREFIX)}
-    new_roots = [root for root in sorted(roots) if not os.path.exists(root)]
-    markers = [marker for marker in map(_writing_marker, locations) if marker is not None]
-    try:
-        for marker in markers:
-            _create_marker(marker)
-        yield
-    except BaseException:
-        paths = [_local_path(location) for location in locations] + new_roots
-        if _removed_for_good([path for path in paths if path]):
-            _remove_markers(markers)
-        raise
-    _remove_markers(markers)
-
-
-def _removed_for_good(paths: Sequence[str], *, settle: float = 0.2, attempts: int = 25) -> bool:
-    """Remove the folders ``paths`` until they stay gone for ``settle`` seconds; whether they did.
-
-    After Ctrl-C, zarr's I/O thread may still finish the chunk writes in flight: into a folder being
-    removed ("directory not empty") or into one already removed (which it creates again).
-    """
-    for _ in range(attempts):
-        try:
-            for path in paths:
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-        except OSError:
-            time.sleep(0.05)
-            continue
-        time.sleep(settle)
-        if not any(os.path.exists(path) for path in paths):
-            return True
-    return False
-
-
-def _remove_markers(markers: Sequence[str]) -> None:
-    for marker in markers:
-        if os.path.exists(marker):
-            os.remove(marker)
-        remove_empty_folders(os.path.dirname(marker))
 
 
 def check_write_alignment(volume: Volume, block_shape: Sequence[int]) -> None:

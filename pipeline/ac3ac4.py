@@ -44,7 +44,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from emcore.store import create_volume, removed_on_error, split_location
+from emcore.store import create_volume, split_location
+from emcore.writing import removed_on_error
 
 from .data import DataError, refuse_existing
 from .imagestack import SLAB_CHUNKS, open_stack

@@ -53,7 +53,8 @@ def parse_numbers(kind: Callable[[str], float], count: int, example: str) -> Cal
 
 def refuse_existing(locations: Sequence[str]) -> None:
     """Raise :class:`DataError` if any zarr dataset location already exists (or was left half-written)."""
-    from emcore.store import being_written, split_location
+    from emcore.store import split_location
+    from emcore.writing import being_written
 
     for location in locations:
         root, inner = split_location(location)

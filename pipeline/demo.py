@@ -24,7 +24,8 @@ import yaml
 
 from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.metrics import SCORE_KEYS
-from emcore.store import being_written, open_volume
+from emcore.store import open_volume
+from emcore.writing import being_written
 
 from .data import parse_numbers
 from .preview import label_colours

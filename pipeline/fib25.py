@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 import zarr
 
-from emcore.store import create_volume, removed_on_error, split_location
+from emcore.store import create_volume, split_location
+from emcore.writing import removed_on_error
 
 from .data import DataError, refuse_existing
 

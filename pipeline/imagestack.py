@@ -1,11 +1,12 @@
-"""Ingest image stacks (PNG/TIFF folders, multi-page TIFF, HDF5, zarr) and the ISBI 2012 slices.
+"""Ingest image stacks (PNG/TIFF folders, multi-page TIFF, HDF5, zarr, precomputed) and the ISBI 2012 slices.
 
 Slices are read and written in z-slabs of one storage chunk, so memory is bounded by a slab
 (HDF5 and multi-page TIFF inputs are read per slab too). Raw intensities are written as uint8:
 uint8 input as is, other input rescaled linearly from its [min, max] to [0, 255]. Label stacks
-(``labels=True``) keep their integer type. Axis order is (z, y, x). A zarr input (any dtype,
-e.g. uint16 or float32 EM that ``pipeline.predict`` refuses) keeps its stated voxel size unless
-one is given.
+(``labels=True``) keep their integer type. Axis order is (z, y, x). A zarr or Neuroglancer
+precomputed input (any dtype, e.g. uint16 or float32 EM that ``pipeline.predict`` refuses) keeps
+its stated voxel size unless one is given. The output is always zarr (``pipeline.export`` writes
+precomputed layers).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from emcore.store import StoreError, Volume, create_volume, open_volume, removed_on_error, split_location
+from emcore.store import PRECOMPUTED_PREFIX, StoreError, Volume, create_volume, open_volume, split_location
+from emcore.writing import removed_on_error
 
 from .data import DataError, parse_numbers, refuse_existing
 from .runstate import check_distinct
@@ -100,7 +102,8 @@ def open_stack(path: str, *, dataset: str = "main") -> Any:
     ----------
     path
         A folder of PNG/TIFF slices (sorted by file name), a (multi-page) TIFF, an HDF5 file, or a
-        zarr dataset (``vol.zarr/NAME``; opened as an :class:`emcore.store.Volume`).
+        zarr dataset (``vol.zarr/NAME``) or a precomputed layer (``precomputed://URL``), both opened as
+        an :class:`emcore.store.Volume`.
     dataset
         Dataset key inside an HDF5 file.
 
@@ -110,7 +113,7 @@ def open_stack(path: str, *, dataset: str = "main") -> Any:
         Missing input, no slices, slices of different shapes, missing HDF5 key (lists the keys),
         a zarr dataset that is not (z, y, x).
     """
-    if _is_zarr(path):
+    if path.startswith(PRECOMPUTED_PREFIX) or _is_zarr(path):
         volume = open_volume(path)
         if volume.ndim != 3:
             raise DataError(f"{path} has shape {volume.shape}: expected a (z, y, x) volume")
@@ -121,7 +124,8 @@ def open_stack(path: str, *, dataset: str = "main") -> Any:
             raise DataError(f"{path} holds no {'/'.join(IMAGE_SUFFIXES)} slices: point INPUT at the slice folder")
         return _FolderStack(files)
     if not os.path.isfile(path):
-        raise DataError(f"input {path} does not exist: give a slice folder, a TIFF, an HDF5 file or IN.zarr/NAME")
+        raise DataError(f"input {path} does not exist: give a slice folder, a TIFF, an HDF5 file, IN.zarr/NAME or "
+                        "precomputed://URL")
     if path.lower().endswith((".tif", ".tiff")):
         return _TiffStack(path)
     if path.lower().endswith(HDF5_SUFFIXES):
@@ -139,7 +143,7 @@ def open_stack(path: str, *, dataset: str = "main") -> Any:
             handle.close()
             raise DataError(f"{path}:{dataset} has shape {shape}: expected a (z, y, x) volume")
         return handle[dataset]
-    raise DataError(f"input {path} is not a folder, .tif/.tiff or .h5/.hdf5 file, or IN.zarr/NAME")
+    raise DataError(f"input {path} is not a folder, .tif/.tiff or .h5/.hdf5 file, IN.zarr/NAME or precomputed://URL")
 
 
 def _is_zarr(path: str) -> bool:
@@ -198,6 +202,9 @@ def convert(
     -------
     ``out_location``. Nothing is left behind if conversion fails.
     """
+    if out_location.startswith(PRECOMPUTED_PREFIX):
+        raise DataError(f"convert writes zarr, not {out_location}: write OUT.zarr/NAME (`python -m pipeline.export` "
+                        "writes precomputed layers)")
     if not split_location(out_location)[1]:
         raise DataError(f"{out_location} names no dataset: write to OUT.zarr/NAME, e.g. OUT.zarr/raw")
     stack = open_stack(input_path, dataset=dataset)
@@ -291,7 +298,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``convert`` and ``isbi2012`` subcommands to ``python -m pipeline.data``."""
     parser = subparsers.add_parser("convert", help="convert a PNG/TIFF folder, TIFF, HDF5 or zarr stack to zarr",
                                    description=convert.__doc__.split("\n")[0])
-    parser.add_argument("input", help="slice folder, (multi-page) TIFF, HDF5 file or zarr dataset IN.zarr/NAME")
+    parser.add_argument("input", help="slice folder, (multi-page) TIFF, HDF5 file, zarr dataset IN.zarr/NAME or precomputed://URL")
     parser.add_argument("out", help="output dataset, OUT.zarr/NAME")
     parser.add_argument("--voxel-size", type=parse_numbers(float, 3, "50,4,4"), default=None,
                         help="z,y,x voxel size in nm (default: a zarr input's own, else 50,4,4)")

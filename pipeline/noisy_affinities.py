@@ -26,7 +26,8 @@ from scipy.ndimage import gaussian_filter
 from corrseg3d.cli import ArgumentParser, entry_point
 from corrseg3d.targets import label_affinities
 from emcore.conventions import PEA_OFFSETS, affinities_as_uint8, validate_offsets
-from emcore.store import create_volume, open_volume, removed_on_error
+from emcore.store import create_volume, open_volume
+from emcore.writing import removed_on_error
 
 __all__ = ["noisy_affinities", "main"]
 

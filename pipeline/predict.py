@@ -50,18 +50,9 @@ from corrseg3d.cli import ArgumentParser, entry_point
 from corrseg3d.config import PREDICT_BLOCK, PREDICT_HALO
 from emcore.blocks import BlockGrid, DoneRecords, check_scheduler, format_rate, run_blocks, task_blocks
 from emcore.conventions import affinities_as_uint8, check_raw, finite_positive, raw_to_float
-from emcore.store import (
-    PRECOMPUTED_PREFIX,
-    VOLUME_ID,
-    StoreError,
-    Volume,
-    check_whole,
-    check_write_alignment,
-    create_volume,
-    open_volume,
-    parent_group,
-    split_location,
-)
+from emcore.store import (PRECOMPUTED_PREFIX, VOLUME_ID, StoreError, Volume, check_write_alignment, create_volume,
+                          open_volume, parent_group, split_location)
+from emcore.writing import check_whole
 
 from .options import add_options, option, options_from_args
 from .runstate import check_claim, check_distinct, claimed, dataset_path, mark_complete, workdir_for

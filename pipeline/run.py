@@ -43,7 +43,8 @@ import numpy as np
 from corrseg3d.cli import ArgumentParser, entry_point
 from emcore.blocks import check_scheduler, write_json_atomic
 from emcore.contingency import EvaluationError
-from emcore.store import check_whole, open_volume
+from emcore.store import open_volume
+from emcore.writing import check_whole
 
 from .evaluate import check_evaluate_options, evaluate, format_report, parse_roi
 from .predict import PredictStage, plan_predict

@@ -31,6 +31,7 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from corrseg3d.typed_yaml import ConfigError, apply_overrides, build_dataclass, read_yaml_mapping, to_dict
+from emcore.store import PRECOMPUTED_PREFIX, parent_group, split_location
 
 from .evaluate import EvaluateOptions
 from .options import rename_deprecated_keys, value_type
@@ -129,8 +130,6 @@ class RunConfig:
     def store(self) -> str:
         """The output store: ``output.store``, else the group holding the raw dataset (``vol.zarr`` for
         ``vol.zarr/raw``, ``vol.zarr/NAME`` for ``vol.zarr/NAME/raw``), as ``pipeline.predict`` does."""
-        from emcore.store import parent_group, split_location
-
         if self.output.store:
             return self.output.store
         root, inner = split_location(self.input.raw)
@@ -228,6 +227,9 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfi
     config = build_dataclass(RunConfig, values)
     if not config.input.raw:
         raise ConfigError(f"{path}: input.raw is required (e.g. input: {{raw: vol.zarr/raw}})")
+    if config.input.raw.startswith(PRECOMPUTED_PREFIX) and not config.output.store:
+        raise ConfigError(f"{path}: input.raw is a precomputed layer, so the affinities, segmentation and run state "
+                          "need a zarr store: set output.store (e.g. output: {store: out.zarr})")
     return _resolve_paths(config, path.resolve().parent)
 
 

@@ -26,8 +26,8 @@ import shutil
 from typing import Any, Iterator, Mapping
 
 from emcore.blocks import write_json_atomic
-from emcore.store import (VOLUME_ID, check_whole, is_dataset, open_volume, remove_empty_folders, remove_volume,
-                          split_location)
+from emcore.store import VOLUME_ID, is_dataset, open_volume, remove_volume, split_location
+from emcore.writing import check_whole, remove_empty_folders
 
 __all__ = ["RunStateError", "ConfigChangedError", "COMPLETE", "workdir_for", "dataset_path", "check_distinct",
            "check_claim", "claim_outputs", "claimed", "mark_complete", "unfinished_stage", "rewritten_input",
@@ -339,7 +339,7 @@ def rewritten_input(location: str) -> tuple[str, str, str] | None:
 
 def require_finished(location: str, *, allow_incomplete: bool = False) -> None:
     """Refuse ``location`` if a stage of this pipeline started writing it and has not finished, if a
-    data command writing it was killed (:func:`emcore.store.being_written`), or if it was computed
+    data command writing it was killed (:func:`emcore.writing.being_written`), or if it was computed
     from an input written anew since (:func:`rewritten_input`, checked also with ``allow_incomplete``).
 
     Parameters
@@ -355,7 +355,7 @@ def require_finished(location: str, *, allow_incomplete: bool = False) -> None:
         The producing stage's work folder holds a ``config.json`` but no ``complete.json``, or an
         input along its chain was written anew; the message names the stage to rerun.
     StoreError
-        A data command writing it was killed (:func:`emcore.store.check_whole`).
+        A data command writing it was killed (:func:`emcore.writing.check_whole`).
     """
     rewritten = rewritten_input(location)
     if rewritten is not None:

@@ -30,6 +30,7 @@ Run folder (``output.run_dir``, default ``STORE/.corrseg3d/run``): ``run.yaml``,
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -38,7 +39,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Mapping, NoReturn, Sequence
 
 import yaml
 
@@ -56,6 +57,8 @@ __all__ = ["SlurmError", "max_array_size", "check_submission", "submit", "resubm
 TEMPLATE = Path(__file__).with_name("templates") / "phase.sbatch"  # package data: works from a wheel
 DEFAULT_MAX_ARRAY = 1001
 EXIT_MARK = "corrseg3d-task-exit"
+#: State of a failed task whose phase finished since (:func:`status`).
+FAILED_PHASE_DONE = "failed (phase done)"
 #: Phases that run the network, the only ones whose jobs request ``slurm.gpus``.
 GPU_PHASES = PredictStage.phases
 
@@ -282,7 +285,12 @@ def _task_state(run_dir: str, phase: str, job: str, task: int | None, queue: dic
 
 
 def status(run_dir: str) -> list[dict[str, Any]]:
-    """Per phase: blocks done/failed/pending/total, task states and the logs of failed tasks."""
+    """Per phase: blocks done/failed/pending/total, whether the phase finished, task states and the
+    logs of failed tasks.
+
+    A task's state is that of its latest job. Once its phase has finished, a failed task is
+    :data:`FAILED_PHASE_DONE` (nothing of it is missing) and its log is not listed.
+    """
     submissions = _load_jobs(run_dir)["submissions"]
     config = load_run_config(os.path.join(run_dir, "run.yaml"))
     queue = _queue()
@@ -297,11 +305,14 @@ def status(run_dir: str) -> list[dict[str, Any]]:
         if not latest:
             continue
         states = {task: _task_state(run_dir, phase, job, task, queue) for task, (job, _) in latest.items()}
+        finished = scores_finished(config) if phase == "evaluate" else bool(progress[phase] and progress[phase].finished)
+        if finished:  # a later task (resubmit) redid what these failed tasks left, or they died after their share
+            states = {task: FAILED_PHASE_DONE if state == "failed" else state for task, state in states.items()}
         failed_logs = [_log(run_dir, phase, latest[t][0], t) for t, s in sorted(states.items(), key=str) if s == "failed"]
         counts: dict[str, int] = {}
         for state in states.values():
             counts[state] = counts.get(state, 0) + 1
-        row: dict[str, Any] = {"phase": phase, "tasks": counts, "failed_logs": failed_logs}
+        row: dict[str, Any] = {"phase": phase, "tasks": counts, "failed_logs": failed_logs, "finished": finished}
         if phase == "evaluate":
             row.update(done=int(scores_finished(config)), total=1, failed=0)
         else:
@@ -321,6 +332,8 @@ def format_status(rows: Sequence[dict[str, Any]], run_dir: str) -> str:
     lines = [f"{'phase':<10} {'done':>7} {'failed':>7} {'pending':>8} {'total':>7}  tasks"]
     for row in rows:
         tasks = ", ".join(f"{n} {state}" for state, n in sorted(row["tasks"].items()))
+        if row["done"] == row["total"] and not row["finished"]:
+            tasks += "; every block done, the closing step not (stitch: the global step)"
         lines.append(f"{row['phase']:<10} {row['done']:>7} {row['failed']:>7} {row['pending']:>8} {row['total']:>7}  {tasks}")
     logs = [log for row in rows for log in row["failed_logs"]]
     if logs:
@@ -332,7 +345,7 @@ def format_status(rows: Sequence[dict[str, Any]], run_dir: str) -> str:
     active = any(state == "running" or (state.startswith("queued") and state != "queued (Dependency)")
                  for state in states)
     stuck = any(state in ("failed", "blocked", "not run") for state in states)
-    if any(row["done"] < row["total"] for row in rows) and stuck and not active:
+    if not all(row["finished"] for row in rows) and stuck and not active:
         lines += ["", f"unfinished and nothing running: `python -m pipeline.slurm resubmit {shlex.quote(run_dir)}` "
                       "reruns what is not done"]
     return "\n".join(lines)
@@ -360,14 +373,17 @@ def _cancel_waiting(queue: dict[str, tuple[str, str]]) -> None:
         _slurm(["scancel", *waiting])
 
 
-def resubmit(run_dir: str, *, dry_run: bool = False) -> dict[str, Any]:
+def resubmit(run_dir: str, *, dry_run: bool = False, request: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Submit only the tasks owning unfinished blocks (same task split as before), chained again.
 
     Refuses while a task of the run is running or waiting for resources; cancels the run's jobs
-    left waiting on a dependency (they would wait on the failed chain forever).
+    left waiting on a dependency (they would wait on the failed chain forever). ``request`` replaces
+    values of the run's ``slurm`` section for these jobs and later ones (e.g. ``{"mem": "32G"}``
+    after tasks ran out of memory); the results do not depend on it.
     """
-    config = load_run_config(os.path.join(run_dir, "run.yaml"))
     submissions = _load_jobs(run_dir)["submissions"]
+    config = load_run_config(os.path.join(run_dir, "run.yaml"))
+    config = replace(config, slurm=replace(config.slurm, **(request or {})))
     check_submission(config, dry_run=dry_run)
     queue = _active_queue(run_dir, "resubmit")
     if not dry_run:
@@ -407,13 +423,7 @@ def _parser() -> ArgumentParser:
     sub = commands.add_parser("submit", help="prepare outputs and submit all phases as chained array jobs")
     sub.add_argument("config", help="run YAML (python -m pipeline.run --print-default-config)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    for name, kind, text in (("partition", str, "partition"),
-                             ("gpu-partition", str, "partition of the predict jobs, if not --partition"),
-                             ("account", str, "account to charge"),
-                             ("time", str, "time limit per task, e.g. 04:00:00"), ("mem", str, "memory per task, e.g. 16G"),
-                             ("gpus", int, "GPUs per task"), ("cpus", int, "CPUs per task"),
-                             ("max-array", int, "largest array size, at most the cluster's MaxArraySize")):
-        sub.add_argument(f"--{name}", type=kind, help=f"{text} (default: the config's slurm section)")
+    _add_request_flags(sub, ("max-array", int, "largest array size, at most the cluster's MaxArraySize"))
     sub.add_argument("--dry-run", action="store_true",
                      help="print the scripts and sbatch commands; write and submit nothing (the request is not checked against the nodes)")
     sub.add_argument("--restart", choices=tuple(STAGES),
@@ -423,8 +433,26 @@ def _parser() -> ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("run", help="run folder (output.run_dir) or the run YAML")
         if name == "resubmit":
+            _add_request_flags(sub)
             sub.add_argument("--dry-run", action="store_true", help="print; write and submit nothing")
     return parser
+
+
+#: The request flags of ``submit`` and ``resubmit``: (flag, type, help), each a key of the ``slurm`` section.
+REQUEST_FLAGS = (("partition", str, "partition"), ("gpu-partition", str, "partition of the predict jobs, if not --partition"),
+                 ("account", str, "account to charge"), ("time", str, "time limit per task, e.g. 04:00:00"),
+                 ("mem", str, "memory per task, e.g. 16G"), ("gpus", int, "GPUs per task"), ("cpus", int, "CPUs per task"))
+
+
+def _add_request_flags(parser: argparse.ArgumentParser, *extra: tuple[str, type, str]) -> None:
+    for name, kind, text in REQUEST_FLAGS + extra:
+        parser.add_argument(f"--{name}", type=kind, help=f"{text} (default: the run config's slurm section)")
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``slurm`` values given as request flags."""
+    keys = [name.replace("-", "_") for name, _, _ in REQUEST_FLAGS] + ["max_array"]
+    return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
 
 
 @entry_point
@@ -432,15 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "submit":
         config = load_run_config(args.config, args.set)
-        given = {key: getattr(args, key) for key in ("partition", "gpu_partition", "account", "time", "mem", "gpus",
-                                                     "cpus", "max_array") if getattr(args, key) is not None}
-        submit(replace(config, slurm=replace(config.slurm, **given)), dry_run=args.dry_run, restart=args.restart)
+        submit(replace(config, slurm=replace(config.slurm, **_request(args))), dry_run=args.dry_run,
+               restart=args.restart)
         print(f"run folder: {config.run_dir}  (python -m pipeline.slurm status {config.run_dir})")
     elif args.command == "status":
         run_dir = _run_dir(args.run)
         print(format_status(status(run_dir), run_dir))
     else:
-        resubmit(_run_dir(args.run), dry_run=args.dry_run)
+        resubmit(_run_dir(args.run), dry_run=args.dry_run, request=_request(args))
     return 0
 
 

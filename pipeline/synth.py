@@ -562,7 +562,8 @@ def write_synthetic(
     -------
     The locations of the raw and label datasets.
     """
-    from emcore.store import create_volume, removed_on_error, split_location
+    from emcore.store import create_volume, split_location
+    from emcore.writing import removed_on_error
 
     from .data import refuse_existing
 

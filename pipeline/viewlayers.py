@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
 
 from emcore.blocks import BlockGrid
+from emcore.precomputed import check_location
 from emcore.store import (PRECOMPUTED_PREFIX, StoreError, Volume, dataset_group, member_names, open_volume,
                           split_location)
 
@@ -182,7 +184,11 @@ def _dataset_names(location: str) -> tuple[str, list[str]]:
 
 def _open_single(location: str) -> Volume | None:
     """The volume at ``location``, or None when it names a store or folder of datasets."""
-    if not location.startswith(PRECOMPUTED_PREFIX):
+    if location.startswith(PRECOMPUTED_PREFIX):
+        cloudpath = check_location(location)
+        if cloudpath.startswith("file://") and os.path.isfile(os.path.join(cloudpath[len("file://"):], "info")):
+            return open_volume(location)  # a local layer: its own error, not "holds no volume"
+    else:
         root, inner = split_location(location)
         if not os.path.exists(root):
             raise ViewError(f"{root} does not exist: pass a zarr store (vol.zarr), a dataset in it (vol.zarr/NAME) "
@@ -244,7 +250,8 @@ def _open_sources(location: str, names: Sequence[str] | None) -> ViewSources:
         for name in found:
             try:
                 volume = open_volume(f"{base}/{name}")
-            except StoreError:
+            except StoreError as error:
+                warnings.warn(f"layer {name!r} left out: {error}", stacklevel=2)
                 continue
             if volume.ndim in (3, 4):
                 volumes[name] = volume

@@ -132,6 +132,23 @@ def test_convert_zarr_uint16_that_predict_refuses(tmp_path, capsys, stack):
     assert not (tmp_path / "in.zarr" / "fromblank").exists()
 
 
+def test_convert_reads_a_precomputed_layer_and_refuses_to_write_one(tmp_path, capsys, stack):
+    """A precomputed layer converts to zarr with its voxel size; a precomputed output is refused naming export."""
+    values = stack.astype(np.uint16) * 4 + 100
+    layer = f"precomputed://file://{tmp_path}/ng/raw16"
+    create_volume(layer, values.shape, np.uint16, chunks=values.shape, voxel_size=(30, 8, 8))[:] = values
+    create_volume(f"{tmp_path}/in.zarr/raw16", values.shape, np.uint16, chunks=values.shape,
+                  voxel_size=(30, 8, 8))[:] = values
+    assert run(capsys, "convert", layer, f"{tmp_path}/o.zarr/raw")[0] == 0
+    assert run(capsys, "convert", f"{tmp_path}/in.zarr/raw16", f"{tmp_path}/z.zarr/raw")[0] == 0
+    out = open_volume(f"{tmp_path}/o.zarr/raw")
+    assert out.voxel_size == (30.0, 8.0, 8.0) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[:], open_volume(f"{tmp_path}/z.zarr/raw")[:])
+    status, err = run(capsys, "convert", f"{tmp_path}/in.zarr/raw16", f"precomputed://file://{tmp_path}/ng/raw")
+    assert status == 2 and "convert writes zarr" in err and "pipeline.export" in err
+    assert not (tmp_path / "ng" / "raw").exists()
+
+
 @pytest.mark.parametrize("depth", [1, 3, 4, 10])
 def test_convert_tiff_of_any_depth_equals_its_pages(tmp_path, capsys, depth):
     """tifffile writes 3 or 4 slices as one page of samples, more as one page per slice: both read alike."""

@@ -95,3 +95,14 @@ def test_outputs_default_to_the_group_holding_the_raw_like_predict(tmp_path, raw
     assert config.store == str(tmp_path / store)
     assert config.location("affinities") == str(tmp_path / store / "affinities")
     assert config.run_dir == str(tmp_path / store / ".corrseg3d" / "run")
+
+
+def test_precomputed_input_needs_an_output_store(tmp_path):
+    """Affinities, segmentation and run state live in zarr: a precomputed input without output.store
+    is refused naming the key, not with advice about zarr input locations."""
+    path = tmp_path / "run.yaml"
+    path.write_text("input: {raw: 'precomputed://file:///data/ng/raw'}\n")
+    with pytest.raises(ConfigError, match=r"precomputed layer.*set output.store"):
+        load_run_config(path)
+    path.write_text("input: {raw: 'precomputed://file:///data/ng/raw'}\noutput: {store: out.zarr}\n")
+    assert load_run_config(path).store == str(tmp_path / "out.zarr")

@@ -154,9 +154,11 @@ def test_scancel_then_resubmit_recomputes_nothing_done(slurm_cluster, run_inputs
     assert rows["fragments"]["tasks"] == {"blocked": 2}
     assert main(["status", config.run_dir]) == 0
     assert f"`python -m pipeline.slurm resubmit {config.run_dir}` reruns what is not done" in capsys.readouterr().out
-    assert main(["resubmit", config.run_dir]) == 0
+    assert main(["resubmit", config.run_dir, "--mem", "900M"]) == 0  # e.g. after tasks ran out of memory
     out = capsys.readouterr().out
     assert re.search(r"submitted predict: job \d+ \(array 0\)\n", out)  # only the cancelled task's share
+    assert "#SBATCH --mem=900M" in open(os.path.join(config.run_dir, "scripts", "predict.sbatch")).read()
+    assert load_run_config(os.path.join(config.run_dir, "run.yaml")).slurm.mem == "900M"
     _wait_idle()
     after = _records(config)
     assert {p: after[p] for p in before} == before  # nothing done was recomputed
@@ -164,6 +166,14 @@ def test_scancel_then_resubmit_recomputes_nothing_done(slurm_cluster, run_inputs
     assert_same_result(config, reference)
     assert main(["resubmit", config.run_dir]) == 0
     assert "nothing to resubmit" in capsys.readouterr().out
+    # a task that died after its share was done (here: task 1 of the first predict job, never rerun) no
+    # longer counts as failed once its phase finished
+    with open(os.path.join(config.run_dir, "logs", f"predict-{job}_1.log"), "w") as handle:
+        handle.write("killed\n")
+    rows = {row["phase"]: row for row in status(config.run_dir)}
+    assert rows["predict"]["tasks"] == {"ok": 1, "failed (phase done)": 1} and rows["predict"]["failed_logs"] == []
+    assert main(["status", config.run_dir]) == 0
+    assert "resubmit" not in capsys.readouterr().out
 
 
 def test_request_no_node_can_satisfy_is_refused_with_the_fix(slurm_cluster, run_inputs, tmp_path, capsys):

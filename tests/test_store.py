@@ -6,20 +6,9 @@ import numpy as np
 import pytest
 import zarr
 
-from emcore.store import (
-    StoreError,
-    being_written,
-    check_whole,
-    check_write_alignment,
-    create_volume,
-    is_dataset,
-    member_names,
-    open_volume,
-    parent_group,
-    remove_volume,
-    removed_on_error,
-    split_location,
-)
+from emcore.store import (StoreError, check_write_alignment, create_volume, is_dataset, member_names, open_volume,
+                          parent_group, remove_volume, split_location)
+from emcore.writing import being_written, check_whole, removed_on_error
 
 
 def test_split_location():
@@ -98,6 +87,23 @@ def test_clear_errors(tmp_path):
         open_volume(str(tmp_path / "plain.zarr"), dataset="raw")
     with pytest.raises(StoreError, match=r"shape .* must be"):
         create_volume(str(tmp_path / "v.zarr" / "bad"), (16, 16), "uint8", chunks=(16, 16))
+    flat = zarr.open_group(str(tmp_path / "v.zarr"), mode="a").create_array("flat", shape=(16, 16), dtype="uint8")
+    flat.attrs["voxel_size"] = [30, 6, 6]
+    with pytest.raises(StoreError, match=r"has shape \(16, 16\) but a \(z, y, x\) voxel size.*one slice of shape \(1, y, x\)"):
+        open_volume(str(tmp_path / "v.zarr" / "flat"))
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_an_array_without_a_root_group_is_refused_naming_the_line_that_adds_it(tmp_path, monkeypatch, zarr_format):
+    """Arrays written straight to vol.zarr/raw by another tool: the error's one-line fix makes it readable."""
+    monkeypatch.chdir(tmp_path)
+    zarr.create_array("v.zarr/raw", shape=(2, 16, 16), dtype="uint8", chunks=(2, 16, 16), zarr_format=zarr_format)
+    with pytest.raises(StoreError, match="has no root group metadata") as error:
+        open_volume("v.zarr/raw")
+    fix = str(error.value).split('python -c "')[1].rstrip('"')
+    assert f"zarr_format={zarr_format}" in fix
+    exec(fix)
+    assert open_volume("v.zarr/raw").shape == (2, 16, 16)
 
 
 @pytest.mark.parametrize(("voxel_size", "offset"), [((0, 6, 6), (0, 0, 0)), ((float("nan"), 6, 6), (0, 0, 0)),
@@ -183,7 +189,7 @@ def test_a_clean_up_cut_short_keeps_the_marker(tmp_path, monkeypatch):
     def interrupted(paths):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("emcore.store._removed_for_good", interrupted)
+    monkeypatch.setattr("emcore.writing._removed_for_good", interrupted)
     with pytest.raises(KeyboardInterrupt), removed_on_error([location]):
         create_volume(location, (2, 16, 16), "uint8", chunks=(2, 16, 16))
         raise RuntimeError("generation failed")

@@ -25,7 +25,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from emcore.store import create_volume
+from emcore.store import StoreError, create_volume
 from pipeline.browser import BrowserError, find_chromium, headless_chromium
 from pipeline.evaluate import EvaluateOptions, evaluate
 from pipeline.export import export_precomputed
@@ -162,6 +162,21 @@ def test_layers_of_precomputed_exports(store, tmp_path):
     assert list(source.voxel_offset) == list(OFFSET_VOXELS) and source.data_type == "uint64"
     box = (slice(0, 8), slice(20, 40), slice(25, 45))
     np.testing.assert_array_equal(source.data[box], _arrays()["segmentation"][box])
+
+
+def test_a_bad_precomputed_location_names_its_own_problem(store, tmp_path):
+    """A relative file:// path, an unknown scheme or a corrupt layer give their own error, not "holds no
+    volume"; a corrupt layer inside an export folder is left out with a warning."""
+    export_precomputed(f"{store}/segmentation", f"precomputed://file://{tmp_path}/ng", raw=f"{store}/raw")
+    (tmp_path / "ng" / "raw" / "info").write_text("{not json")
+    cases = [("precomputed://file://ng/raw", "must be absolute"), ("precomputed://ftp://host/raw", "scheme 'ftp'"),
+             ("precomputed://ng/raw", "names no scheme"), (f"precomputed://file://{tmp_path}/ng/raw", "JSONDecodeError")]
+    for location, message in cases:
+        with pytest.raises(StoreError, match=message):
+            open_sources(location)
+    with pytest.warns(UserWarning, match="layer 'raw' left out: .*JSONDecodeError"):
+        folder = open_sources(f"precomputed://file://{tmp_path}/ng")
+    assert [s.name for s in folder.layers] == ["segmentation"]
 
 
 def test_layers_read_only_the_requested_box(store):

@@ -225,18 +225,24 @@ def submit(config: RunConfig, *, dry_run: bool = False, restart: str | None = No
 
     ``restart`` (``predict``, ``segment``, ``evaluate``) discards that stage's results and every
     later stage's before submitting, as ``pipeline.run --restart`` does; a stage started with
-    another config is otherwise refused, naming it.
+    another config is otherwise refused, naming it. Refused while a job of an earlier submission
+    of the run is running or waiting for resources; jobs of one left waiting on a dependency that
+    failed are cancelled. A run whose every phase is done submits nothing.
     """
     if restart is not None and dry_run:
         raise SlurmError(f"--restart {restart} discards results and --dry-run discards nothing: drop one of them")
     check_submission(config, dry_run=dry_run)
-    queue = _active_queue(config.run_dir, f"submit with --restart {restart}") if restart is not None else {}
+    again = "submit again" if restart is None else f"submit with --restart {restart}"
+    queue = {} if dry_run else _active_queue(config.run_dir, again)
     limit = max_array_size()
     if config.slurm.max_array is not None:
         limit = min(limit, config.slurm.max_array)
     with restart_advice():
         blocks = preview(config) if dry_run else prepare(config, restart=restart)
     _cancel_waiting(queue)
+    if _all_done(config):
+        print("nothing to submit: every phase is done (--restart STAGE computes a stage and the later ones again)")
+        return {}
     jobs = []
     for phase in BLOCK_PHASES:
         num_tasks = min(blocks[phase], limit)
@@ -249,6 +255,13 @@ def submit(config: RunConfig, *, dry_run: bool = False, restart: str | None = No
         print("# dry run: nothing was written or submitted; the scripts would be written as named"
               + (f"\n# blocks already done (their tasks skip them): {done}" if done else "") + "\n")
     return _submit_chain(config, jobs, dry_run=dry_run, fresh=restart is not None)
+
+
+def _all_done(config: RunConfig) -> bool:
+    """Whether every blockwise phase has finished and, with ground truth, the scores are current."""
+    progress = phase_progress(config)
+    phases_done = all(progress[phase] is not None and progress[phase].finished for phase in BLOCK_PHASES)
+    return phases_done and (config.evaluate.gt is None or scores_finished(config))
 
 
 def _queue() -> dict[str, tuple[str, str]]:

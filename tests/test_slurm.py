@@ -87,6 +87,9 @@ def test_dry_run_after_a_local_run_says_what_is_done(run_inputs, tmp_path, capsy
     assert run.main([path, "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["submit", path, "--dry-run"]) == 0
+    assert "nothing to submit: every phase is done" in capsys.readouterr().out
+    os.remove(os.path.join(load_run_config(path).run_dir, "scores.json"))  # evaluate is left to do
+    assert main(["submit", path, "--dry-run"]) == 0
     assert ("# blocks already done (their tasks skip them): predict 12 of 12, fragments 12 of 12, stitch 12 of 12, "
             "relabel 12 of 12") in capsys.readouterr().out
 
@@ -166,6 +169,8 @@ def test_scancel_then_resubmit_recomputes_nothing_done(slurm_cluster, run_inputs
     assert_same_result(config, reference)
     assert main(["resubmit", config.run_dir]) == 0
     assert "nothing to resubmit" in capsys.readouterr().out
+    assert main(["submit", path]) == 0
+    assert "nothing to submit: every phase is done" in capsys.readouterr().out
     # a task that died after its share was done (here: task 1 of the first predict job, never rerun) no
     # longer counts as failed once its phase finished
     with open(os.path.join(config.run_dir, "logs", f"predict-{job}_1.log"), "w") as handle:
@@ -204,6 +209,8 @@ def test_status_shows_the_reason_a_task_waits(slurm_cluster, run_inputs, tmp_pat
         assert tasks == {"queued (BeginTime)": 2}
         assert main(["status", config.run_dir]) == 0
         assert "2 queued (BeginTime)" in capsys.readouterr().out
+        assert main(["submit", path]) == 2  # a second chain beside a waiting one would run every task twice
+        assert "still running or queued: wait for them" in capsys.readouterr().err
     finally:
         with open(os.path.join(config.run_dir, "jobs.json")) as handle:
             jobs = [entry["job"] for entry in json.load(handle)["submissions"][0].values()]

@@ -166,7 +166,7 @@ def restart_advice(how: str = "pass") -> Iterator[None]:
     try:
         yield
     except ConfigChangedError as error:
-        raise RunError(f"{error.reason}: rerun with the original options, or {how} --restart {error.stage} to "
+        raise RunError(f"{error.reason}: {error.original_options}{how} --restart {error.stage} to "
                        f"discard the {error.stage} results and every later stage's and compute them again") from None
 
 

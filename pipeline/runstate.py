@@ -43,12 +43,15 @@ class RunStateError(ValueError):
 
 class ConfigChangedError(RunStateError):
     """``stage`` (``predict``, ``segment``) started its output with a different config; ``reason`` says which
-    keys differ, the message adds the fix of the stage's own command (callers with other flags replace it)."""
+    keys differ, the message adds the fix of the stage's own command (callers with other flags replace it,
+    starting with :attr:`original_options`: empty when only the input was written anew, which no option
+    undoes)."""
 
-    def __init__(self, stage: str, reason: str) -> None:
-        super().__init__(f"{reason}: rerun with the original options, or pass --overwrite to start again")
+    def __init__(self, stage: str, reason: str, *, options_changed: bool = True) -> None:
         self.stage = stage
         self.reason = reason
+        self.original_options = "rerun with the original options, or " if options_changed else ""
+        super().__init__(f"{reason}: {self.original_options}pass --overwrite to start again")
 
 
 def dataset_path(location: str) -> str:
@@ -192,7 +195,8 @@ def check_claim(workdir: str, config: Mapping[str, Any], outputs: Mapping[str, s
         if changed:
             rewritten = "; the input was written anew since" if f"input.{VOLUME_ID}" in changed else ""
             raise ConfigChangedError(_stage_of(workdir), f"{next(iter(outputs.values()))} was started with a "
-                                                         f"different config ({', '.join(changed)} differ{rewritten})")
+                                                         f"different config ({', '.join(changed)} differ{rewritten})",
+                                     options_changed=changed != [f"input.{VOLUME_ID}"])
         return previous
     for role, location in outputs.items():
         if os.path.exists(dataset_path(location)):

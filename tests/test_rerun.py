@@ -46,7 +46,11 @@ def test_an_input_written_anew_is_not_taken_for_the_old_one(run_inputs, tmp_path
     write_synthetic(str(store), (16, 64, 96), seed=5, chunks=(8, 64, 64), overwrite=True)
     capsys.readouterr()
     assert predict.main(args) == 2  # same name, same shape, other data: no resume from the old blocks
-    assert "input.volume_id differ; the input was written anew since" in capsys.readouterr().err
+    err = capsys.readouterr().err  # no option undoes a new input: the only fix named is --overwrite
+    assert "input.volume_id differ; the input was written anew since): pass --overwrite to start again" in err
+    assert predict.main(args + ["--halo", "4,32,31"]) == 2
+    assert "options.halo differ; the input was written anew since): rerun with the original options, or pass " \
+           "--overwrite" in capsys.readouterr().err
     assert predict.main(args + ["--overwrite"]) == 0
     assert segment.main([str(store), "--block", "8,32,32", "--no-progress"]) == 2  # new affinities, old fragments
     assert "the input was written anew since" in capsys.readouterr().err

@@ -112,6 +112,10 @@ def export_precomputed(segmentation: str, destination: str, *, raw: str | None =
     if not destination.startswith(PRECOMPUTED_PREFIX):
         raise ExportError(f"destination {destination!r} must be precomputed://file:///ABS/PATH (or gs://, s3://)")
     check_location(destination)
+    folder = _file_path(destination)
+    if folder is not None and os.path.isfile(os.path.join(folder, "info")):
+        raise ExportError(f"destination {destination} is a precomputed layer: name the folder that holds the layers "
+                          f"(precomputed://file://{os.path.dirname(folder.rstrip('/'))})")
     sources = {"segmentation": open_volume(segmentation)}
     if raw is not None:
         sources["image"] = open_volume(raw)

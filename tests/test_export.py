@@ -78,6 +78,9 @@ def test_bad_input_leaves_nothing(tmp_path, store, capsys):
     assert main([f"{root}/segmentation", out]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "ng" / "segmentation")) == before
+    assert main([f"{root}/segmentation", f"{out}/segmentation", "--overwrite"]) == 2  # a layer, not its folder
+    assert f"is a precomputed layer: name the folder that holds the layers ({out})" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "ng" / "segmentation")) == before
     assert main([f"{root}/segmentation", str(tmp_path / "plain")]) == 2
     assert "precomputed://file:///" in capsys.readouterr().err
 

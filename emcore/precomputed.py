@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from typing import Any, Sequence
+import threading
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -102,10 +103,20 @@ def check_location(location: str) -> str:
     return cloudpath
 
 
-def _client_notes_silenced() -> contextlib.AbstractContextManager:
+class LayerNotFoundError(StoreError):
+    """The location holds no precomputed layer (no ``info`` file there)."""
+
+
+#: Held while stdout is redirected (:func:`_client_notes_silenced`): the redirection is process-wide.
+_SILENCE = threading.Lock()
+
+
+@contextlib.contextmanager
+def _client_notes_silenced() -> Iterator[None]:
     """Swallow what cloud-volume's storage clients print on stdout while they set up (e.g. nine coloured
     lines about default Google credentials); a failure still ends in one :func:`_cloud_error` line."""
-    return contextlib.redirect_stdout(io.StringIO())
+    with _SILENCE, contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def _cloud_error(location: str, error: Exception) -> StoreError:
@@ -136,7 +147,7 @@ def open_precomputed(location: str, mode: str = "r") -> Volume:
             cv = CloudVolume(cloudpath, mip=0, fill_missing=True, progress=False,
                              bounded=True, non_aligned_writes=False, cache=False)
     except InfoUnavailableError:
-        raise StoreError(f"{location} has no precomputed info file: check the path") from None
+        raise LayerNotFoundError(f"{location} has no precomputed info file: check the path") from None
     except Exception as error:  # credentials, network, permissions: each client has its own error types
         raise _cloud_error(location, error) from None
     return _volume(cv, location)
@@ -175,9 +186,10 @@ def create_precomputed(location: str, shape: Sequence[int], dtype: Any, *, chunk
     if attrs:
         info["corrseg3d"] = dict(attrs)
     try:
-        cv = CloudVolume(cloudpath, info=info, progress=False, bounded=True, non_aligned_writes=False,
-                         fill_missing=True, cache=False)
-        cv.commit_info()
+        with _client_notes_silenced():
+            cv = CloudVolume(cloudpath, info=info, progress=False, bounded=True, non_aligned_writes=False,
+                             fill_missing=True, cache=False)
+            cv.commit_info()
     except Exception as error:  # credentials, network, permissions: each client has its own error types
         raise _cloud_error(location, error) from None
     return _volume(cv, location)

@@ -28,8 +28,10 @@ Conventions
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shlex
 import shutil
 import uuid
 import warnings
@@ -181,8 +183,9 @@ def _check_root_group(root: str, inner: str) -> None:
     node = os.path.join(root, inner)
     if _has_zarr_metadata(node):
         version = 2 if any(os.path.exists(os.path.join(node, f)) for f in (".zarray", ".zgroup")) else 3
+        fix = f'import zarr; zarr.open_group({json.dumps(root)}, mode="a", zarr_format={version})'
         raise StoreError(f"{root} has no root group metadata (only {inner} inside it has): add it with "
-                         f"python -c \"import zarr; zarr.open_group('{root}', mode='a', zarr_format={version})\"")
+                         f"python -c {shlex.quote(fix)}")
 
 
 def open_volume(location: str, dataset: str | None = None, *, mode: str = "r") -> Volume:

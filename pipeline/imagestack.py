@@ -190,7 +190,8 @@ def convert(
     out_location
         ``OUT.zarr/NAME``.
     voxel_size
-        (z, y, x) voxel size in nm; default: a zarr input's stated one, else :data:`ISBI_VOXEL_SIZE`.
+        (z, y, x) voxel size in nm; default: a zarr or precomputed input's stated one, else
+        :data:`ISBI_VOXEL_SIZE`.
     dataset
         HDF5 dataset key.
     labels
@@ -221,7 +222,7 @@ def convert(
     scale = None if labels or kind == np.uint8 else _intensity_range(stack, chunks[0], input_path)
     with removed_on_error([out_location]):
         volume = create_volume(out_location, stack.shape, kind if labels else np.uint8, chunks=chunks,
-                               voxel_size=voxel_size, attrs={"source": os.path.abspath(input_path)},
+                               voxel_size=voxel_size, attrs={"source": input_path if "://" in input_path else os.path.abspath(input_path)},
                                overwrite=overwrite)
         for z0 in range(0, stack.shape[0], chunks[0]):
             block = np.asarray(stack[z0:z0 + chunks[0]])
@@ -301,7 +302,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("input", help="slice folder, (multi-page) TIFF, HDF5 file, zarr dataset IN.zarr/NAME or precomputed://URL")
     parser.add_argument("out", help="output dataset, OUT.zarr/NAME")
     parser.add_argument("--voxel-size", type=parse_numbers(float, 3, "50,4,4"), default=None,
-                        help="z,y,x voxel size in nm (default: a zarr input's own, else 50,4,4)")
+                        help="z,y,x voxel size in nm (default: a zarr or precomputed input's own, else 50,4,4)")
     parser.add_argument("--dataset", default="main", help="HDF5 dataset key (default main)")
     parser.add_argument("--labels", action="store_true", help="input holds integer labels: keep dtype, no scaling")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")

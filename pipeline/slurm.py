@@ -144,10 +144,15 @@ def _submit_chain(config: RunConfig, jobs: Sequence[_Job], *, dry_run: bool, fre
     as the run's first submission, forgetting the earlier ones, after a restart discarded their results).
     ``dry_run`` prints the scripts and commands and writes nothing."""
     run_dir = config.run_dir
+    run_yaml = os.path.join(run_dir, "run.yaml")
+    before = None
     if not dry_run:
         for folder in ("scripts", "logs"):
             os.makedirs(os.path.join(run_dir, folder), exist_ok=True)
-        with open(os.path.join(run_dir, "run.yaml"), "w") as handle:
+        if os.path.exists(run_yaml):
+            with open(run_yaml) as handle:
+                before = handle.read()
+        with open(run_yaml, "w") as handle:
             yaml.safe_dump(to_dict(config), handle, sort_keys=False)
     submitted: dict[str, Any] = {}
     previous: str | None = None
@@ -168,6 +173,9 @@ def _submit_chain(config: RunConfig, jobs: Sequence[_Job], *, dry_run: bool, fre
             try:
                 job_id = _slurm(command).strip().split(";")[0]
             except SlurmError as error:
+                if before is not None:  # the request sbatch refused must not stay the run's
+                    with open(run_yaml, "w") as handle:
+                        handle.write(before)
                 _withdraw([entry["job"] for entry in submitted.values()], error)
             print(f"submitted {job.phase}: job {job_id}" + (f" (array {_array_spec(job.tasks)})" if job.tasks else ""))
         submitted[job.phase] = {"job": job_id, "tasks": list(job.tasks) if job.tasks is not None else None,
@@ -345,7 +353,7 @@ def format_status(rows: Sequence[dict[str, Any]], run_dir: str) -> str:
     lines = [f"{'phase':<10} {'done':>7} {'failed':>7} {'pending':>8} {'total':>7}  tasks"]
     for row in rows:
         tasks = ", ".join(f"{n} {state}" for state, n in sorted(row["tasks"].items()))
-        if row["done"] == row["total"] and not row["finished"]:
+        if row["total"] and row["done"] == row["total"] and not row["finished"]:
             tasks += "; every block done, the closing step not (stitch: the global step)"
         lines.append(f"{row['phase']:<10} {row['done']:>7} {row['failed']:>7} {row['pending']:>8} {row['total']:>7}  {tasks}")
     logs = [log for row in rows for log in row["failed_logs"]]
@@ -392,7 +400,7 @@ def resubmit(run_dir: str, *, dry_run: bool = False, request: Mapping[str, Any] 
     Refuses while a task of the run is running or waiting for resources; cancels the run's jobs
     left waiting on a dependency (they would wait on the failed chain forever). ``request`` replaces
     values of the run's ``slurm`` section for these jobs and later ones (e.g. ``{"mem": "32G"}``
-    after tasks ran out of memory); the results do not depend on it.
+    after tasks ran out of memory; the command line offers :data:`RESUBMIT_FLAGS`).
     """
     submissions = _load_jobs(run_dir)["submissions"]
     config = load_run_config(os.path.join(run_dir, "run.yaml"))
@@ -436,7 +444,7 @@ def _parser() -> ArgumentParser:
     sub = commands.add_parser("submit", help="prepare outputs and submit all phases as chained array jobs")
     sub.add_argument("config", help="run YAML (python -m pipeline.run --print-default-config)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    _add_request_flags(sub, ("max-array", int, "largest array size, at most the cluster's MaxArraySize"))
+    _add_request_flags(sub, SUBMIT_FLAGS)
     sub.add_argument("--dry-run", action="store_true",
                      help="print the scripts and sbatch commands; write and submit nothing (the request is not checked against the nodes)")
     sub.add_argument("--restart", choices=tuple(STAGES),
@@ -446,25 +454,29 @@ def _parser() -> ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("run", help="run folder (output.run_dir) or the run YAML")
         if name == "resubmit":
-            _add_request_flags(sub)
+            _add_request_flags(sub, RESUBMIT_FLAGS)
             sub.add_argument("--dry-run", action="store_true", help="print; write and submit nothing")
     return parser
 
 
-#: The request flags of ``submit`` and ``resubmit``: (flag, type, help), each a key of the ``slurm`` section.
-REQUEST_FLAGS = (("partition", str, "partition"), ("gpu-partition", str, "partition of the predict jobs, if not --partition"),
-                 ("account", str, "account to charge"), ("time", str, "time limit per task, e.g. 04:00:00"),
-                 ("mem", str, "memory per task, e.g. 16G"), ("gpus", int, "GPUs per task"), ("cpus", int, "CPUs per task"))
+#: The request flags of ``resubmit``: (flag, type, help), each a key of the ``slurm`` section. None of them
+#: changes where prediction runs, so none changes the precision ``predict.precision: auto`` picks.
+RESUBMIT_FLAGS = (("account", str, "account to charge"), ("time", str, "time limit per task, e.g. 04:00:00"),
+                  ("mem", str, "memory per task, e.g. 16G"), ("cpus", int, "CPUs per task"))
+#: The request flags of ``submit``: those of ``resubmit``, where the jobs run and the array size.
+SUBMIT_FLAGS = RESUBMIT_FLAGS + (
+    ("partition", str, "partition"), ("gpu-partition", str, "partition of the predict jobs, if not --partition"),
+    ("gpus", int, "GPUs per task"), ("max-array", int, "largest array size, at most the cluster's MaxArraySize"))
 
 
-def _add_request_flags(parser: argparse.ArgumentParser, *extra: tuple[str, type, str]) -> None:
-    for name, kind, text in REQUEST_FLAGS + extra:
+def _add_request_flags(parser: argparse.ArgumentParser, flags: Sequence[tuple[str, type, str]]) -> None:
+    for name, kind, text in flags:
         parser.add_argument(f"--{name}", type=kind, help=f"{text} (default: the run config's slurm section)")
 
 
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     """The ``slurm`` values given as request flags."""
-    keys = [name.replace("-", "_") for name, _, _ in REQUEST_FLAGS] + ["max_array"]
+    keys = [name.replace("-", "_") for name, _, _ in SUBMIT_FLAGS]
     return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
 
 

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from emcore.blocks import BlockGrid
-from emcore.precomputed import check_location
+from emcore.precomputed import LayerNotFoundError
 from emcore.store import (PRECOMPUTED_PREFIX, StoreError, Volume, dataset_group, member_names, open_volume,
                           split_location)
 
@@ -184,11 +184,7 @@ def _dataset_names(location: str) -> tuple[str, list[str]]:
 
 def _open_single(location: str) -> Volume | None:
     """The volume at ``location``, or None when it names a store or folder of datasets."""
-    if location.startswith(PRECOMPUTED_PREFIX):
-        cloudpath = check_location(location)
-        if cloudpath.startswith("file://") and os.path.isfile(os.path.join(cloudpath[len("file://"):], "info")):
-            return open_volume(location)  # a local layer: its own error, not "holds no volume"
-    else:
+    if not location.startswith(PRECOMPUTED_PREFIX):
         root, inner = split_location(location)
         if not os.path.exists(root):
             raise ViewError(f"{root} does not exist: pass a zarr store (vol.zarr), a dataset in it (vol.zarr/NAME) "
@@ -197,7 +193,11 @@ def _open_single(location: str) -> Volume | None:
             return open_volume(location)
     try:
         return open_volume(location)
+    except LayerNotFoundError:  # a folder of layers (or nothing there)
+        return None
     except StoreError:
+        if location.startswith(PRECOMPUTED_PREFIX):
+            raise  # the layer's own problem: scheme, path, credentials, a corrupt info file
         return None
 
 
@@ -250,6 +250,8 @@ def _open_sources(location: str, names: Sequence[str] | None) -> ViewSources:
         for name in found:
             try:
                 volume = open_volume(f"{base}/{name}")
+            except LayerNotFoundError:  # a guessed name in a remote folder
+                continue
             except StoreError as error:
                 warnings.warn(f"layer {name!r} left out: {error}", stacklevel=2)
                 continue

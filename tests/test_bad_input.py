@@ -221,6 +221,8 @@ ROWS = [
      {"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}),
     ("evaluate", "precomputed://gs://corrseg3d-no-such-bucket/seg vol.zarr/labels", "your credentials",
      {"GOOGLE_APPLICATION_CREDENTIALS": None, "NO_GCE_CHECK": "True", "HOME": "{empty}"}),
+    ("pipeline", "view precomputed://s3://corrseg3d-no-such-bucket/seg", "your credentials",  # not "holds no volume"
+     {"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}),
     # run: the whole config is checked before the first stage starts
     ("run", "majority.yaml", "--majority (segment.majority) 0.3", {}),
     ("run", "no-gt.yaml", "missing.zarr does not exist", {}),

@@ -19,7 +19,7 @@ from conftest import REPO, assert_same_result, file_mtimes, write_run_config
 
 from pipeline.run import block_progress, done_blocks, prepare, preview
 from pipeline.runconfig import SlurmConfig, load_run_config
-from pipeline.slurm import _array_spec, main, max_array_size, status
+from pipeline.slurm import _array_spec, format_status, main, max_array_size, status
 from pipeline.slurmlimits import (
     SlurmRequestError,
     check_request,
@@ -157,6 +157,10 @@ def test_scancel_then_resubmit_recomputes_nothing_done(slurm_cluster, run_inputs
     assert rows["fragments"]["tasks"] == {"blocked": 2}
     assert main(["status", config.run_dir]) == 0
     assert f"`python -m pipeline.slurm resubmit {config.run_dir}` reruns what is not done" in capsys.readouterr().out
+    recorded = {name: open(os.path.join(config.run_dir, name)).read() for name in ("run.yaml", "jobs.json")}
+    assert main(["resubmit", config.run_dir, "--mem", "900M", "--dry-run"]) == 0
+    assert "#SBATCH --mem=900M" in capsys.readouterr().out
+    assert {name: open(os.path.join(config.run_dir, name)).read() for name in recorded} == recorded
     assert main(["resubmit", config.run_dir, "--mem", "900M"]) == 0  # e.g. after tasks ran out of memory
     out = capsys.readouterr().out
     assert re.search(r"submitted predict: job \d+ \(array 0\)\n", out)  # only the cancelled task's share
@@ -231,7 +235,12 @@ def test_a_chain_whose_second_sbatch_fails_is_withdrawn_whole(slurm_cluster, run
 
     real = slurm._slurm
     monkeypatch.setattr(slurm, "_slurm", second_sbatch_fails)
+    run_yaml = os.path.join(load_run_config(path).run_dir, "run.yaml")
+    os.makedirs(os.path.dirname(run_yaml))
+    with open(run_yaml, "w") as handle:
+        handle.write("# the request of an earlier submission\n")
     assert main(["submit", path]) == 2
+    assert open(run_yaml).read() == "# the request of an earlier submission\n"  # the refused request is not kept
     first = next(call for call in calls if call[0] == "scancel")[1]
     assert "were cancelled, so nothing of this submission runs" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(load_run_config(path).run_dir, "jobs.json"))
@@ -321,3 +330,14 @@ def test_fitting_requests_pass_and_defaults_shrink_to_the_default_partition(monk
 
     monkeypatch.setattr("pipeline.slurmlimits.query_nodes", unreachable)
     assert fitted_slurm_defaults() == SlurmConfig()
+
+
+def test_status_says_when_every_block_is_done_but_the_closing_step_is_not():
+    row = {"phase": "stitch", "tasks": {"failed": 1, "ok": 1}, "failed_logs": ["logs/stitch-7_1.log"],
+           "done": 12, "total": 12, "failed": 0, "pending": 0}
+    text = format_status([{**row, "finished": False}], "run")
+    assert "every block done, the closing step not (stitch: the global step)" in text
+    assert "pipeline.slurm resubmit run` reruns what is not done" in text
+    assert "closing step" not in format_status([{**row, "finished": True}], "run")
+    never = {**row, "done": 0, "total": 0, "finished": False}  # jobs submitted, no run state yet
+    assert "closing step" not in format_status([never], "run")

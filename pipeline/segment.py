@@ -219,7 +219,10 @@ def segment(store: str, options: SegmentOptions = SegmentOptions(), *, input_nam
                               multicut=options.method == "multicut", beta=options.beta, min_size=options.min_size,
                               merge_floor=options.merge_floor, consecutive=options.consecutive, **common)
         summary["faces"] = run(partial(stitch_faces, params), mine, records=records["stitch"], desc="stitch faces")
-        if not os.path.exists(lookup_done) and len(records["stitch"].done(range(grid.n_blocks))) == grid.n_blocks:
+        if os.path.exists(lookup_done):  # built by an earlier run (or task): its counts, for the summary line
+            with open(lookup_done) as handle:
+                summary["segments"] = json.load(handle)
+        elif len(records["stitch"].done(range(grid.n_blocks))) == grid.n_blocks:
             summary["segments"] = build_lookup(params)
             write_json_atomic(lookup_done, summary["segments"])
     if phase in (None, "relabel"):  # the lookup exists: checked above for a lone relabel, built above otherwise
@@ -498,8 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       fragments_name=args.fragments, phase=args.phase, task_index=args.task_index,
                       num_tasks=args.num_tasks, scheduler=args.scheduler, num_workers=args.workers,
                       overwrite=args.overwrite, progress=not args.no_progress, allow_incomplete=args.allow_incomplete)
-    if "segments" in summary:
-        counts = summary["segments"]
+    counts = summary.get("segments", {})
+    if {"fragments", "stitched", "partitioned", "segments"} <= counts.keys():  # (a lookup of an old release lacks some)
         print(f"segment: {counts['fragments']} fragments -> {counts['stitched']} stitched -> "
               f"{counts['partitioned']} after {options.method} -> {counts['segments']} segments", file=sys.stderr)
     return 0

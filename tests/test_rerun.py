@@ -54,6 +54,11 @@ def test_an_input_written_anew_is_not_taken_for_the_old_one(run_inputs, tmp_path
     assert predict.main(args + ["--overwrite"]) == 0
     assert segment.main([str(store), "--block", "8,32,32", "--no-progress"]) == 2  # new affinities, old fragments
     assert "the input was written anew since" in capsys.readouterr().err
+    assert segment.main([str(store), "--block", "8,32,32", "--no-progress", "--overwrite"]) == 0
+    summary = [line for line in capsys.readouterr().err.splitlines() if line.startswith("segment: ")]
+    assert len(summary) == 1 and "fragments ->" in summary[0]
+    assert segment.main([str(store), "--block", "8,32,32", "--no-progress"]) == 0  # all done: the same summary
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("segment: ")] == summary
 
 
 def test_a_run_begun_before_an_upgrade_resumes_while_the_new_options_are_at_their_defaults(run_inputs, tmp_path,
